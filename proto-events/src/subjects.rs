@@ -1,0 +1,167 @@
+//! NATS subject names. Every event of a thread lives under that thread's own subjects:
+//!
+//! - `<prefix>.thread.<thread_id>.created`: the thread's one `ThreadCreated` event;
+//! - `<prefix>.thread.<thread_id>.message`: its `MessagePosted` events;
+//! - `<prefix>.deadletter.<reason>`: events set aside by a consumer, outside the event stream.
+//!
+//! The prefix is `chat` unless configured otherwise.
+
+use crate::event::EventKind;
+use uuid::Uuid;
+
+/// Why a prefix or a subject was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectsError {
+    #[error("subject prefix {0:?} must be one or more dot-separated tokens of letters, digits, '-' or '_'")]
+    BadPrefix(String),
+    #[error("subject {0:?} is not a threadline event subject")]
+    NotAnEventSubject(String),
+}
+
+/// The subject names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub const DEFAULT_PREFIX: &'static str = "chat";
+
+    pub fn new(prefix: &str) -> Result<Self, SubjectsError> {
+        let valid_token = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if prefix.split('.').all(valid_token) {
+            Ok(Self {
+                prefix: prefix.to_owned(),
+            })
+        } else {
+            Err(SubjectsError::BadPrefix(prefix.to_owned()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The subject of a thread's `ThreadCreated` event.
+    pub fn thread_created(&self, thread: Uuid) -> String {
+        self.event(thread, EventKind::ThreadCreated)
+    }
+
+    /// The subject of a thread's `MessagePosted` events.
+    pub fn message_posted(&self, thread: Uuid) -> String {
+        self.event(thread, EventKind::MessagePosted)
+    }
+
+    /// The subject of one kind of event of one thread.
+    pub fn event(&self, thread: Uuid, kind: EventKind) -> String {
+        format!(
+            "{}.thread.{}.{}",
+            self.prefix,
+            thread.hyphenated(),
+            kind.subject_token()
+        )
+    }
+
+    /// The subjects the event stream captures.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        [EventKind::ThreadCreated, EventKind::MessagePosted]
+            .iter()
+            .map(|kind| format!("{}.thread.*.{}", self.prefix, kind.subject_token()))
+            .collect()
+    }
+
+    /// The subject a set-aside event is republished on.
+    pub fn dead_letter(&self, reason_code: &str) -> String {
+        format!("{}.deadletter.{}", self.prefix, reason_code)
+    }
+
+    /// The subjects of the dead-letter stream.
+    pub fn dead_letter_subjects(&self) -> Vec<String> {
+        vec![format!("{}.deadletter.>", self.prefix)]
+    }
+
+    /// Reads the thread id and event kind out of an event subject.
+    pub fn parse(&self, subject: &str) -> Result<(Uuid, EventKind), SubjectsError> {
+        let bad = || SubjectsError::NotAnEventSubject(subject.to_owned());
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".thread."))
+            .ok_or_else(bad)?;
+        let (thread, kind) = rest.split_once('.').ok_or_else(bad)?;
+        let thread = Uuid::try_parse(thread).map_err(|_| bad())?;
+        let kind = EventKind::from_subject_token(kind).ok_or_else(bad)?;
+        Ok((thread, kind))
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self {
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREAD: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
+
+    #[test]
+    fn names_per_thread_subjects() {
+        let s = Subjects::default();
+        let id = Uuid::parse_str(THREAD).unwrap();
+        assert_eq!(
+            s.thread_created(id),
+            format!("chat.thread.{THREAD}.created")
+        );
+        assert_eq!(
+            s.message_posted(id),
+            format!("chat.thread.{THREAD}.message")
+        );
+        assert_eq!(
+            s.stream_subjects(),
+            vec!["chat.thread.*.created", "chat.thread.*.message"]
+        );
+        assert_eq!(s.dead_letter("invalid"), "chat.deadletter.invalid");
+    }
+
+    #[test]
+    fn parses_its_own_subjects_back() {
+        let s = Subjects::new("acme.support").unwrap();
+        let id = Uuid::parse_str(THREAD).unwrap();
+        assert_eq!(
+            s.parse(&s.message_posted(id)),
+            Ok((id, EventKind::MessagePosted))
+        );
+        assert_eq!(
+            s.parse(&s.thread_created(id)),
+            Ok((id, EventKind::ThreadCreated))
+        );
+    }
+
+    #[test]
+    fn refuses_foreign_subjects() {
+        let s = Subjects::default();
+        for subject in [
+            "chat.thread.not-a-uuid.message",
+            &format!("chat.thread.{THREAD}.deleted"),
+            &format!("other.thread.{THREAD}.message"),
+            "chat.thread",
+        ] {
+            assert!(s.parse(subject).is_err(), "{subject}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_prefixes() {
+        for prefix in ["", "a..b", "a.*", "a.>", "a b"] {
+            assert!(Subjects::new(prefix).is_err(), "{prefix:?}");
+        }
+    }
+}
