@@ -46,6 +46,11 @@ impl MessageBody {
         }
     }
 
+    /// Takes a body from the read model, which holds only bodies checked on the way in.
+    pub fn from_stored(text: String) -> Self {
+        Self(text)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

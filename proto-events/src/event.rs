@@ -97,6 +97,15 @@ impl Event {
         }
     }
 
+    /// Serialises the event once, for the log and for whoever answers with its payload.
+    pub fn encode(self) -> EncodedEvent {
+        let payload = bytes::Bytes::from(self.to_payload());
+        EncodedEvent {
+            event: self,
+            payload,
+        }
+    }
+
     /// The payload bytes: the event's public JSON.
     pub fn to_payload(&self) -> Vec<u8> {
         let bytes = match self {
@@ -148,6 +157,24 @@ impl Event {
             });
         }
         Ok(event)
+    }
+}
+
+/// An event with its payload bytes, serialised once.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    event: Event,
+    payload: bytes::Bytes,
+}
+
+impl EncodedEvent {
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The payload: the event's public JSON. Cloning it shares the bytes.
+    pub fn payload(&self) -> &bytes::Bytes {
+        &self.payload
     }
 }
 

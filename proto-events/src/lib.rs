@@ -17,7 +17,9 @@ pub mod timestamp;
 pub mod user;
 
 pub use body::{BodyError, MessageBody};
-pub use event::{Event, EventError, EventKind, MessagePosted, ThreadCreated, SCHEMA_VERSION};
+pub use event::{
+    EncodedEvent, Event, EventError, EventKind, MessagePosted, ThreadCreated, SCHEMA_VERSION,
+};
 pub use id::new_id;
 pub use shapes::{MessageView, ThreadView};
 pub use subjects::{Subjects, SubjectsError};

@@ -39,6 +39,12 @@ impl UserJson {
             .map_err(|_| UserError::Null)
     }
 
+    /// Takes `user` JSON text from the read model, which holds only values checked on the way
+    /// in; only its syntax is checked again.
+    pub fn from_stored(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(Self)
+    }
+
     /// The JSON text.
     pub fn get(&self) -> &str {
         self.0.get()

@@ -1,1 +1,138 @@
-//! x
+//! The HTTP API: validates requests, appends `ThreadCreated` and `MessagePosted` events to the
+//! event log, and answers `GET /chat/thread/:id/` from the read model.
+//!
+//! It never writes the read model; the projector does. Validation follows the original DRF
+//! service's texts (see `fields` and `request`), so existing clients cannot tell the
+//! difference.
+
+pub mod error;
+pub mod fields;
+pub mod messages;
+pub mod request;
+pub mod threads;
+
+use anyhow::Context;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, MethodRouter};
+use axum::{Json, Router};
+use clap::Args;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use threadline_infra::settings::parse_duration;
+use threadline_infra::{
+    health_router, retry, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog,
+    NatsSettings, PgReadModel, ReadModel,
+};
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use error::{method_not_allowed, not_found, ApiError};
+
+/// How the API answers.
+#[derive(Debug, Clone, Args)]
+pub struct ApiSettings {
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 2_621_440)]
+    pub max_body_bytes: usize,
+
+    /// How long a GET waits for the read model to catch up with the thread's latest event
+    /// before it answers from the read model as it is.
+    #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub read_your_writes_timeout: Duration,
+}
+
+/// Everything the `api` role needs to run on its own.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
+    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub api: ApiSettings,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub http: HttpSettings,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub log: Arc<dyn EventLog>,
+    pub read: Arc<dyn ReadModel>,
+    pub settings: Arc<ApiSettings>,
+}
+
+/// The API's routes (without health routes and without a fallback, so that roles can be
+/// merged on one port).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/chat/thread", only(post(threads::create_thread)))
+        .route("/chat/thread/", only(post(threads::create_thread)))
+        .route("/chat/thread/{id}", only(get(threads::get_thread)))
+        .route("/chat/thread/{id}/", only(get(threads::get_thread)))
+        .route("/chat/message", only(post(messages::post_message)))
+        .route("/chat/message/", only(post(messages::post_message)))
+        .with_state(state)
+}
+
+/// A route that answers OPTIONS as DRF does and any other unserved method with 405.
+fn only(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    route.options(options).fallback(method_not_allowed)
+}
+
+async fn options() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::ALLOW, "GET, POST, HEAD, OPTIONS")],
+        Json(json!({
+            "renders": ["application/json"],
+            "parses": ["application/json"],
+        })),
+    )
+}
+
+/// Runs the `api` role until `shutdown` fires.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    settings.nats.validate().map_err(anyhow::Error::msg)?;
+    PgReadModel::options(&settings.database).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+    let Some(log) = retry::until_ready("connecting to NATS JetStream", &shutdown, || {
+        JetStreamLog::connect(&settings.nats)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let Some(read) = retry::until_ready("connecting to PostgreSQL", &shutdown, || {
+        PgReadModel::connect(&settings.database)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let log = Arc::new(log);
+    let read = Arc::new(read);
+    let state = AppState {
+        log: log.clone(),
+        read: read.clone(),
+        settings: Arc::new(settings.api),
+    };
+    let app = finish(router(state).merge(health_router(vec![log, read])));
+    serve(listener, app, shutdown, settings.http.shutdown_timeout)
+        .await
+        .context("HTTP server failed")
+}
+
+/// Completes a router of one or more roles for serving: the JSON 404 for unknown paths and
+/// request tracing.
+pub fn finish(router: Router) -> Router {
+    router.fallback(not_found).layer(TraceLayer::new_for_http())
+}

@@ -1,1 +1,22 @@
-//! x
+//! What every threadline service shares: the event log (NATS JetStream) and the read model
+//! (PostgreSQL) behind narrow interfaces, their settings, the health endpoints and the HTTP
+//! server's lifecycle.
+//!
+//! The domain code in the services talks to [`EventLog`] and [`ReadModel`]; JetStream and
+//! PostgreSQL are the production pair ([`JetStreamLog`], [`PgReadModel`]). Another pair (an
+//! embedded one for a single-process mode) implements the same traits.
+
+pub mod error;
+pub mod event_log;
+pub mod health;
+pub mod read_model;
+pub mod retry;
+pub mod server;
+pub mod settings;
+
+pub use error::StoreError;
+pub use event_log::{EventLog, JetStreamLog};
+pub use health::{health_router, Dependency};
+pub use read_model::{AppliedMessage, AppliedThread, PgReadModel, ReadModel};
+pub use server::serve;
+pub use settings::{DatabaseSettings, HttpSettings, NatsSettings};

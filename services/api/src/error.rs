@@ -1,0 +1,90 @@
+//! The API's errors and their answers: DRF-style JSON bodies, one place for every status.
+
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use threadline_infra::StoreError;
+
+/// Errors per field, in the order DRF reports them: `{"<field>": ["<message>", ...]}`.
+pub type FieldErrors = Map<String, Value>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid fields")]
+    Fields(FieldErrors),
+    #[error("{0}")]
+    NonField(String),
+    #[error("JSON parse error - {0}")]
+    JsonParse(String),
+    #[error("unsupported media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("not found")]
+    NotFound,
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(Method),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the read model has not caught up with the event log")]
+    ReadModelBehind,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::Fields(errors) => (StatusCode::BAD_REQUEST, Value::Object(errors.clone())),
+            ApiError::NonField(message) => (
+                StatusCode::BAD_REQUEST,
+                json!({"non_field_errors": [message]}),
+            ),
+            ApiError::JsonParse(_) => {
+                (StatusCode::BAD_REQUEST, json!({"detail": self.to_string()}))
+            }
+            ApiError::UnsupportedMediaType(media_type) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"detail": format!("Unsupported media type \"{media_type}\" in request.")}),
+            ),
+            ApiError::BodyTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"detail": format!("Request body exceeded the limit of {limit} bytes.")}),
+            ),
+            ApiError::Store(StoreError::TooLarge { max, .. }) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"detail": format!("Request body exceeded the event log's limit of {max} bytes per event.")}),
+            ),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, json!({"detail": "Not found."})),
+            ApiError::MethodNotAllowed(method) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"detail": format!("Method \"{method}\" not allowed.")}),
+            ),
+            ApiError::Store(cause @ StoreError::Unavailable { .. }) => {
+                tracing::error!("answering 503: {cause}");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"detail": "Service temporarily unavailable, try again later."}),
+                )
+            }
+            ApiError::ReadModelBehind => {
+                tracing::warn!("answering 503: {self}");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"detail": "Service temporarily unavailable, try again later."}),
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The answer to a path that no route serves.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// The answer to a method that a route does not serve.
+pub async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method)
+}

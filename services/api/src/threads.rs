@@ -1,0 +1,91 @@
+//! `POST /chat/thread/` and `GET /chat/thread/:id/`.
+
+use crate::error::{ApiError, FieldErrors};
+use crate::{fields, request, AppState};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Opens a thread: appends `ThreadCreated` and answers once the log has stored it.
+#[tracing::instrument(skip_all)]
+pub async fn create_thread(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let data = request::json_object(&headers, body, state.settings.max_body_bytes).await?;
+    let user = fields::user(&data).map_err(|message| {
+        let mut errors = FieldErrors::new();
+        errors.insert("user".into(), Value::from(vec![message]));
+        ApiError::Fields(errors)
+    })?;
+    let created = ThreadCreated {
+        id: new_id(),
+        user,
+        timestamp: Timestamp::now(),
+    };
+    let encoded = Event::ThreadCreated(created.clone()).encode();
+    let sequence = state.log.append(&encoded).await?;
+    tracing::info!(thread_id = %created.id, sequence, "thread created");
+    let view = ThreadView {
+        id: created.id,
+        user: created.user,
+        timestamp: created.timestamp,
+        messages: Vec::new(),
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Answers a thread with its messages from the read model, once the read model has applied
+/// every event of that thread that the log holds (read-your-writes).
+#[tracing::instrument(skip(state))]
+pub async fn get_thread(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ThreadView>, ApiError> {
+    let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound)?;
+    let caught_up = match state.log.thread_last_sequence(id).await {
+        Ok(None) => return Err(ApiError::NotFound),
+        Ok(Some(sequence)) => wait_until_applied(&state, sequence).await,
+        Err(e) => {
+            tracing::warn!(
+                "cannot ask the event log ({e}); answering from the read model as it is"
+            );
+            false
+        }
+    };
+    match state.read.thread(id).await? {
+        Some(thread) => Ok(Json(thread)),
+        None if caught_up => Err(ApiError::NotFound),
+        None => Err(ApiError::ReadModelBehind),
+    }
+}
+
+/// Waits, up to the configured bound, until the projector has applied `sequence`.
+async fn wait_until_applied(state: &AppState, sequence: u64) -> bool {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match state.log.applied_through(sequence).await {
+            Ok(applied) if applied >= sequence => return true,
+            Ok(_) => {}
+            Err(e) => tracing::debug!("projector progress unknown: {e}"),
+        }
+        if started.elapsed() >= state.settings.read_your_writes_timeout {
+            tracing::warn!(
+                sequence,
+                "the read model has not applied this thread's events within {:?}",
+                state.settings.read_your_writes_timeout
+            );
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}

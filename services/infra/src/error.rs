@@ -1,0 +1,29 @@
+//! The errors of the stores, in terms a caller can act on.
+
+/// An error from the event log or the read model.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The broker or the database did not answer (down, unreachable, timed out). Callers
+    /// answer 503 and retry later.
+    #[error("{what} is unavailable: {cause}")]
+    Unavailable { what: &'static str, cause: String },
+    /// The event is larger than the broker accepts.
+    #[error("event of {size} bytes exceeds the broker's maximum payload of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+}
+
+impl StoreError {
+    pub fn nats(cause: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable {
+            what: "NATS JetStream",
+            cause: cause.to_string(),
+        }
+    }
+
+    pub fn database(cause: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable {
+            what: "PostgreSQL",
+            cause: cause.to_string(),
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The event log: an interface for the domain, and its NATS JetStream implementation.
+
+use crate::settings::NatsSettings;
+use crate::StoreError;
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use proto_events::{headers, EncodedEvent, Event, EventKind, Subjects};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How many known-to-exist threads each process remembers. Threads never disappear, so a
+/// remembered answer is never wrong; past this bound the memory is cleared and refilled.
+const KNOWN_THREADS_CAPACITY: usize = 100_000;
+
+/// What the domain needs from the event log.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends an event and waits until the log has stored it. Returns its stream sequence.
+    /// Appending the same event (same id) again stores it once.
+    async fn append(&self, event: &EncodedEvent) -> Result<u64, StoreError>;
+
+    /// Whether the thread exists: its `ThreadCreated` event is in the log and valid.
+    async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError>;
+
+    /// The stream sequence of the thread's latest event; `None` if the log has none.
+    async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError>;
+
+    /// A sequence through which every event has been applied to the read model. Cheap when
+    /// the last answer was already at least `wanted`.
+    async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError>;
+}
+
+/// The event log on NATS JetStream: one stream of events on per-thread subjects, and a
+/// second stream where consumers set invalid events aside.
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    stream: stream::Stream,
+    allow_direct: bool,
+    subjects: Subjects,
+    settings: NatsSettings,
+    known_threads: Mutex<HashSet<Uuid>>,
+    applied_floor: AtomicU64,
+}
+
+impl JetStreamLog {
+    /// Connects to NATS and creates (or checks) the event and dead-letter streams.
+    pub async fn connect(settings: &NatsSettings) -> Result<Self, StoreError> {
+        let subjects = Subjects::new(&settings.subject_prefix).map_err(StoreError::nats)?;
+        let client = async_nats::ConnectOptions::new()
+            .name("threadline")
+            .connection_timeout(settings.nats_timeout)
+            .request_timeout(Some(settings.nats_timeout))
+            .connect(settings.nats_url.as_str())
+            .await
+            .map_err(|e| {
+                StoreError::nats(format!("cannot connect to {}: {e}", settings.nats_url))
+            })?;
+        let mut jetstream = jetstream::new(client.clone());
+        jetstream.set_timeout(settings.nats_timeout);
+
+        let info = ensure_stream(
+            &jetstream,
+            stream::Config {
+                name: settings.stream_name.clone(),
+                description: Some("threadline events: the source of truth".into()),
+                subjects: subjects.stream_subjects(),
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            },
+        )
+        .await?;
+        ensure_stream(
+            &jetstream,
+            stream::Config {
+                name: settings.dead_letter_stream.clone(),
+                description: Some("threadline events set aside as invalid, with the reason".into()),
+                subjects: subjects.dead_letter_subjects(),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let stream = jetstream
+            .get_stream(&settings.stream_name)
+            .await
+            .map_err(StoreError::nats)?;
+        Ok(Self {
+            client,
+            jetstream,
+            stream,
+            allow_direct: info.config.allow_direct,
+            subjects,
+            settings: settings.clone(),
+            known_threads: Mutex::new(HashSet::new()),
+            applied_floor: AtomicU64::new(0),
+        })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
+    /// Remembers that a thread exists (it was just created, or its event was seen).
+    pub fn remember_thread(&self, thread: Uuid) {
+        let mut known = self.known_threads.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_THREADS_CAPACITY {
+            known.clear();
+        }
+        known.insert(thread);
+    }
+
+    fn is_known_thread(&self, thread: Uuid) -> bool {
+        let known = self.known_threads.lock().unwrap_or_else(|e| e.into_inner());
+        known.contains(&thread)
+    }
+
+    /// The newest message on a subject of the event stream, if any.
+    async fn last_on_subject(
+        &self,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
+        if self.allow_direct {
+            match self.stream.direct_get_last_for_subject(subject).await {
+                Ok(message) => Ok(Some(message)),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::nats(e)),
+            }
+        } else {
+            match self.stream.get_last_raw_message_by_subject(subject).await {
+                Ok(message) => Ok(Some(message)),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                Err(e) => Err(StoreError::nats(e)),
+            }
+        }
+    }
+
+    /// Republishes an invalid event on the dead-letter stream, with why and where it came from,
+    /// and waits until that stream has stored it.
+    pub async fn set_aside(
+        &self,
+        subject: &str,
+        sequence: u64,
+        payload: bytes::Bytes,
+        reason: &proto_events::EventError,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            headers::MSG_ID,
+            format!("{}-{sequence}", self.settings.stream_name).as_str(),
+        );
+        headers.insert(
+            headers::DEAD_LETTER_REASON,
+            header_safe(&reason.to_string()).as_str(),
+        );
+        headers.insert(headers::DEAD_LETTER_SUBJECT, subject);
+        headers.insert(headers::DEAD_LETTER_SEQUENCE, sequence.to_string().as_str());
+        headers.insert(headers::DEAD_LETTER_BY, by);
+        let ack = self
+            .jetstream
+            .publish_with_headers(self.subjects.dead_letter(reason.code()), headers, payload)
+            .await
+            .map_err(StoreError::nats)?;
+        ack.await.map_err(StoreError::nats)?;
+        Ok(())
+    }
+}
+
+/// Header values may not hold line breaks.
+fn header_safe(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Info, StoreError> {
+    let mut stream = jetstream
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|e| {
+            StoreError::nats(format!("cannot create or open stream {}: {e}", config.name))
+        })?;
+    let info = stream.info().await.map_err(StoreError::nats)?.clone();
+    let missing: Vec<&String> = config
+        .subjects
+        .iter()
+        .filter(|s| !info.config.subjects.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(StoreError::Unavailable {
+            what: "NATS JetStream",
+            cause: format!(
+                "stream {} exists with subjects {:?}, which lack {:?}; \
+                 choose another STREAM_NAME or SUBJECT_PREFIX",
+                config.name, info.config.subjects, missing
+            ),
+        });
+    }
+    Ok(info)
+}
+
+#[async_trait]
+impl EventLog for JetStreamLog {
+    #[tracing::instrument(skip_all, fields(event_id = %encoded.event().id(), thread_id = %encoded.event().thread()))]
+    async fn append(&self, encoded: &EncodedEvent) -> Result<u64, StoreError> {
+        let event = encoded.event();
+        let payload = encoded.payload().clone();
+        let max = self.client.server_info().max_payload;
+        if max > 0 && payload.len() + 512 > max {
+            return Err(StoreError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        let subject = self.subjects.event(event.thread(), event.kind());
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::MSG_ID, event.id().to_string().as_str());
+        headers.insert(headers::EVENT, event.kind().name());
+        headers.insert(
+            headers::SCHEMA_VERSION,
+            proto_events::SCHEMA_VERSION.to_string().as_str(),
+        );
+        // A lost acknowledgement is retried with the same Nats-Msg-Id: JetStream stores the
+        // event once and acknowledges the retry with the first sequence.
+        let mut last_error = None;
+        for _ in 0..3 {
+            let ack = match self
+                .jetstream
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack,
+                Err(e) => {
+                    last_error = Some(StoreError::nats(e));
+                    continue;
+                }
+            };
+            match ack.await {
+                Ok(ack) => {
+                    if event.kind() == EventKind::ThreadCreated {
+                        self.remember_thread(event.thread());
+                    }
+                    return Ok(ack.sequence);
+                }
+                Err(e) => last_error = Some(StoreError::nats(e)),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| StoreError::nats("append failed")))
+    }
+
+    async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {
+        if self.is_known_thread(thread) {
+            return Ok(true);
+        }
+        let subject = self.subjects.thread_created(thread);
+        let Some(message) = self.last_on_subject(&subject).await? else {
+            return Ok(false);
+        };
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+        let valid = Event::decode(
+            &self.subjects,
+            &subject,
+            header(headers::EVENT).as_deref(),
+            header(headers::SCHEMA_VERSION).as_deref(),
+            &message.payload,
+        )
+        .is_ok();
+        if valid {
+            self.remember_thread(thread);
+        }
+        Ok(valid)
+    }
+
+    async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        if let Some(message) = self
+            .last_on_subject(&self.subjects.message_posted(thread))
+            .await?
+        {
+            return Ok(Some(message.sequence));
+        }
+        Ok(self
+            .last_on_subject(&self.subjects.thread_created(thread))
+            .await?
+            .map(|m| m.sequence))
+    }
+
+    async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError> {
+        let known = self.applied_floor.load(Ordering::Relaxed);
+        if known >= wanted {
+            return Ok(known);
+        }
+        let info = self
+            .stream
+            .consumer_info(&self.settings.projector_consumer)
+            .await
+            .map_err(StoreError::nats)?;
+        let floor = info.ack_floor.stream_sequence;
+        self.applied_floor.fetch_max(floor, Ordering::Relaxed);
+        Ok(floor)
+    }
+}
