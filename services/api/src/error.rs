@@ -55,7 +55,10 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"detail": format!("Request body exceeded the event log's limit of {max} bytes per event.")}),
             ),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, json!({"detail": "Not found."})),
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                json!({"detail": threadline_infra::server::NOT_FOUND_DETAIL}),
+            ),
             ApiError::MethodNotAllowed(method) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"detail": format!("Method \"{method}\" not allowed.")}),
@@ -77,11 +80,6 @@ impl IntoResponse for ApiError {
         };
         (status, Json(body)).into_response()
     }
-}
-
-/// The answer to a path that no route serves.
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound
 }
 
 /// The answer to a method that a route does not serve.

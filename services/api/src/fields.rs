@@ -43,8 +43,8 @@ pub fn send_by_user(data: &Map<String, Value>) -> Result<bool, &'static str> {
         Some(Value::Null) => Err(NULL),
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if f == 1.0 => Ok(true),
-            Some(f) if f == 0.0 => Ok(false),
+            Some(1.0) => Ok(true),
+            Some(0.0) => Ok(false),
             _ => Err(NOT_A_BOOLEAN),
         },
         Some(Value::String(s)) => {

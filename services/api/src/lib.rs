@@ -27,9 +27,8 @@ use threadline_infra::{
     NatsSettings, PgReadModel, ReadModel,
 };
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
 
-pub use error::{method_not_allowed, not_found, ApiError};
+pub use error::{method_not_allowed, ApiError};
 
 /// How the API answers.
 #[derive(Debug, Clone, Args)]
@@ -125,14 +124,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         read: read.clone(),
         settings: Arc::new(settings.api),
     };
-    let app = finish(router(state).merge(health_router(vec![log, read])));
+    let app = threadline_infra::server::finish(router(state).merge(health_router(vec![log, read])));
     serve(listener, app, shutdown, settings.http.shutdown_timeout)
         .await
         .context("HTTP server failed")
-}
-
-/// Completes a router of one or more roles for serving: the JSON 404 for unknown paths and
-/// request tracing.
-pub fn finish(router: Router) -> Router {
-    router.fallback(not_found).layer(TraceLayer::new_for_http())
 }

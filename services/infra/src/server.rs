@@ -1,10 +1,12 @@
 //! Serving a router until shutdown: stop accepting, let in-flight requests finish (bounded).
 
-use axum::Router;
+use axum::http::StatusCode;
+use axum::{Json, Router};
 use std::future::IntoFuture;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
 
 /// Serves `router` on `listener` until `shutdown` fires, then gives in-flight requests up to
 /// `grace` to finish.
@@ -33,4 +35,20 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The body DRF answers 404 with.
+pub const NOT_FOUND_DETAIL: &str = "Not found.";
+
+/// Completes a router of one or more roles for serving: a JSON 404 for unknown paths and
+/// request tracing.
+pub fn finish(router: Router) -> Router {
+    router.fallback(not_found).layer(TraceLayer::new_for_http())
+}
+
+async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "detail": NOT_FOUND_DETAIL })),
+    )
 }

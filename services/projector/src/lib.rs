@@ -1,1 +1,285 @@
-//! x
+//! The projector: the only writer of the read model. A durable JetStream consumer folds the
+//! event stream into PostgreSQL batch by batch; an event is acknowledged only after its batch
+//! is committed, so a crash at any point loses nothing and a redelivery changes nothing.
+//! Invalid events are set aside on the dead-letter stream with their reason and never stop it.
+
+pub mod fold;
+
+use anyhow::Context;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::Message;
+use clap::Args;
+use fold::{Incoming, Verdict};
+use futures::StreamExt;
+use proto_events::headers;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use threadline_infra::{
+    health_router, retry, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog,
+    NatsSettings, PgReadModel, ReadModel, StoreError,
+};
+use tokio_util::sync::CancellationToken;
+
+/// How the projector consumes.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectorSettings {
+    /// Most events written to PostgreSQL in one transaction.
+    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+}
+
+/// Everything the `projector` role needs to run on its own.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address of the projector's /healthz and /readyz.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8002")]
+    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub projector: ProjectorSettings,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub http: HttpSettings,
+}
+
+/// Folds the event stream into the read model.
+pub struct Projector {
+    log: Arc<JetStreamLog>,
+    read: Arc<dyn ReadModel>,
+    settings: ProjectorSettings,
+}
+
+impl Projector {
+    pub fn new(
+        log: Arc<JetStreamLog>,
+        read: Arc<dyn ReadModel>,
+        settings: ProjectorSettings,
+    ) -> Self {
+        Self {
+            log,
+            read,
+            settings,
+        }
+    }
+
+    /// Consumes until `shutdown` fires; the batch in hand is finished and acknowledged first.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let Some(mut messages) =
+                retry::until_ready("opening the projector's consumer", &shutdown, || {
+                    self.open_consumer()
+                })
+                .await
+            else {
+                return;
+            };
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    batch = messages.next() => batch,
+                };
+                let Some(batch) = batch else {
+                    tracing::warn!("the consumer's message stream ended; reopening it");
+                    break;
+                };
+                let mut received = Vec::with_capacity(batch.len());
+                for item in batch {
+                    match item {
+                        Ok(message) => received.push(message),
+                        Err(e) => tracing::warn!("consumer: {e}"),
+                    }
+                }
+                if !received.is_empty() {
+                    self.project(received, &shutdown).await;
+                }
+            }
+        }
+    }
+
+    async fn open_consumer(
+        &self,
+    ) -> Result<
+        futures::stream::ReadyChunks<async_nats::jetstream::consumer::pull::Stream>,
+        anyhow::Error,
+    > {
+        let settings = self.log.settings();
+        let stream = self
+            .log
+            .jetstream()
+            .get_stream(&settings.stream_name)
+            .await
+            .context("cannot open the event stream")?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &settings.projector_consumer,
+                pull::Config {
+                    durable_name: Some(settings.projector_consumer.clone()),
+                    description: Some("threadline projector: folds events into PostgreSQL".into()),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::All,
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("cannot create or open the projector's consumer")?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.settings.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .context("cannot start consuming")?;
+        Ok(messages.ready_chunks(self.settings.batch_size))
+    }
+
+    /// Applies one batch: rows in one transaction, invalid events set aside, then every event
+    /// acknowledged. A failing database is retried until it answers or shutdown fires; then the
+    /// batch stays unacknowledged and is delivered again.
+    #[tracing::instrument(skip_all, fields(first_seq, last_seq, events = messages.len()))]
+    async fn project(&self, messages: Vec<Message>, shutdown: &CancellationToken) {
+        let incoming: Vec<Incoming> = messages.iter().filter_map(incoming).collect();
+        if let (Some(first), Some(last)) = (incoming.first(), incoming.last()) {
+            tracing::Span::current().record("first_seq", first.sequence);
+            tracing::Span::current().record("last_seq", last.sequence);
+        }
+        let subjects = self.log.subjects();
+        let mut verdicts: Vec<Verdict> = incoming
+            .iter()
+            .map(|i| fold::verdict(subjects, i))
+            .collect();
+        let Some(unknown) =
+            retry::until_ready("checking threads against the event log", shutdown, || {
+                self.unknown_threads(&verdicts)
+            })
+            .await
+        else {
+            return;
+        };
+        fold::reject_unknown_threads(&mut verdicts, &unknown);
+
+        let mut threads = Vec::new();
+        let mut rows = Vec::new();
+        for verdict in &verdicts {
+            match verdict {
+                Verdict::Thread(t) => threads.push(t.clone()),
+                Verdict::Message(m) => rows.push(m.clone()),
+                Verdict::SetAside(_) => {}
+            }
+        }
+        if retry::until_ready("writing to the read model", shutdown, || {
+            self.read.apply(&threads, &rows)
+        })
+        .await
+        .is_none()
+        {
+            return;
+        }
+        for thread in &threads {
+            self.log.remember_thread(thread.id);
+        }
+        for (event, verdict) in incoming.iter().zip(&verdicts) {
+            if let Verdict::SetAside(reason) = verdict {
+                tracing::warn!(
+                    subject = %event.subject, sequence = event.sequence, reason = reason.code(),
+                    "setting an invalid event aside: {reason}"
+                );
+                let set_aside =
+                    retry::until_ready("setting an invalid event aside", shutdown, || {
+                        self.log.set_aside(
+                            &event.subject,
+                            event.sequence,
+                            event.payload.clone(),
+                            reason,
+                            "projector",
+                        )
+                    })
+                    .await;
+                if set_aside.is_none() {
+                    return;
+                }
+            }
+        }
+        for message in &messages {
+            if let Err(e) = message.ack().await {
+                tracing::warn!("acknowledging failed (the event will be applied again): {e}");
+            }
+        }
+        tracing::debug!(
+            threads = threads.len(),
+            messages = rows.len(),
+            "batch applied"
+        );
+    }
+
+    async fn unknown_threads(
+        &self,
+        verdicts: &[Verdict],
+    ) -> Result<HashSet<uuid::Uuid>, StoreError> {
+        let mut unknown = HashSet::new();
+        for thread in fold::threads_to_check(verdicts) {
+            if !self.log.thread_exists(thread).await? {
+                unknown.insert(thread);
+            }
+        }
+        Ok(unknown)
+    }
+}
+
+fn incoming(message: &Message) -> Option<Incoming> {
+    let info = message.info().ok()?;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    Some(Incoming {
+        subject: message.subject.to_string(),
+        sequence: info.stream_sequence,
+        event_header: header(headers::EVENT),
+        version_header: header(headers::SCHEMA_VERSION),
+        payload: message.payload.clone(),
+    })
+}
+
+/// Runs the `projector` role until `shutdown` fires.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    settings.nats.validate().map_err(anyhow::Error::msg)?;
+    PgReadModel::options(&settings.database).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+    let Some(log) = retry::until_ready("connecting to NATS JetStream", &shutdown, || {
+        JetStreamLog::connect(&settings.nats)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let Some(read) = retry::until_ready("connecting to PostgreSQL", &shutdown, || {
+        PgReadModel::connect(&settings.database)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let log = Arc::new(log);
+    let read = Arc::new(read);
+    let health = threadline_infra::server::finish(health_router(vec![log.clone(), read.clone()]));
+    let projector = Projector::new(log, read, settings.projector);
+    let server = serve(
+        listener,
+        health,
+        shutdown.clone(),
+        settings.http.shutdown_timeout,
+    );
+    let (served, ()) = tokio::join!(server, projector.run(shutdown.clone()));
+    served.context("HTTP server failed")
+}

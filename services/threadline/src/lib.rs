@@ -1,1 +1,154 @@
+//! The `threadline` binary's library: the command line, logging, signals, and the `all` role,
+//! which runs the api, the projector and the gateway in one process with the HTTP API and the
+//! websocket on one port. The other roles are each service crate's own `run`.
 
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use threadline_api::{ApiSettings, AppState};
+use threadline_gateway::{Gateway, GatewaySettings};
+use threadline_infra::{
+    health_router, retry, serve, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings,
+    PgReadModel,
+};
+use threadline_projector::{Projector, ProjectorSettings};
+use tokio_util::sync::CancellationToken;
+
+/// threadline: the backend of a website support chat answered from Slack.
+///
+/// Every setting can be given as a flag or as the environment variable named in its help.
+/// Logs go to standard error; RUST_LOG sets their level (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "threadline", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub role: Role,
+}
+
+/// The role this process plays.
+#[derive(Debug, Subcommand)]
+pub enum Role {
+    /// The HTTP API: POST /chat/thread/, GET /chat/thread/:id/, POST /chat/message/.
+    Api(threadline_api::Settings),
+    /// The projector: folds the event stream into the PostgreSQL read model.
+    Projector(threadline_projector::Settings),
+    /// The websocket gateway: /ws/chat/:threadId/.
+    Gateway(threadline_gateway::Settings),
+    /// All three in one process, with the HTTP API and the websocket on one port.
+    All(AllSettings),
+}
+
+/// Everything the `all` role needs.
+#[derive(Debug, Clone, Args)]
+pub struct AllSettings {
+    /// Address the HTTP API and the websocket endpoint listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
+    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub api: ApiSettings,
+    #[command(flatten)]
+    pub projector: ProjectorSettings,
+    #[command(flatten)]
+    pub gateway: GatewaySettings,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub http: HttpSettings,
+}
+
+/// Runs the chosen role until `shutdown` fires.
+pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match role {
+        Role::Api(settings) => threadline_api::run(settings, shutdown).await,
+        Role::Projector(settings) => threadline_projector::run(settings, shutdown).await,
+        Role::Gateway(settings) => threadline_gateway::run(settings, shutdown).await,
+        Role::All(settings) => run_all(settings, shutdown).await,
+    }
+}
+
+/// Runs api, projector and gateway in one process, sharing one NATS connection and one
+/// database pool.
+pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    settings.nats.validate().map_err(anyhow::Error::msg)?;
+    PgReadModel::options(&settings.database).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+    let Some(log) = retry::until_ready("connecting to NATS JetStream", &shutdown, || {
+        JetStreamLog::connect(&settings.nats)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let Some(read) = retry::until_ready("connecting to PostgreSQL", &shutdown, || {
+        PgReadModel::connect(&settings.database)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let log = Arc::new(log);
+    let read = Arc::new(read);
+    let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
+    let api = threadline_api::router(AppState {
+        log: log.clone(),
+        read: read.clone(),
+        settings: Arc::new(settings.api),
+    });
+    let app = threadline_infra::server::finish(
+        api.merge(threadline_gateway::router(gateway.clone()))
+            .merge(health_router(vec![log.clone(), read.clone()])),
+    );
+    let projector = Projector::new(log, read, settings.projector);
+    let server = serve(
+        listener,
+        app,
+        shutdown.clone(),
+        settings.http.shutdown_timeout,
+    );
+    let (served, ()) = tokio::join!(server, projector.run(shutdown.clone()));
+    gateway.drain(settings.http.shutdown_timeout).await;
+    served.context("HTTP server failed")
+}
+
+/// Logs to standard error at the level RUST_LOG sets (default info), in colour only on a
+/// terminal.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// A token that fires on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        }
+        fire.cancel();
+    });
+    token
+}

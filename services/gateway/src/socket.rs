@@ -1,0 +1,211 @@
+//! One websocket session: push the thread's frames, ignore what the client sends, ping, and
+//! close on shutdown, on a stalled client or on a client that fell too far behind.
+
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Timing of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is dropped.
+    pub idle_timeout: Duration,
+    /// A frame the client does not take within this long closes the session.
+    pub send_timeout: Duration,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    ClientClosed,
+    ShuttingDown,
+    TooSlow,
+    Idle,
+    FeedClosed,
+}
+
+/// Runs a session over any websocket-like sink and stream (an axum `WebSocket` in
+/// production), so that it can be tested without a network.
+pub async fn session<S, E>(
+    socket: S,
+    frames: &mut broadcast::Receiver<Utf8Bytes>,
+    limits: SessionLimits,
+    shutdown: CancellationToken,
+) -> Ended
+where
+    S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
+{
+    let (mut sink, mut incoming) = socket.split();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    let mut last_heard = Instant::now();
+    let (ended, close) = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break (Ended::ShuttingDown, Some((close_code::AWAY, "server shutting down"))),
+            frame = frames.recv() => match frame {
+                Ok(frame) => {
+                    match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break (Ended::ClientClosed, None),
+                        Err(_) => break (Ended::TooSlow, Some((close_code::AGAIN, "client too slow"))),
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "closing a websocket that fell too far behind");
+                    break (Ended::TooSlow, Some((close_code::AGAIN, "client too slow")));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    break (Ended::FeedClosed, Some((close_code::AGAIN, "feed closed, reconnect")));
+                }
+            },
+            message = incoming.next() => match message {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break (Ended::ClientClosed, None),
+                // Frames from the client are ignored, whatever they hold; they prove it is alive.
+                Some(Ok(_)) => last_heard = Instant::now(),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= limits.idle_timeout {
+                    break (Ended::Idle, Some((close_code::AWAY, "no answer to pings")));
+                }
+                if timeout(limits.send_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                    break (Ended::ClientClosed, None);
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = timeout(limits.send_timeout, sink.send(Message::Close(Some(frame)))).await;
+    }
+    ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::channel::mpsc;
+
+    /// A fake socket: what the session sends goes to `sent`, what the test pushes into
+    /// `client` arrives as the client's frames.
+    struct FakeSocket {
+        sent: mpsc::UnboundedSender<Message>,
+        client: mpsc::UnboundedReceiver<Result<Message, ()>>,
+    }
+
+    impl Sink<Message> for FakeSocket {
+        type Error = mpsc::SendError;
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::pin::Pin::new(&mut self.get_mut().sent).poll_ready(cx)
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            std::pin::Pin::new(&mut self.get_mut().sent).start_send(item)
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::pin::Pin::new(&mut self.get_mut().sent).poll_flush(cx)
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::pin::Pin::new(&mut self.get_mut().sent).poll_close(cx)
+        }
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<Message, ()>;
+        fn poll_next(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.get_mut().client.poll_next_unpin(cx)
+        }
+    }
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_are_pushed_and_client_frames_ignored() {
+        let (sent_tx, mut sent) = mpsc::unbounded();
+        let (client, client_rx) = mpsc::unbounded();
+        let socket = FakeSocket {
+            sent: sent_tx,
+            client: client_rx,
+        };
+        let (tx, mut rx) = broadcast::channel(8);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { session(socket, &mut rx, limits(), shutdown).await }
+        });
+        client
+            .unbounded_send(Ok(Message::Text("garbage {".into())))
+            .unwrap();
+        client
+            .unbounded_send(Ok(Message::Binary(vec![1, 2, 3].into())))
+            .unwrap();
+        tx.send(Utf8Bytes::from_static("{\"id\":1}")).unwrap();
+        assert_eq!(sent.next().await, Some(Message::Text("{\"id\":1}".into())));
+        shutdown.cancel();
+        assert_eq!(task.await.unwrap(), Ended::ShuttingDown);
+        match sent.next().await {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, close_code::AWAY),
+            other => panic!("expected a going-away close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_falls_behind_is_closed() {
+        let (sent_tx, mut sent) = mpsc::unbounded();
+        let (_client, client_rx) = mpsc::unbounded();
+        let socket = FakeSocket {
+            sent: sent_tx,
+            client: client_rx,
+        };
+        let (tx, mut rx) = broadcast::channel(2);
+        for i in 0..5 {
+            tx.send(Utf8Bytes::from(format!("{i}"))).unwrap();
+        }
+        let ended = session(socket, &mut rx, limits(), CancellationToken::new()).await;
+        assert_eq!(ended, Ended::TooSlow);
+        let mut last = None;
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(50), sent.next()).await
+        {
+            last = Some(message);
+        }
+        assert!(matches!(last, Some(Message::Close(Some(f))) if f.code == close_code::AGAIN));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_dropped() {
+        let (sent_tx, _sent) = mpsc::unbounded();
+        let (_client, client_rx) = mpsc::unbounded();
+        let socket = FakeSocket {
+            sent: sent_tx,
+            client: client_rx,
+        };
+        let (_tx, mut rx) = broadcast::channel::<Utf8Bytes>(2);
+        let ended = session(socket, &mut rx, limits(), CancellationToken::new()).await;
+        assert_eq!(ended, Ended::Idle);
+    }
+}

@@ -1,0 +1,172 @@
+//! The projection fold: what each event does to the read model. Pure, so it is tested
+//! without a broker or a database.
+
+use bytes::Bytes;
+use proto_events::{Event, EventError, Subjects};
+use std::collections::HashSet;
+use threadline_infra::{AppliedMessage, AppliedThread};
+use uuid::Uuid;
+
+/// An event as it came from the stream.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub subject: String,
+    pub sequence: u64,
+    pub event_header: Option<String>,
+    pub version_header: Option<String>,
+    pub payload: Bytes,
+}
+
+/// What to do with one event.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Thread(AppliedThread),
+    Message(AppliedMessage),
+    SetAside(EventError),
+}
+
+/// Decodes and checks one event.
+pub fn verdict(subjects: &Subjects, incoming: &Incoming) -> Verdict {
+    let decoded = Event::decode(
+        subjects,
+        &incoming.subject,
+        incoming.event_header.as_deref(),
+        incoming.version_header.as_deref(),
+        &incoming.payload,
+    );
+    match decoded {
+        Ok(Event::ThreadCreated(e)) => Verdict::Thread(AppliedThread {
+            id: e.id,
+            user: e.user,
+            timestamp: e.timestamp,
+            stream_seq: incoming.sequence,
+        }),
+        Ok(Event::MessagePosted(e)) => Verdict::Message(AppliedMessage {
+            id: e.id,
+            thread: e.thread,
+            user: e.user,
+            timestamp: e.timestamp,
+            body: e.body,
+            send_by_user: e.send_by_user,
+            stream_seq: incoming.sequence,
+        }),
+        Err(e) => Verdict::SetAside(e),
+    }
+}
+
+/// The threads whose existence must be asked of the log: those that messages of this batch
+/// name and that the batch does not create itself.
+pub fn threads_to_check(verdicts: &[Verdict]) -> HashSet<Uuid> {
+    let created: HashSet<Uuid> = verdicts
+        .iter()
+        .filter_map(|v| match v {
+            Verdict::Thread(t) => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    verdicts
+        .iter()
+        .filter_map(|v| match v {
+            Verdict::Message(m) if !created.contains(&m.thread) => Some(m.thread),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Turns messages for threads that do not exist into set-aside verdicts.
+pub fn reject_unknown_threads(verdicts: &mut [Verdict], unknown: &HashSet<Uuid>) {
+    for verdict in verdicts.iter_mut() {
+        if let Verdict::Message(m) = verdict {
+            if unknown.contains(&m.thread) {
+                *verdict = Verdict::SetAside(EventError::UnknownThread(m.thread));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const THREAD: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
+
+    fn incoming(kind: &str, sequence: u64, payload: serde_json::Value) -> Incoming {
+        Incoming {
+            subject: format!("chat.thread.{THREAD}.{kind}"),
+            sequence,
+            event_header: None,
+            version_header: None,
+            payload: Bytes::from(serde_json::to_vec(&payload).unwrap()),
+        }
+    }
+
+    fn created() -> Incoming {
+        incoming(
+            "created",
+            1,
+            json!({"id": THREAD, "user": {"n": 1}, "timestamp": "2026-11-24T03:22:40.123456Z"}),
+        )
+    }
+
+    fn message(sequence: u64, thread: &str) -> Incoming {
+        let mut m = incoming(
+            "message",
+            sequence,
+            json!({
+                "id": uuid::Uuid::from_u128(sequence as u128).to_string(),
+                "user": "agent", "timestamp": "2026-11-24T03:22:41.000000Z",
+                "body": "hi", "send_by_user": false, "thread": thread,
+            }),
+        );
+        m.subject = format!("chat.thread.{thread}.message");
+        m
+    }
+
+    #[test]
+    fn valid_events_become_rows_with_their_sequence() {
+        let s = Subjects::default();
+        assert!(matches!(verdict(&s, &created()), Verdict::Thread(t) if t.stream_seq == 1));
+        assert!(
+            matches!(verdict(&s, &message(7, THREAD)), Verdict::Message(m) if m.stream_seq == 7)
+        );
+    }
+
+    #[test]
+    fn invalid_events_are_set_aside_with_a_reason() {
+        let s = Subjects::default();
+        let mut bad = message(2, THREAD);
+        bad.payload = Bytes::from_static(b"{\"id\":");
+        assert!(matches!(
+            verdict(&s, &bad),
+            Verdict::SetAside(EventError::InvalidPayload(_))
+        ));
+    }
+
+    #[test]
+    fn only_threads_the_batch_does_not_create_are_checked() {
+        let s = Subjects::default();
+        let other = "00000000-0000-1000-8000-000000000001";
+        let verdicts: Vec<Verdict> = [created(), message(2, THREAD), message(3, other)]
+            .iter()
+            .map(|i| verdict(&s, i))
+            .collect();
+        let check = threads_to_check(&verdicts);
+        assert_eq!(check, HashSet::from([Uuid::parse_str(other).unwrap()]));
+    }
+
+    #[test]
+    fn messages_for_unknown_threads_are_set_aside() {
+        let s = Subjects::default();
+        let other = Uuid::parse_str("00000000-0000-1000-8000-000000000001").unwrap();
+        let mut verdicts = vec![
+            verdict(&s, &message(3, &other.to_string())),
+            verdict(&s, &message(4, THREAD)),
+        ];
+        reject_unknown_threads(&mut verdicts, &HashSet::from([other]));
+        assert!(
+            matches!(&verdicts[0], Verdict::SetAside(EventError::UnknownThread(t)) if *t == other)
+        );
+        assert!(matches!(&verdicts[1], Verdict::Message(_)));
+    }
+}
