@@ -142,6 +142,12 @@ impl Event {
                 });
             }
         }
+        // Serde would also take a struct written as a JSON array; the schema says object.
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(EventError::InvalidPayload(
+                "the payload must be a JSON object".into(),
+            ));
+        }
         let event = match kind {
             EventKind::ThreadCreated => serde_json::from_slice(payload)
                 .map(Event::ThreadCreated)
@@ -314,6 +320,14 @@ mod tests {
             cases.push(v);
         }
         cases.push(json!([1, 2]));
+        cases.push(json!([
+            MESSAGE,
+            "agent",
+            "2026-11-24T03:22:40.123456Z",
+            "hi",
+            false,
+            THREAD
+        ]));
         for case in cases {
             assert!(
                 matches!(decode(&subject, &case), Err(EventError::InvalidPayload(_))),

@@ -92,7 +92,12 @@ impl Subjects {
             .and_then(|r| r.strip_prefix(".thread."))
             .ok_or_else(bad)?;
         let (thread, kind) = rest.split_once('.').ok_or_else(bad)?;
-        let thread = Uuid::try_parse(thread).map_err(|_| bad())?;
+        let token = thread;
+        let thread = Uuid::try_parse(token).map_err(|_| bad())?;
+        // Only the canonical spelling: gateways listen on it, and the log is searched by it.
+        if thread.hyphenated().to_string() != token {
+            return Err(bad());
+        }
         let kind = EventKind::from_subject_token(kind).ok_or_else(bad)?;
         Ok((thread, kind))
     }
@@ -153,6 +158,8 @@ mod tests {
             &format!("chat.thread.{THREAD}.deleted"),
             &format!("other.thread.{THREAD}.message"),
             "chat.thread",
+            &format!("chat.thread.{}.message", THREAD.to_uppercase()),
+            &format!("chat.thread.{}.message", THREAD.replace('-', "")),
         ] {
             assert!(s.parse(subject).is_err(), "{subject}");
         }

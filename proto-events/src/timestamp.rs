@@ -17,10 +17,23 @@ impl Timestamp {
 
     /// Parses exactly the contract's format; anything else is refused.
     pub fn parse(text: &str) -> Option<Self> {
-        if text.len() != 27 {
+        // chrono alone would also take signs, spaces and single digits in some places, and
+        // write them back differently: the shape is checked byte by byte first.
+        const SHAPE: &[u8; 27] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+        let bytes = text.as_bytes();
+        if bytes.len() != SHAPE.len()
+            || !bytes.iter().zip(SHAPE).all(|(b, s)| match s {
+                b'd' => b.is_ascii_digit(),
+                other => b == other,
+            })
+        {
             return None;
         }
         let naive = NaiveDateTime::parse_from_str(text, FORMAT).ok()?;
+        // A leap second (`:60`) is refused: it cannot be stored and shown again as sent.
+        if naive.and_utc().timestamp_subsec_nanos() >= 1_000_000_000 {
+            return None;
+        }
         Some(Self(naive.and_utc()))
     }
 
@@ -90,6 +103,11 @@ mod tests {
             "2026-11-24T03:22:40.123456+00:00",
             "2026-11-24T03:22:40.123456",
             "2026-13-24T03:22:40.123456Z",
+            "+026-11-24T03:22:40.123456Z",
+            " 026-11-24T03:22:40.123456Z",
+            "2026-11- 4T03:22:40.123456Z",
+            "2026-11-24T03:22: 0.123456Z",
+            "2026-11-24T23:59:60.000000Z",
             "",
         ] {
             assert_eq!(Timestamp::parse(text), None, "{text}");

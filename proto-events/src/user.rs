@@ -14,6 +14,8 @@ pub enum UserError {
     Blank,
     #[error("user may not contain NUL characters")]
     NulCharacter,
+    #[error("user is not valid JSON, or repeats a key within one object")]
+    InvalidJson,
 }
 
 /// A valid `user` value, held as compact JSON text that is embedded verbatim in every answer.
@@ -24,19 +26,22 @@ impl UserJson {
     /// Parses a `user` value taken from a request body.
     pub fn parse(value: &Value) -> Result<Self, UserError> {
         check(value)?;
-        let text = serde_json::to_string(value).map_err(|_| UserError::Null)?;
+        let text = serde_json::to_string(value).map_err(|_| UserError::InvalidJson)?;
         RawValue::from_string(text)
             .map(Self)
-            .map_err(|_| UserError::Null)
+            .map_err(|_| UserError::InvalidJson)
     }
 
-    /// Parses `user` JSON text as stored or published.
+    /// Parses `user` JSON text as published. The text is kept as it is, so it must say one
+    /// thing only: an object that repeats a key is refused (which value counts would depend on
+    /// the reader, and a NUL could hide behind the repeated key).
     pub fn from_json(text: &str) -> Result<Self, UserError> {
-        let value: Value = serde_json::from_str(text).map_err(|_| UserError::Null)?;
+        serde_json::from_str::<UniqueKeys>(text).map_err(|_| UserError::InvalidJson)?;
+        let value: Value = serde_json::from_str(text).map_err(|_| UserError::InvalidJson)?;
         check(&value)?;
         RawValue::from_string(text.to_owned())
             .map(Self)
-            .map_err(|_| UserError::Null)
+            .map_err(|_| UserError::InvalidJson)
     }
 
     /// Takes `user` JSON text from the read model, which holds only values checked on the way
@@ -63,6 +68,60 @@ fn check(value: &Value) -> Result<(), UserError> {
         Value::String(s) if s.chars().all(crate::is_python_space) => Err(UserError::Blank),
         _ if contains_nul(value) => Err(UserError::NulCharacter),
         _ => Ok(()),
+    }
+}
+
+/// A JSON value read only to check that no object in it repeats a key.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
     }
 }
 
@@ -127,6 +186,19 @@ mod tests {
         );
         assert_eq!(parse(r#"{"a": ["x\u0000"]}"#), Err(UserError::NulCharacter));
         assert_eq!(parse(r#""\u0000""#), Err(UserError::NulCharacter));
+    }
+
+    #[test]
+    fn published_user_may_not_repeat_a_key() {
+        assert_eq!(
+            UserJson::from_json(r#"{"a":"\u0000","a":"x"}"#),
+            Err(UserError::InvalidJson).map(|_: ()| unreachable!())
+        );
+        assert_eq!(
+            UserJson::from_json(r#"[{"b":1,"b":2}]"#).map(|_| ()),
+            Err(UserError::InvalidJson)
+        );
+        assert!(UserJson::from_json(r#"{"a":{"a":1},"b":[{"a":2}]}"#).is_ok());
     }
 
     #[test]
