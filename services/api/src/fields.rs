@@ -12,6 +12,9 @@ pub const BLANK: &str = "This field may not be blank.";
 pub const NUL_CHARACTERS: &str = "Null characters are not allowed.";
 pub const NOT_A_STRING: &str = "Not a valid string.";
 pub const NOT_A_BOOLEAN: &str = "Must be a valid boolean.";
+/// DRF's `JSONField` text; a value parsed from the request always serialises again, so this
+/// is not expected in practice.
+pub const INVALID_JSON: &str = "Value must be valid JSON.";
 
 /// `user`: any JSON value but null or a blank string.
 pub fn user(data: &Map<String, Value>) -> Result<UserJson, &'static str> {
@@ -20,6 +23,7 @@ pub fn user(data: &Map<String, Value>) -> Result<UserJson, &'static str> {
         UserError::Null => NULL,
         UserError::Blank => BLANK,
         UserError::NulCharacter => NUL_CHARACTERS,
+        UserError::InvalidJson => INVALID_JSON,
     })
 }
 
