@@ -1,1 +1,19 @@
-fn main() {}
+//! End-to-end tests of threadline: a real nats-server with JetStream, a real PostgreSQL and
+//! the `threadline` binary run as a user runs it, driven only through HTTP, websocket and
+//! NATS. Each test starts its own servers on free ports (see `harness`).
+//!
+//! Run with `cargo test --test e2e`; `E2E_RUST_LOG` sets the services' `RUST_LOG`.
+
+mod harness;
+
+mod all_in_one;
+mod consistency;
+mod errors;
+mod faults;
+mod health;
+mod messages;
+mod outside_publisher;
+mod projector_crash;
+mod shutdown;
+mod threads;
+mod websocket;

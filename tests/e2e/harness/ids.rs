@@ -1,0 +1,129 @@
+//! What ids and timestamps on the wire must look like, and how an outside publisher makes them.
+
+use rand::Rng;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// 100-nanosecond intervals between the Gregorian epoch (1582-10-15) and the Unix epoch.
+const GREGORIAN_OFFSET: u64 = 0x01B2_1DD2_1381_4000;
+
+/// A fresh UUID version 1 with a random clock sequence and a random multicast node id, as
+/// an outside publisher (the Slack integration) would make one.
+pub fn new_uuid1() -> Uuid {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    let ticks = (now.as_nanos() / 100) as u64 + GREGORIAN_OFFSET;
+    let mut rng = rand::thread_rng();
+    let clock_seq: u16 = rng.gen::<u16>() & 0x3fff | 0x8000;
+    let mut node: [u8; 6] = rng.gen();
+    node[0] |= 0x01;
+    let mut tail = [0u8; 8];
+    tail[..2].copy_from_slice(&clock_seq.to_be_bytes());
+    tail[2..].copy_from_slice(&node);
+    Uuid::from_fields(
+        (ticks & 0xffff_ffff) as u32,
+        ((ticks >> 32) & 0xffff) as u16,
+        ((ticks >> 48) & 0x0fff) as u16 | 0x1000,
+        &tail,
+    )
+}
+
+/// A fresh id in its canonical text form.
+pub fn new_id() -> String {
+    new_uuid1().hyphenated().to_string()
+}
+
+/// Now, as the wire writes timestamps: `2026-11-24T03:22:40.123456Z`.
+pub fn now_timestamp() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+/// Asserts `id` is a UUID version 1 in canonical lower-case form whose node id is random
+/// (multicast bit set), never a MAC address.
+#[track_caller]
+pub fn assert_uuid1(id: &Value) -> Uuid {
+    let text = id
+        .as_str()
+        .unwrap_or_else(|| panic!("id {id} is not a string"));
+    let parsed = Uuid::try_parse(text).unwrap_or_else(|e| panic!("id {text:?} is not a UUID: {e}"));
+    assert_eq!(
+        parsed.hyphenated().to_string(),
+        text,
+        "id {text:?} is not in canonical lower-case form"
+    );
+    assert_eq!(
+        parsed.get_version_num(),
+        1,
+        "id {text} is not a UUID version 1"
+    );
+    assert_eq!(
+        parsed.get_variant(),
+        uuid::Variant::RFC4122,
+        "id {text} has the wrong variant"
+    );
+    assert_eq!(
+        parsed.as_bytes()[10] & 0x01,
+        0x01,
+        "id {text}: the node id's multicast bit is not set, so it may be a MAC address"
+    );
+    parsed
+}
+
+/// Asserts `ts` is `YYYY-MM-DDTHH:MM:SS.ffffffZ`, UTC with microseconds, and not far from now.
+#[track_caller]
+pub fn assert_timestamp(ts: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = ts
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp {ts} is not a string"));
+    let shape_ok = text.len() == 27
+        && text.char_indices().all(|(i, c)| match i {
+            4 | 7 => c == '-',
+            10 => c == 'T',
+            13 | 16 => c == ':',
+            19 => c == '.',
+            26 => c == 'Z',
+            _ => c.is_ascii_digit(),
+        });
+    assert!(
+        shape_ok,
+        "timestamp {text:?} is not YYYY-MM-DDTHH:MM:SS.ffffffZ"
+    );
+    let parsed = chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("timestamp {text:?} is not a valid date and time: {e}"))
+        .with_timezone(&chrono::Utc);
+    let skew = (chrono::Utc::now() - parsed).num_seconds().abs();
+    assert!(skew < 600, "timestamp {text} is {skew} s away from now");
+    parsed
+}
+
+/// A JSON value written out with its keys in order and its numbers as they were read, so
+/// that two values compare equal only if a client could not tell them apart.
+pub fn exact(value: &Value) -> String {
+    serde_json::to_string(value).expect("serialising a JSON value")
+}
+
+/// Asserts `actual` is `expected` with the same key order at every level.
+#[track_caller]
+pub fn assert_same_json(actual: &Value, expected: &Value, what: &str) {
+    assert_eq!(
+        exact(actual),
+        exact(expected),
+        "{what} differs (key order counts)"
+    );
+}
+
+/// The keys of a JSON object, sorted.
+#[track_caller]
+pub fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{value} is not an object"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}

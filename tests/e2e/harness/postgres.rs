@@ -1,0 +1,264 @@
+//! A PostgreSQL cluster of one test's own, not the machine's shared one: `initdb` once per
+//! test process into a template, then per test a copy of it served by `postgres` on a free
+//! port (as pgtemp does). As root, it runs as the `postgres` system user, since PostgreSQL
+//! refuses to run as root. Killed by its own pid and removed on drop.
+
+use super::process::{die_with_parent, drain, find_program, stop_child, temp_dir, Logs};
+use sqlx::Connection;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where PostgreSQL's programs are and whom to run them as.
+struct Install {
+    bin: PathBuf,
+    /// uid and gid of the `postgres` user when this process is root.
+    run_as: Option<(u32, u32)>,
+}
+
+fn install() -> &'static Install {
+    static INSTALL: OnceLock<Install> = OnceLock::new();
+    INSTALL.get_or_init(|| {
+        let bin = find_program("initdb", &[])
+            .and_then(|p| p.canonicalize().ok())
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .filter(|dir| dir.join("postgres").is_file())
+            .or_else(newest_versioned_bin)
+            .expect(
+                "PostgreSQL is not installed (no initdb on PATH nor /usr/lib/postgresql/*/bin)",
+            );
+        // SAFETY: geteuid has no preconditions.
+        let run_as = (unsafe { libc::geteuid() } == 0).then(postgres_user);
+        Install { bin, run_as }
+    })
+}
+
+fn newest_versioned_bin() -> Option<PathBuf> {
+    let mut bins: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    bins.sort();
+    bins.pop().map(|(_, bin)| bin)
+}
+
+fn postgres_user() -> (u32, u32) {
+    let name = c"postgres";
+    // SAFETY: getpwnam with a valid C string; the result is read at once, before any other
+    // call that could reuse its static buffer.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "running as root, and PostgreSQL refuses to run as root, but there is no `postgres` user to run it as"
+    );
+    // SAFETY: pw is non-null and points at a valid passwd entry.
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+fn command(program: &str) -> Command {
+    let install = install();
+    let mut cmd = Command::new(install.bin.join(program));
+    if let Some((uid, gid)) = install.run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.env("LC_ALL", "C").stdin(Stdio::null());
+    cmd
+}
+
+fn give_to_postgres(path: &Path) {
+    if let Some((uid, gid)) = install().run_as {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+}
+
+/// The initdb'd data directory every test copies; made once per test process and removed
+/// when the process exits.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let root = temp_dir("pg-template");
+        give_to_postgres(&root);
+        let data = root.join("data");
+        let out = command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .current_dir(&root)
+            .output()
+            .expect("running initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TEMPLATE_ROOT.set(root).ok();
+        // SAFETY: registers a plain extern "C" function.
+        unsafe { libc::atexit(remove_template) };
+        data
+    })
+}
+
+static TEMPLATE_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_template() {
+    if let Some(root) = TEMPLATE_ROOT.get() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+pub struct Postgres {
+    child: Option<Child>,
+    port: u16,
+    root: PathBuf,
+    pub logs: Logs,
+}
+
+impl Postgres {
+    /// A fresh cluster on a free port, ready for connections.
+    pub async fn start() -> Postgres {
+        let template = template();
+        let root = temp_dir("pg");
+        let data = root.join("data");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(template)
+            .arg(&data)
+            .status()
+            .expect("running cp");
+        assert!(status.success(), "copying the template cluster failed");
+        give_to_postgres(&root);
+        let mut pg = Postgres {
+            child: None,
+            port: 0,
+            root,
+            logs: Logs::new("postgres"),
+        };
+        // Another process may take the free port between our look and postgres's bind.
+        for _ in 0..5 {
+            pg.port = free_port();
+            if pg.launch().await {
+                return pg;
+            }
+        }
+        panic!("postgres did not start\n{}", pg.logs.dump());
+    }
+
+    /// Starts postgres on `self.port`; false if it could not bind the port.
+    async fn launch(&mut self) -> bool {
+        let mut cmd = command("postgres");
+        cmd.arg("-D")
+            .arg(self.root.join("data"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(&self.root)
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=32MB",
+            ])
+            .current_dir(&self.root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("starting postgres");
+        let _ = drain(child.stdout.take().expect("stdout"), self.logs.clone());
+        let _ = drain(child.stderr.take().expect("stderr"), self.logs.clone());
+        let url = self.url("postgres");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(conn) = sqlx::PgConnection::connect(&url).await {
+                let _ = conn.close().await;
+                self.child = Some(child);
+                return true;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                if self.logs.contains("could not bind")
+                    || self.logs.contains("could not create any TCP/IP sockets")
+                {
+                    return false;
+                }
+                panic!("postgres exited while starting\n{}", self.logs.dump());
+            }
+            if Instant::now() > deadline {
+                stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
+                panic!(
+                    "postgres did not accept connections within {START_TIMEOUT:?}\n{}",
+                    self.logs.dump()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The URL of database `db` on this cluster, as superuser `postgres`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A fast shutdown (SIGINT), waited for; SIGKILL if it takes too long.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGINT, Duration::from_secs(30));
+        }
+    }
+
+    /// Starts the stopped cluster again on the same port.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "postgres is still running");
+        let mut tries = 0;
+        while !self.launch().await {
+            tries += 1;
+            assert!(
+                tries < 50,
+                "postgres could not bind its port {} again\n{}",
+                self.port,
+                self.logs.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Immediate shutdown: the postmaster takes its backends with it.
+            stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("finding a free port")
+        .port()
+}
