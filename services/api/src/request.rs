@@ -4,6 +4,8 @@
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 
 /// The request body as a JSON object. An empty body reads as `{}` whatever its content type
@@ -17,17 +19,7 @@ pub async fn json_object(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            ApiError::BodyTooLarge { limit }
-        } else {
-            ApiError::JsonParse(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let bytes = read_within(body, limit, declared_length).await?;
     if bytes.is_empty() {
         return Ok(Map::new());
     }
@@ -47,6 +39,47 @@ pub async fn json_object(
             "Invalid data. Expected a dictionary, but got {}.",
             python_type_name(&other)
         ))),
+    }
+}
+
+/// How much of an oversized body is read and thrown away so that the client, still sending,
+/// receives the 413 instead of a broken pipe. Past this, the connection is closed instead.
+const DISCARD_AT_MOST: u64 = 16 * 1024 * 1024;
+
+/// Reads the body if it fits in `limit` bytes. An oversized body is read to its end (up to
+/// [`DISCARD_AT_MOST`]) and dropped, then refused with 413.
+async fn read_within(
+    body: Body,
+    limit: usize,
+    declared_length: Option<u64>,
+) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::BodyTooLarge { limit };
+    if declared_length.is_some_and(|n| n > DISCARD_AT_MOST) {
+        return Err(too_large);
+    }
+    let mut oversized = declared_length.is_some_and(|n| n > limit as u64);
+    let mut kept = BytesMut::new();
+    let mut seen: u64 = 0;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::JsonParse(format!("could not read the request body: {e}")))?;
+        seen += chunk.len() as u64;
+        if seen > DISCARD_AT_MOST {
+            break;
+        }
+        if !oversized && kept.len() + chunk.len() > limit {
+            oversized = true;
+            kept = BytesMut::new();
+        }
+        if !oversized {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    if oversized || seen > limit as u64 {
+        Err(too_large)
+    } else {
+        Ok(kept.freeze())
     }
 }
 
