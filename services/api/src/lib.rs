@@ -22,9 +22,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use threadline_infra::settings::parse_duration;
+use threadline_infra::startup::{self, Started};
 use threadline_infra::{
-    health_router, retry, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog,
-    NatsSettings, PgReadModel, ReadModel,
+    health_router, serve, DatabaseSettings, EventLog, HttpSettings, NatsSettings, ReadModel,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -98,27 +98,16 @@ async fn options() -> impl IntoResponse {
 
 /// Runs the `api` role until `shutdown` fires.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    settings.nats.validate().map_err(anyhow::Error::msg)?;
-    PgReadModel::options(&settings.database).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-    let Some(log) = retry::until_ready("connecting to NATS JetStream", &shutdown, || {
-        JetStreamLog::connect(&settings.nats)
-    })
-    .await
+    let Some((Started { listener, log }, read)) = startup::start_with_read_model(
+        settings.listen_addr,
+        &settings.nats,
+        &settings.database,
+        &shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
-    let Some(read) = retry::until_ready("connecting to PostgreSQL", &shutdown, || {
-        PgReadModel::connect(&settings.database)
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    let log = Arc::new(log);
-    let read = Arc::new(read);
     let state = AppState {
         log: log.clone(),
         read: read.clone(),

@@ -26,9 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use threadline_infra::server::NOT_FOUND_DETAIL;
 use threadline_infra::settings::parse_duration;
-use threadline_infra::{
-    health_router, retry, serve, EventLog, HttpSettings, JetStreamLog, NatsSettings,
-};
+use threadline_infra::startup::{self, Started};
+use threadline_infra::{health_router, serve, EventLog, HttpSettings, JetStreamLog, NatsSettings};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -197,18 +196,11 @@ async fn connect(
 
 /// Runs the `gateway` role until `shutdown` fires; open sockets get a going-away close frame.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    settings.nats.validate().map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-    let Some(log) = retry::until_ready("connecting to NATS JetStream", &shutdown, || {
-        JetStreamLog::connect(&settings.nats)
-    })
-    .await
+    let Some(Started { listener, log }) =
+        startup::start(settings.listen_addr, &settings.nats, &shutdown).await?
     else {
         return Ok(());
     };
-    let log = Arc::new(log);
     let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
     let app =
         threadline_infra::server::finish(router(gateway.clone()).merge(health_router(vec![log])));

@@ -13,6 +13,7 @@ pub mod read_model;
 pub mod retry;
 pub mod server;
 pub mod settings;
+pub mod startup;
 
 pub use error::StoreError;
 pub use event_log::{EventLog, JetStreamLog};

@@ -16,9 +16,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use threadline_infra::startup::{self, Started};
 use threadline_infra::{
     health_router, retry, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog,
-    NatsSettings, PgReadModel, ReadModel, StoreError,
+    NatsSettings, ReadModel, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -251,27 +252,16 @@ fn incoming(message: &Message) -> Option<Incoming> {
 
 /// Runs the `projector` role until `shutdown` fires.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    settings.nats.validate().map_err(anyhow::Error::msg)?;
-    PgReadModel::options(&settings.database).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-    let Some(log) = retry::until_ready("connecting to NATS JetStream", &shutdown, || {
-        JetStreamLog::connect(&settings.nats)
-    })
-    .await
+    let Some((Started { listener, log }, read)) = startup::start_with_read_model(
+        settings.listen_addr,
+        &settings.nats,
+        &settings.database,
+        &shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
-    let Some(read) = retry::until_ready("connecting to PostgreSQL", &shutdown, || {
-        PgReadModel::connect(&settings.database)
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    let log = Arc::new(log);
-    let read = Arc::new(read);
     let health = threadline_infra::server::finish(health_router(vec![log.clone(), read.clone()]));
     let projector = Projector::new(log, read, settings.projector);
     let server = serve(

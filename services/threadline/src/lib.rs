@@ -8,10 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use threadline_api::{ApiSettings, AppState};
 use threadline_gateway::{Gateway, GatewaySettings};
-use threadline_infra::{
-    health_router, retry, serve, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings,
-    PgReadModel,
-};
+use threadline_infra::startup::{self, Started};
+use threadline_infra::{health_router, serve, DatabaseSettings, HttpSettings, NatsSettings};
 use threadline_projector::{Projector, ProjectorSettings};
 use tokio_util::sync::CancellationToken;
 
@@ -72,27 +70,16 @@ pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> 
 /// Runs api, projector and gateway in one process, sharing one NATS connection and one
 /// database pool.
 pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    settings.nats.validate().map_err(anyhow::Error::msg)?;
-    PgReadModel::options(&settings.database).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
-    let Some(log) = retry::until_ready("connecting to NATS JetStream", &shutdown, || {
-        JetStreamLog::connect(&settings.nats)
-    })
-    .await
+    let Some((Started { listener, log }, read)) = startup::start_with_read_model(
+        settings.listen_addr,
+        &settings.nats,
+        &settings.database,
+        &shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
-    let Some(read) = retry::until_ready("connecting to PostgreSQL", &shutdown, || {
-        PgReadModel::connect(&settings.database)
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    let log = Arc::new(log);
-    let read = Arc::new(read);
     let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
     let api = threadline_api::router(AppState {
         log: log.clone(),

@@ -1,32 +1,12 @@
 //! What ids and timestamps on the wire must look like, and how an outside publisher makes them.
 
-use rand::Rng;
 use serde_json::Value;
 use uuid::Uuid;
-
-/// 100-nanosecond intervals between the Gregorian epoch (1582-10-15) and the Unix epoch.
-const GREGORIAN_OFFSET: u64 = 0x01B2_1DD2_1381_4000;
 
 /// A fresh UUID version 1 with a random clock sequence and a random multicast node id, as
 /// an outside publisher (the Slack integration) would make one.
 pub fn new_uuid1() -> Uuid {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970");
-    let ticks = (now.as_nanos() / 100) as u64 + GREGORIAN_OFFSET;
-    let mut rng = rand::thread_rng();
-    let clock_seq: u16 = rng.gen::<u16>() & 0x3fff | 0x8000;
-    let mut node: [u8; 6] = rng.gen();
-    node[0] |= 0x01;
-    let mut tail = [0u8; 8];
-    tail[..2].copy_from_slice(&clock_seq.to_be_bytes());
-    tail[2..].copy_from_slice(&node);
-    Uuid::from_fields(
-        (ticks & 0xffff_ffff) as u32,
-        ((ticks >> 32) & 0xffff) as u16,
-        ((ticks >> 48) & 0x0fff) as u16 | 0x1000,
-        &tail,
-    )
+    proto_events::new_id()
 }
 
 /// A fresh id in its canonical text form.
