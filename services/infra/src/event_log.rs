@@ -40,7 +40,6 @@ pub struct JetStreamLog {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     stream: stream::Stream,
-    allow_direct: bool,
     subjects: Subjects,
     settings: NatsSettings,
     known_threads: Mutex<HashSet<Uuid>>,
@@ -63,14 +62,13 @@ impl JetStreamLog {
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.nats_timeout);
 
-        let info = ensure_stream(
+        ensure_stream(
             &jetstream,
             stream::Config {
                 name: settings.stream_name.clone(),
                 description: Some("threadline events: the source of truth".into()),
                 subjects: subjects.stream_subjects(),
                 storage: stream::StorageType::File,
-                allow_direct: true,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             },
@@ -95,7 +93,6 @@ impl JetStreamLog {
             client,
             jetstream,
             stream,
-            allow_direct: info.config.allow_direct,
             subjects,
             settings: settings.clone(),
             known_threads: Mutex::new(HashSet::new()),
@@ -133,23 +130,17 @@ impl JetStreamLog {
         known.contains(&thread)
     }
 
-    /// The newest message on a subject of the event stream, if any.
+    /// The newest message on a subject of the event stream, if any. Asked of the stream's
+    /// leader (not a direct get, which any replica may answer from behind), so that a thread
+    /// created through one api replica is seen at once by every other.
     async fn last_on_subject(
         &self,
         subject: &str,
     ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
-        if self.allow_direct {
-            match self.stream.direct_get_last_for_subject(subject).await {
-                Ok(message) => Ok(Some(message)),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-                Err(e) => Err(StoreError::nats(e)),
-            }
-        } else {
-            match self.stream.get_last_raw_message_by_subject(subject).await {
-                Ok(message) => Ok(Some(message)),
-                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-                Err(e) => Err(StoreError::nats(e)),
-            }
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(StoreError::nats(e)),
         }
     }
 

@@ -166,11 +166,12 @@ impl Projector {
 
         let mut threads = Vec::new();
         let mut rows = Vec::new();
-        for verdict in &verdicts {
+        let mut set_aside = Vec::new();
+        for (event, verdict) in incoming.iter().zip(verdicts) {
             match verdict {
-                Verdict::Thread(t) => threads.push(t.clone()),
-                Verdict::Message(m) => rows.push(m.clone()),
-                Verdict::SetAside(_) => {}
+                Verdict::Thread(t) => threads.push(t),
+                Verdict::Message(m) => rows.push(m),
+                Verdict::SetAside(reason) => set_aside.push((event, reason)),
             }
         }
         if retry::until_ready("writing to the read model", shutdown, || {
@@ -184,26 +185,23 @@ impl Projector {
         for thread in &threads {
             self.log.remember_thread(thread.id);
         }
-        for (event, verdict) in incoming.iter().zip(&verdicts) {
-            if let Verdict::SetAside(reason) = verdict {
-                tracing::warn!(
-                    subject = %event.subject, sequence = event.sequence, reason = reason.code(),
-                    "setting an invalid event aside: {reason}"
-                );
-                let set_aside =
-                    retry::until_ready("setting an invalid event aside", shutdown, || {
-                        self.log.set_aside(
-                            &event.subject,
-                            event.sequence,
-                            event.payload.clone(),
-                            reason,
-                            "projector",
-                        )
-                    })
-                    .await;
-                if set_aside.is_none() {
-                    return;
-                }
+        for (event, reason) in &set_aside {
+            tracing::warn!(
+                subject = %event.subject, sequence = event.sequence, reason = reason.code(),
+                "setting an invalid event aside: {reason}"
+            );
+            let stored = retry::until_ready("setting an invalid event aside", shutdown, || {
+                self.log.set_aside(
+                    &event.subject,
+                    event.sequence,
+                    event.payload.clone(),
+                    reason,
+                    "projector",
+                )
+            })
+            .await;
+            if stored.is_none() {
+                return;
             }
         }
         for message in &messages {
