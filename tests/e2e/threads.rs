@@ -225,4 +225,15 @@ async fn wrong_method_is_405_naming_the_method() {
             "{method} {path}"
         );
     }
+    for (method, path) in [
+        ("POST", format!("/ws/chat/{id}/")),
+        ("DELETE", format!("/ws/chat/{id}")),
+    ] {
+        let response = app.request_to(app.ws_addr, method, &path, None, None).await;
+        assert_eq!(
+            response.expect(405),
+            json!({"detail": format!("Method \"{method}\" not allowed.")}),
+            "{method} {path} on the gateway"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The API's errors and their answers: DRF-style JSON bodies, one place for every status.
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
@@ -24,8 +24,6 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("not found")]
     NotFound,
-    #[error("method {0} not allowed")]
-    MethodNotAllowed(Method),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the read model has not caught up with the event log")]
@@ -59,10 +57,6 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 json!({"detail": threadline_infra::server::NOT_FOUND_DETAIL}),
             ),
-            ApiError::MethodNotAllowed(method) => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({"detail": format!("Method \"{method}\" not allowed.")}),
-            ),
             ApiError::Store(cause @ StoreError::Unavailable { .. }) => {
                 tracing::error!("answering 503: {cause}");
                 (
@@ -80,9 +74,4 @@ impl IntoResponse for ApiError {
         };
         (status, Json(body)).into_response()
     }
-}
-
-/// The answer to a method that a route does not serve.
-pub async fn method_not_allowed(method: Method) -> ApiError {
-    ApiError::MethodNotAllowed(method)
 }

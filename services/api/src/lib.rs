@@ -28,7 +28,7 @@ use threadline_infra::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use error::{method_not_allowed, ApiError};
+pub use error::ApiError;
 
 /// How the API answers.
 #[derive(Debug, Clone, Args)]
@@ -82,7 +82,9 @@ pub fn router(state: AppState) -> Router {
 
 /// A route that answers OPTIONS as DRF does and any other unserved method with 405.
 fn only(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
-    route.options(options).fallback(method_not_allowed)
+    route
+        .options(options)
+        .fallback(threadline_infra::server::method_not_allowed)
 }
 
 async fn options() -> impl IntoResponse {

@@ -24,7 +24,7 @@ use socket::{session, SessionLimits};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use threadline_infra::server::NOT_FOUND_DETAIL;
+use threadline_infra::server::{method_not_allowed, NOT_FOUND_DETAIL};
 use threadline_infra::settings::parse_duration;
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{health_router, serve, EventLog, HttpSettings, JetStreamLog, NatsSettings};
@@ -115,8 +115,14 @@ impl Gateway {
 /// The websocket route (without health routes and without a fallback).
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
-        .route("/ws/chat/{thread}", get(connect))
-        .route("/ws/chat/{thread}/", get(connect))
+        .route(
+            "/ws/chat/{thread}",
+            get(connect).fallback(method_not_allowed),
+        )
+        .route(
+            "/ws/chat/{thread}/",
+            get(connect).fallback(method_not_allowed),
+        )
         .with_state(gateway)
 }
 

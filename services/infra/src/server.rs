@@ -1,6 +1,6 @@
 //! Serving a router until shutdown: stop accepting, let in-flight requests finish (bounded).
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::{Json, Router};
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -50,5 +50,13 @@ async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::NOT_FOUND,
         Json(serde_json::json!({ "detail": NOT_FOUND_DETAIL })),
+    )
+}
+
+/// DRF's answer to a method that a route does not serve.
+pub async fn method_not_allowed(method: Method) -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({ "detail": format!("Method \"{method}\" not allowed.") })),
     )
 }
