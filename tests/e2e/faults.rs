@@ -118,15 +118,10 @@ async fn the_projector_rides_out_a_postgres_restart() {
         .await
         .json();
     let stored = app.get_thread(&thread).await;
-    let ids: Vec<&Value> = stored["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| &m["id"])
-        .collect();
+    let ids = message_ids(&stored);
     assert_eq!(ids.len(), 3, "{stored}");
-    assert_eq!(ids[1], &json!(id));
-    assert_eq!(ids[2], &posted["id"]);
+    assert_eq!(ids[1], json!(id));
+    assert_eq!(ids[2], posted["id"]);
 }
 
 #[tokio::test]

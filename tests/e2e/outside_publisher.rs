@@ -99,13 +99,8 @@ async fn a_republished_event_with_the_same_msg_id_is_stored_once() {
     wait_for_message_in_get(&app, &thread, &id).await;
     let marker = app.say(&thread, "after the retry").await.json();
     let stored = app.get_thread(&thread).await;
-    let ids: Vec<&Value> = stored["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| &m["id"])
-        .collect();
-    assert_eq!(ids, [&json!(id), &marker["id"]]);
+    let ids = message_ids(&stored);
+    assert_eq!(ids, [json!(id), marker["id"].clone()]);
     assert_eq!(message_rows(&mut app, &id).await, 1);
 }
 
@@ -159,15 +154,10 @@ async fn assert_set_aside(
     );
     wait_for_message_in_get(app, thread, &valid_id).await;
     let stored = app.get_thread(thread).await;
-    let ids: Vec<&Value> = stored["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| &m["id"])
-        .collect();
+    let ids = message_ids(&stored);
     assert_eq!(
         ids,
-        [&json!(valid_id)],
+        [json!(valid_id)],
         "the invalid event reached the read model"
     );
     if let Some(invalid_id) = invalid_id {
@@ -337,12 +327,7 @@ async fn the_projector_goes_on_after_setting_events_aside() {
     let last = valid_ids.last().unwrap().as_str().unwrap().to_owned();
     wait_for_message_in_get(&app, &thread, &last).await;
     let stored = app.get_thread(&thread).await;
-    let ids: Vec<Value> = stored["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].clone())
-        .collect();
+    let ids = message_ids(&stored);
     assert_eq!(ids, valid_ids);
     let dead = eventually("10 dead letters", PROJECTION_TIMEOUT, || async {
         let dead = app.dead_letters().await;

@@ -157,12 +157,7 @@ async fn a_burst_of_100_messages_arrives_complete_and_in_stream_order() {
     );
 
     let stored = app.get_thread(&thread).await;
-    let stream_order: Vec<Value> = stored["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].clone())
-        .collect();
+    let stream_order = message_ids(&stored);
     let frame_order: Vec<Value> = received
         .iter()
         .map(|f| serde_json::from_str::<Value>(f).unwrap()["id"].clone())

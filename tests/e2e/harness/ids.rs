@@ -107,3 +107,13 @@ pub fn keys(value: &Value) -> Vec<String> {
     keys.sort();
     keys
 }
+
+/// The ids of a thread's messages, in the order `GET /chat/thread/:id/` lists them.
+pub fn message_ids(thread: &Value) -> Vec<Value> {
+    thread["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages list in {thread}"))
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect()
+}

@@ -9,5 +9,7 @@ pub mod wait;
 pub mod ws;
 
 pub use app::{spawn_all, spawn_app, App, HttpResponse, PROJECTION_TIMEOUT};
-pub use ids::{assert_same_json, assert_timestamp, assert_uuid1, keys, new_id, now_timestamp};
+pub use ids::{
+    assert_same_json, assert_timestamp, assert_uuid1, keys, message_ids, new_id, now_timestamp,
+};
 pub use wait::{eventually, within};
