@@ -57,8 +57,14 @@ pub struct PgReadModel {
 impl PgReadModel {
     /// Checks the URL; a malformed one is a configuration error, not worth retrying.
     pub fn options(settings: &DatabaseSettings) -> Result<PgConnectOptions, String> {
+        let url = &settings.database_url;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "DATABASE_URL {url:?} is not a PostgreSQL URL (postgres://user@host:port/database)"
+            ));
+        }
         let statement_timeout = format!("{}", settings.database_timeout.as_millis());
-        PgConnectOptions::from_str(&settings.database_url)
+        PgConnectOptions::from_str(url)
             .map(|o| o.options([("statement_timeout", statement_timeout.as_str())]))
             .map_err(|e| {
                 format!(
@@ -232,6 +238,18 @@ impl ReadModel for PgReadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_of_another_kind_is_refused() {
+        let settings = |url: &str| DatabaseSettings {
+            database_url: url.to_owned(),
+            database_max_connections: 1,
+            database_timeout: std::time::Duration::from_secs(1),
+        };
+        assert!(PgReadModel::options(&settings("mysql://localhost/x")).is_err());
+        assert!(PgReadModel::options(&settings("postgres://u@localhost:5432/x")).is_ok());
+        assert!(PgReadModel::options(&settings("postgresql://localhost/x")).is_ok());
+    }
 
     #[test]
     fn lowest_sequence_wins_within_a_batch() {
