@@ -392,12 +392,12 @@ async fn a_content_type_that_is_not_json_is_415_naming_it() {
     assert_no_messages(&app, &thread).await;
 }
 
-/// POSTs an oversized `body` ten times, each on a connection of its own, and returns the last
-/// answer. The server reads an oversized body to its end and drops it before it answers, so the
-/// client, still writing, always gets the 413: a broken pipe or reset fails the test.
-async fn post_oversized(app: &App, path: &str, body: &Value) -> HttpResponse {
+/// POSTs an oversized `body` ten times, each on a connection of its own, and checks every
+/// answer: a 413 with a JSON `detail`. The server reads an oversized body to its end and drops
+/// it before it answers, so the client, still writing, always gets the 413: a broken pipe or
+/// reset fails the test.
+async fn assert_oversized_refused(app: &App, path: &str, body: &Value) {
     let bytes = serde_json::to_vec(body).unwrap();
-    let mut last = None;
     for attempt in 1..=10 {
         let response = app
             .try_request_alone("POST", path, Some(bytes.clone()), Some("application/json"))
@@ -405,9 +405,14 @@ async fn post_oversized(app: &App, path: &str, body: &Value) -> HttpResponse {
             .unwrap_or_else(|e| {
                 panic!("POST {path} attempt {attempt}: the 413 was lost to the transport: {e:?}")
             });
-        last = Some(response);
+        assert_eq!(response.status, 413, "POST {path} attempt {attempt}");
+        let json = response.json();
+        assert_eq!(keys(&json), ["detail"], "attempt {attempt}: {json}");
+        assert!(
+            json["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "attempt {attempt}: {json}"
+        );
     }
-    last.expect("ten attempts were made")
 }
 
 #[tokio::test]
@@ -416,19 +421,27 @@ async fn a_body_over_the_size_limit_is_413() {
     let thread = app.new_thread().await;
     // 2.5 MiB is 2,621,440 bytes.
     let body = json!({"user": {"name": "V"}, "thread": thread, "body": "a".repeat(2_700_000)});
-    let json = post_oversized(&app, "/chat/message/", &body)
-        .await
-        .expect(413);
-    assert_eq!(keys(&json), ["detail"], "{json}");
-    assert!(
-        json["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{json}"
-    );
-
+    assert_oversized_refused(&app, "/chat/message/", &body).await;
     let big_user = json!({"user": {"blob": "b".repeat(3_000_000)}});
-    let json = post_oversized(&app, "/chat/thread/", &big_user)
-        .await
-        .expect(413);
-    assert_eq!(keys(&json), ["detail"], "{json}");
+    assert_oversized_refused(&app, "/chat/thread/", &big_user).await;
     assert_no_messages(&app, &thread).await;
+}
+
+#[tokio::test]
+async fn against_a_nats_server_with_its_default_max_payload_an_event_too_large_is_413() {
+    // nats-server's own default max_payload is 1 MB, below the API's 2.5 MiB body limit.
+    let app = options().nats_config("").start().await;
+    let thread = app.new_thread().await;
+    let fits = app.say(&thread, &"f".repeat(500_000)).await.json();
+    let body = json!({"user": {"name": "V"}, "thread": thread, "body": "a".repeat(1_500_000)});
+    let response = app.post_message(&body).await;
+    let json = response.expect(413);
+    assert_eq!(keys(&json), ["detail"], "{json}");
+    let big_user = json!({"user": {"blob": "b".repeat(1_500_000)}});
+    app.post("/chat/thread/", &big_user).await.expect(413);
+    // The refused message is not stored; the one that fit is.
+    assert_eq!(
+        message_ids(&app.get_thread(&thread).await),
+        [fits["id"].clone()]
+    );
 }

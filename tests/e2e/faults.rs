@@ -3,13 +3,6 @@
 use crate::harness::*;
 use serde_json::{json, Value};
 
-fn agent_reply(id: &str, thread: &str, body: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","user":{{"name":"Agent"}},"timestamp":"{}","body":"{body}","send_by_user":false,"thread":"{thread}"}}"#,
-        now_timestamp()
-    )
-}
-
 async fn wait_for_message_in_get(app: &App, thread: &str, id: &str) {
     eventually(
         &format!("message {id} in GET"),
@@ -153,6 +146,69 @@ async fn the_api_answers_503_while_postgres_is_down() {
     assert_unavailable(&response, "GET /chat/thread/:id/ without postgres");
 
     app.pg.start_again().await;
+    eventually("GET to answer again", PROJECTION_TIMEOUT, || async {
+        (app.get(&format!("/chat/thread/{thread}/")).await.status == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_socket_held_open_across_a_nats_restart_keeps_receiving() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    let mut ws = app.connect_ws(&thread).await;
+    let before = app.say(&thread, "before the restart").await;
+    assert_eq!(ws.next_text().await, before.text);
+
+    app.nats.restart();
+    // The gateway subscribes again once its connection is back.
+    let subject = app.message_subject(&thread);
+    eventually(
+        "the gateway to subscribe to the thread again",
+        PROJECTION_TIMEOUT,
+        || async { (app.nats.subscriptions_on(&subject).await > 0).then_some(()) },
+    )
+    .await;
+    let message = json!({"user": {"name": "V"}, "thread": thread, "body": "after the restart"});
+    let after = post_until_accepted(&app, "/chat/message/", &message).await;
+    assert_eq!(
+        ws.next_text().await,
+        after.text,
+        "the socket opened before the restart"
+    );
+}
+
+#[tokio::test]
+async fn while_nats_server_hangs_posts_answer_503_instead_of_hanging() {
+    let mut app = options().env("NATS_TIMEOUT", "1s").start().await;
+    let thread = app.new_thread().await;
+    app.nats.pause();
+    let response = app
+        .post_message(&json!({"user": {"name": "V"}, "thread": thread, "body": "hung"}))
+        .await;
+    assert_unavailable(&response, "POST /chat/message/ while nats-server hangs");
+    let response = app
+        .post("/chat/thread/", &json!({"user": {"name": "V"}}))
+        .await;
+    assert_unavailable(&response, "POST /chat/thread/ while nats-server hangs");
+    app.nats.resume();
+    let message = json!({"user": {"name": "V"}, "thread": thread, "body": "resumed"});
+    post_until_accepted(&app, "/chat/message/", &message).await;
+}
+
+#[tokio::test]
+async fn while_postgres_hangs_get_answers_503_instead_of_hanging() {
+    let mut app = options().env("DATABASE_TIMEOUT", "1s").start().await;
+    let thread = app.new_thread().await;
+    let posted = app.say(&thread, "stored").await.json();
+    assert_eq!(
+        message_ids(&app.get_thread(&thread).await),
+        [posted["id"].clone()]
+    );
+    app.pg.pause();
+    let response = app.get(&format!("/chat/thread/{thread}/")).await;
+    assert_unavailable(&response, "GET /chat/thread/:id/ while PostgreSQL hangs");
+    app.pg.resume();
     eventually("GET to answer again", PROJECTION_TIMEOUT, || async {
         (app.get(&format!("/chat/thread/{thread}/")).await.status == 200).then_some(())
     })

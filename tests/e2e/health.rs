@@ -1,7 +1,22 @@
-//! `/healthz` (alive) and `/readyz` (dependencies reachable) on every role.
+//! `/healthz` (alive) and `/readyz` (dependencies reachable) on every role; `/readyz` names
+//! each dependency and whether it answers.
 
 use crate::harness::*;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// The dependencies each role's `/readyz` reports.
+fn dependencies(role: &str) -> &'static [&'static str] {
+    match role {
+        "gateway" => &["nats"],
+        _ => &["nats", "database"],
+    }
+}
+
+/// `/readyz` of `role` at `addr`: its status and the verdict per dependency.
+async fn readyz(app: &App, addr: std::net::SocketAddr) -> (u16, Value) {
+    let response = app.request_to(addr, "GET", "/readyz", None, None).await;
+    (response.status, response.json())
+}
 
 async fn assert_healthy(app: &App) {
     for (role, addr) in app.service_addrs() {
@@ -17,6 +32,10 @@ async fn assert_healthy(app: &App) {
                 "{role} {path}: content type {:?}",
                 response.content_type
             );
+        }
+        let (_, body) = readyz(app, addr).await;
+        for dependency in dependencies(&role) {
+            assert_eq!(body["checks"][dependency], "ok", "{role} /readyz: {body}");
         }
     }
 }
@@ -39,41 +58,64 @@ async fn all_in_one_answers_healthz_and_readyz_with_json_200() {
     assert_healthy(&app).await;
 }
 
-#[tokio::test]
-async fn readyz_is_not_200_while_nats_is_down_and_recovers() {
-    let mut app = spawn_app().await;
-    app.nats.kill();
+/// With `down` unreachable, every role that needs it answers `/readyz` with 503 naming it
+/// (and the others as ok), and `/healthz` with 200; roles that do not need it stay ready.
+async fn assert_readyz_names(app: &App, down: &str) {
     for (role, addr) in app.service_addrs() {
-        let status = eventually(
-            &format!("{role} /readyz to notice nats is down"),
+        let needs = dependencies(&role).contains(&down);
+        let (status, body) = eventually(
+            &format!("{role} /readyz to notice {down} is down"),
             PROJECTION_TIMEOUT,
             || async {
-                let response = app.request_to(addr, "GET", "/readyz", None, None).await;
-                (response.status != 200).then(|| (response.status, response.json()))
+                let (status, body) = readyz(app, addr).await;
+                (!needs || status != 200).then_some((status, body))
             },
         )
         .await;
-        assert!(
-            status.0 >= 500,
-            "{role} /readyz while nats is down: {status:?}"
-        );
-        assert!(
-            matches!(status.1, Value::Object(_)),
-            "{role} /readyz: {status:?}"
-        );
+        if needs {
+            assert_eq!(status, 503, "{role} /readyz while {down} is down: {body}");
+            assert_eq!(body["status"], "unavailable", "{role}: {body}");
+            for dependency in dependencies(&role) {
+                let verdict = if *dependency == down {
+                    "unavailable"
+                } else {
+                    "ok"
+                };
+                assert_eq!(body["checks"][dependency], json!(verdict), "{role}: {body}");
+            }
+        } else {
+            assert_eq!(status, 200, "{role} does not need {down}: {body}");
+        }
         let alive = app.request_to(addr, "GET", "/healthz", None, None).await;
-        assert_eq!(alive.status, 200, "{role} /healthz while nats is down");
+        assert_eq!(alive.status, 200, "{role} /healthz while {down} is down");
     }
-    app.nats.start_again();
+}
+
+async fn assert_ready_again(app: &App) {
     for (role, addr) in app.service_addrs() {
         eventually(
             &format!("{role} /readyz to recover"),
             PROJECTION_TIMEOUT,
-            || async {
-                let response = app.request_to(addr, "GET", "/readyz", None, None).await;
-                (response.status == 200).then_some(())
-            },
+            || async { (readyz(app, addr).await.0 == 200).then_some(()) },
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn readyz_names_nats_while_it_is_down_and_recovers() {
+    let mut app = spawn_app().await;
+    app.nats.kill();
+    assert_readyz_names(&app, "nats").await;
+    app.nats.start_again();
+    assert_ready_again(&app).await;
+}
+
+#[tokio::test]
+async fn readyz_names_the_database_while_it_is_down_and_recovers() {
+    let mut app = spawn_app().await;
+    app.pg.stop();
+    assert_readyz_names(&app, "database").await;
+    app.pg.start_again().await;
+    assert_ready_again(&app).await;
 }

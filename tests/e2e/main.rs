@@ -8,12 +8,17 @@ mod harness;
 
 mod all_in_one;
 mod consistency;
+mod degraded;
+mod duplicates;
 mod errors;
 mod faults;
 mod health;
 mod messages;
 mod outside_publisher;
 mod projector_crash;
+mod replicas;
 mod shutdown;
+mod slow_client;
+mod startup;
 mod threads;
 mod websocket;

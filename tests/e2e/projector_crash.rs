@@ -1,7 +1,6 @@
 //! The projector SIGKILLed in the middle of a stream of 10,000 events and started again
 //! ends with every event in the read model exactly once, at its stream sequence.
 
-use crate::harness::app::publish_event;
 use crate::harness::*;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -76,7 +75,7 @@ async fn projector_killed_mid_stream_and_restarted_ends_with_every_event_exactly
         },
     )
     .await;
-    app.kill_projector();
+    app.kill("projector", 0);
     let at_kill = at_kill.max(count(db.clone()).await);
 
     let published = within(
@@ -93,7 +92,7 @@ async fn projector_killed_mid_stream_and_restarted_ends_with_every_event_exactly
     );
     eprintln!("projector killed with {at_kill} of {EVENTS} events applied");
 
-    app.start_projector();
+    app.restart("projector", 0).await;
     eventually(
         "the restarted projector to catch up",
         Duration::from_secs(300),

@@ -204,7 +204,14 @@ async fn a_closed_socket_does_not_disturb_the_others() {
     assert_eq!(staying.next_text().await, posted.text);
 
     // A socket opened after the last one closed is subscribed afresh.
-    drop(staying);
+    staying.close().await;
+    let subject = app.message_subject(&thread);
+    eventually(
+        "the gateway to unsubscribe from the thread",
+        PROJECTION_TIMEOUT,
+        || async { (app.nats.subscriptions_on(&subject).await == 0).then_some(()) },
+    )
+    .await;
     let mut fresh = app.connect_ws(&thread).await;
     let again = app.say(&thread, "again").await;
     assert_eq!(fresh.next_text().await, again.text);

@@ -1,364 +1,351 @@
 //! `spawn_app()`: a NATS server, a PostgreSQL cluster and threadline's services for one test,
-//! run as a user runs them, with typed helpers that speak HTTP, websocket and NATS.
+//! run as a user runs them. [`options()`] chooses more: any number of replicas of any role,
+//! any setting (environment variable) for all of them or for one, another NATS configuration.
+//! Each service is named by its role and replica index (`("gateway", 1)`) and can be killed,
+//! sent SIGTERM, paused, restarted on its own address, or joined by a new replica.
 
+use super::client::{Client, PROJECTION_TIMEOUT, REQUEST_TIMEOUT};
+use super::client::{DEAD_LETTER_STREAM, STREAM, SUBJECT_PREFIX};
 use super::ids::new_id;
-use super::nats::NatsServer;
+use super::nats::{NatsServer, DEFAULT_CONFIG};
 use super::postgres::Postgres;
-use super::process::{Service, Starting};
-use super::wait::{eventually, within};
-use super::ws::{Refused, Ws};
-use async_nats::jetstream;
-use bytes::Bytes;
-use serde_json::{json, Value};
+use super::process::{Logs, Service, SERVICE_START_TIMEOUT};
+use super::wait::eventually;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::time::Duration;
 
-/// How long a single HTTP request may take before the test fails.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the read model may lag behind the log in a test.
-pub const PROJECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The separate roles, in the order they start and are listed.
+pub const ROLES: [&str; 3] = ["api", "projector", "gateway"];
 
-pub const STREAM: &str = "THREADLINE";
-pub const DEAD_LETTER_STREAM: &str = "THREADLINE_DEAD_LETTERS";
-pub const SUBJECT_PREFIX: &str = "chat";
-
-/// An HTTP answer: status, raw body text, and the body as JSON on demand.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub content_type: Option<String>,
-    pub text: String,
-}
-
-impl HttpResponse {
-    /// The body parsed as JSON (keys in order, numbers as written); panics if it is not JSON.
-    #[track_caller]
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| {
-            panic!(
-                "{} answered a body that is not JSON ({e}): {:?}",
-                self.status,
-                self.text.chars().take(500).collect::<String>()
-            )
-        })
-    }
-
-    /// Asserts the status and returns the body as JSON.
-    #[track_caller]
-    pub fn expect(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "unexpected status; body: {}",
-            self.text.chars().take(1000).collect::<String>()
-        );
-        self.json()
-    }
-}
-
-/// How the services run.
-enum Layout {
-    /// `threadline api`, `threadline projector`, `threadline gateway`, one process each.
-    Separate,
-    /// `threadline all`.
-    AllInOne,
-}
-
-/// One test's whole system. Dropping it kills every process by its pid and removes their
-/// directories; if the test is failing, every process's output is printed first.
-pub struct App {
-    services: Vec<Service>,
-    pub nats: NatsServer,
-    pub pg: Postgres,
-    /// Where the HTTP API listens.
-    pub api_addr: SocketAddr,
-    /// Where the websocket gateway listens.
-    pub ws_addr: SocketAddr,
-    pub database_url: String,
+/// What a test's system looks like; [`Options::start`] starts it.
+#[must_use]
+pub struct Options {
+    all_in_one: bool,
+    replicas: Vec<(&'static str, usize)>,
     env: Vec<(String, String)>,
-    http: reqwest::Client,
-    projector_starts: usize,
-    db: Option<sqlx::PgPool>,
+    nats_config: String,
+}
+
+/// The default system (one replica of each role, separate processes), to adjust.
+pub fn options() -> Options {
+    Options {
+        all_in_one: false,
+        replicas: ROLES.iter().map(|role| (*role, 1)).collect(),
+        env: Vec::new(),
+        nats_config: DEFAULT_CONFIG.to_owned(),
+    }
 }
 
 /// Starts the system as separate processes: api, projector and gateway.
 pub async fn spawn_app() -> App {
-    App::spawn(Layout::Separate).await
+    options().start().await
 }
 
 /// Starts the system as one `threadline all` process.
 pub async fn spawn_all() -> App {
-    App::spawn(Layout::AllInOne).await
+    options().all_in_one().start().await
 }
 
-impl App {
-    async fn spawn(layout: Layout) -> App {
-        let nats = NatsServer::start();
+impl Options {
+    /// `n` replicas of `role` (`api`, `projector`, `gateway`, or `all`); 0 starts none.
+    pub fn replicas(mut self, role: &'static str, n: usize) -> Self {
+        match self.replicas.iter_mut().find(|(r, _)| *r == role) {
+            Some(entry) => entry.1 = n,
+            None => self.replicas.push((role, n)),
+        }
+        self
+    }
+
+    /// One `threadline all` process instead of the separate roles.
+    pub fn all_in_one(mut self) -> Self {
+        self.all_in_one = true;
+        self.replicas = vec![("all", 1)];
+        self
+    }
+
+    /// Sets an environment variable of every service (it overrides the harness's own).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Runs nats-server with `config` as its configuration file instead of the harness's
+    /// (which raises `max_payload`); `""` gives nats-server's own defaults.
+    pub fn nats_config(mut self, config: &str) -> Self {
+        self.nats_config = config.to_owned();
+        self
+    }
+
+    /// Starts the servers, then every replica side by side (they race to create the
+    /// database, as in production), and waits until each one answers `/readyz` with 200.
+    pub async fn start(self) -> App {
+        let nats = NatsServer::start_with_config(&self.nats_config);
         let pg = Postgres::start().await;
         // A database that does not exist yet: the services create it.
         let database = format!("threadline_{}", new_id().replace('-', ""));
         let database_url = pg.url(&database);
-        let env: Vec<(String, String)> = [
+        let read_your_writes = format!("{}s", PROJECTION_TIMEOUT.as_secs());
+        let mut env: Vec<(String, String)> = [
             ("NATS_URL", nats.url()),
             ("DATABASE_URL", database_url.clone()),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("STREAM_NAME", STREAM.to_owned()),
             ("SUBJECT_PREFIX", SUBJECT_PREFIX.to_owned()),
             ("DEAD_LETTER_STREAM", DEAD_LETTER_STREAM.to_owned()),
+            // GETs wait for the projector as long as the tests do.
+            ("READ_YOUR_WRITES_TIMEOUT", read_your_writes),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let services = match layout {
-            // Started side by side, as in production: they race to create the database.
-            Layout::Separate => ["api", "projector", "gateway"]
-                .iter()
-                .map(|role| Starting::new(role, role, &env))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(Starting::wait)
-                .collect::<Vec<_>>(),
-            Layout::AllInOne => vec![Service::spawn("all", &env)],
-        };
-        let api_addr = services
-            .iter()
-            .find(|s| s.role == "api" || s.role == "all")
-            .map(|s| s.addr)
-            .expect("an api");
-        let ws_addr = services
-            .iter()
-            .find(|s| s.role == "gateway" || s.role == "all")
-            .map(|s| s.addr)
-            .expect("a gateway");
-        let http = http_client(usize::MAX);
-        App {
-            services,
+        for (key, value) in self.env {
+            set(&mut env, &key, &value);
+        }
+        let placeholder: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+        let mut app = App {
+            client: Client::new(placeholder, placeholder, nats.url()),
+            services: Vec::new(),
             nats,
             pg,
-            api_addr,
-            ws_addr,
             database_url,
             env,
-            http,
-            projector_starts: 1,
             db: None,
+        };
+        for (role, n) in &self.replicas {
+            for _ in 0..*n {
+                app.launch(role, &[]);
+            }
+        }
+        for index in 0..app.services.len() {
+            app.wait_ready_at(index).await;
+        }
+        let api = app.first_addr(&["api", "all"]);
+        let gateway = app.first_addr(&["gateway", "all"]);
+        if let (Some(api), Some(gateway)) = (api, gateway) {
+            app.client = Client::new(api, gateway, app.nats.url());
+        }
+        app
+    }
+}
+
+/// Sets `key` in `env`, replacing an earlier value.
+fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+}
+
+/// One replica of a role, across its restarts.
+struct Replica {
+    role: String,
+    /// Its index among the replicas of its role.
+    index: usize,
+    env: Vec<(String, String)>,
+    /// The process now; earlier ones are kept in `past` for their output.
+    current: Service,
+    past: Vec<Service>,
+}
+
+impl Replica {
+    fn name(role: &str, index: usize, start: usize) -> String {
+        match (index, start) {
+            (0, 0) => role.to_owned(),
+            (i, 0) => format!("{role}#{}", i + 1),
+            (i, s) => format!("{role}#{} (start {})", i + 1, s + 1),
         }
     }
+}
 
-    /// Every running service's role and address.
+/// One test's whole system. Dropping it kills every process by its pid and removes their
+/// directories; if the test is failing, every process's output is printed first. It derefs to
+/// the [`Client`] of its first api and gateway replicas.
+pub struct App {
+    client: Client,
+    services: Vec<Replica>,
+    pub nats: NatsServer,
+    pub pg: Postgres,
+    pub database_url: String,
+    env: Vec<(String, String)>,
+    db: Option<sqlx::PgPool>,
+}
+
+impl Deref for App {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl App {
+    // ----- clients -----
+
+    /// A client of api replica `api` and gateway replica `gateway`.
+    pub fn client(&self, api: usize, gateway: usize) -> Client {
+        Client::new(
+            self.addr("api", api),
+            self.addr("gateway", gateway),
+            self.nats.url(),
+        )
+    }
+
+    /// Every replica's name and address, in start order.
     pub fn service_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.services
             .iter()
-            .map(|s| (s.role.clone(), s.addr))
+            .filter_map(|r| Some((r.current.name.clone(), r.current.addr()?)))
             .collect()
     }
 
-    // ----- HTTP -----
-
-    /// Any request to the API; `body` and `content_type` are sent exactly as given.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        content_type: Option<&str>,
-    ) -> HttpResponse {
-        self.request_to(self.api_addr, method, path, body, content_type)
-            .await
+    /// Where replica `index` of `role` listens.
+    pub fn addr(&self, role: &str, index: usize) -> SocketAddr {
+        self.replica(role, index)
+            .current
+            .addr()
+            .unwrap_or_else(|| panic!("{role} #{index} has not listened yet"))
     }
 
-    /// Any request to any address of this app; panics if no answer comes.
-    pub async fn request_to(
-        &self,
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        content_type: Option<&str>,
-    ) -> HttpResponse {
-        self.try_request_to(addr, method, path, body, content_type)
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path} failed: {e:?}"))
+    fn first_addr(&self, roles: &[&str]) -> Option<SocketAddr> {
+        self.services
+            .iter()
+            .find(|r| roles.contains(&r.role.as_str()))
+            .and_then(|r| r.current.addr())
     }
 
-    /// Any request to any address of this app; the transport error if no answer came.
-    pub async fn try_request_to(
-        &self,
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        content_type: Option<&str>,
-    ) -> Result<HttpResponse, reqwest::Error> {
-        send(&self.http, addr, method, path, body, content_type).await
+    /// The environment every service of this app starts with.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
-    /// As `try_request_to`, on a connection of its own that is not kept for later requests:
-    /// for requests that may leave their connection broken (a body the server refuses
-    /// before reading it).
-    pub async fn try_request_alone(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-        content_type: Option<&str>,
-    ) -> Result<HttpResponse, reqwest::Error> {
-        let client = http_client(0);
-        send(&client, self.api_addr, method, path, body, content_type).await
+    // ----- services -----
+
+    fn position(&self, role: &str, index: usize) -> usize {
+        self.services
+            .iter()
+            .position(|r| r.role == role && r.index == index)
+            .unwrap_or_else(|| panic!("this app has no {role} replica #{index}"))
     }
 
-    /// POSTs raw bytes with the given content type (none if `None`).
-    pub async fn post_json(
-        &self,
-        path: &str,
-        body: impl Into<Vec<u8>>,
-        content_type: Option<&str>,
-    ) -> HttpResponse {
-        self.request("POST", path, Some(body.into()), content_type)
-            .await
+    fn replica(&self, role: &str, index: usize) -> &Replica {
+        &self.services[self.position(role, index)]
     }
 
-    /// POSTs `body` as `application/json`.
-    pub async fn post(&self, path: &str, body: &Value) -> HttpResponse {
-        self.post_json(
-            path,
-            serde_json::to_vec(body).expect("JSON"),
-            Some("application/json"),
-        )
-        .await
+    fn replica_mut(&mut self, role: &str, index: usize) -> &mut Replica {
+        let position = self.position(role, index);
+        &mut self.services[position]
     }
 
-    pub async fn get(&self, path: &str) -> HttpResponse {
-        self.request("GET", path, None, None).await
+    /// How many replicas of `role` this app has started (running or not).
+    pub fn replica_count(&self, role: &str) -> usize {
+        self.services.iter().filter(|r| r.role == role).count()
     }
 
-    /// `POST /chat/thread/` with `{"user": user}`; asserts 201 and returns the thread.
-    pub async fn create_thread(&self, user: Value) -> Value {
-        self.post("/chat/thread/", &json!({ "user": user }))
-            .await
-            .expect(201)
-    }
-
-    /// A new thread of a visitor; returns its id.
-    pub async fn new_thread(&self) -> String {
-        let thread = self
-            .create_thread(json!({"name": "Visitor", "email": "v@example.com"}))
-            .await;
-        thread["id"].as_str().expect("thread id").to_owned()
-    }
-
-    /// `POST /chat/message/` with exactly `fields`; the raw answer.
-    pub async fn post_message(&self, fields: &Value) -> HttpResponse {
-        self.post("/chat/message/", fields).await
-    }
-
-    /// Posts `body` to `thread` as the visitor; asserts 201 and returns the raw answer.
-    pub async fn say(&self, thread: &str, body: &str) -> HttpResponse {
-        let response = self
-            .post_message(&json!({
-                "user": {"name": "Visitor"},
-                "thread": thread,
-                "body": body,
-                "send_by_user": true,
-            }))
-            .await;
-        response.expect(201);
-        response
-    }
-
-    /// `GET /chat/thread/<id>/`; asserts 200 and returns the thread.
-    pub async fn get_thread(&self, id: &str) -> Value {
-        self.get(&format!("/chat/thread/{id}/")).await.expect(200)
-    }
-
-    // ----- websocket -----
-
-    pub fn ws_url(&self, thread: &str) -> String {
-        format!("ws://{}/ws/chat/{thread}/", self.ws_addr)
-    }
-
-    /// Opens a websocket on `thread`; panics if it is refused.
-    pub async fn connect_ws(&self, thread: &str) -> Ws {
-        let url = self.ws_url(thread);
-        Ws::connect(&url)
-            .await
-            .unwrap_or_else(|r| panic!("websocket {url} did not open: {r:?}"))
-    }
-
-    /// Opens `ws://<gateway><path>`, returning the refusal if there is one.
-    pub async fn try_connect_ws(&self, path: &str) -> Result<Ws, Refused> {
-        Ws::connect(&format!("ws://{}{path}", self.ws_addr)).await
-    }
-
-    // ----- NATS -----
-
-    /// A fresh NATS client of this app's server.
-    pub async fn nats(&self) -> async_nats::Client {
-        within(
-            "connecting to nats-server",
-            REQUEST_TIMEOUT,
-            async_nats::connect(self.nats.url()),
-        )
-        .await
-        .expect("connecting to nats-server")
-    }
-
-    pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(self.nats().await)
-    }
-
-    /// Publishes an event to JetStream as an outside publisher would, and waits for the ack.
-    pub async fn publish_event(
-        &self,
-        subject: &str,
-        headers: &[(&str, &str)],
-        payload: impl Into<Bytes>,
-    ) -> jetstream::publish::PublishAck {
-        publish_event(&self.jetstream().await, subject, headers, payload.into()).await
-    }
-
-    /// The subject of `thread`'s MessagePosted events.
-    pub fn message_subject(&self, thread: &str) -> String {
-        format!("{SUBJECT_PREFIX}.thread.{thread}.message")
-    }
-
-    /// Every event set aside so far.
-    pub async fn dead_letters(&self) -> Vec<jetstream::message::StreamMessage> {
-        let js = self.jetstream().await;
-        let Ok(mut stream) = js.get_stream(DEAD_LETTER_STREAM).await else {
-            return Vec::new();
-        };
-        let state = stream
-            .info()
-            .await
-            .expect("dead-letter stream info")
-            .state
-            .clone();
-        let mut out = Vec::new();
-        if state.messages == 0 {
-            return out;
+    /// Starts a new replica of `role` with the app's settings and `overrides`, without waiting
+    /// for it to listen; its index.
+    pub fn launch(&mut self, role: &str, overrides: &[(&str, &str)]) -> usize {
+        let index = self.replica_count(role);
+        let mut env = self.env.clone();
+        for (key, value) in overrides {
+            set(&mut env, key, value);
         }
-        for seq in state.first_sequence..=state.last_sequence {
-            if let Ok(message) = stream.get_raw_message(seq).await {
-                out.push(message);
-            }
-        }
-        out
+        let current = Service::launch(&Replica::name(role, index, 0), role, &env);
+        self.services.push(Replica {
+            role: role.to_owned(),
+            index,
+            env,
+            current,
+            past: Vec::new(),
+        });
+        index
     }
 
-    /// Waits until an event with `Threadline-Dead-Letter-Sequence: seq` is set aside.
-    pub async fn dead_letter_of(&self, seq: u64) -> jetstream::message::StreamMessage {
+    /// Starts a new replica of `role` and waits until it is ready; its index.
+    pub async fn start_replica(&mut self, role: &str, overrides: &[(&str, &str)]) -> usize {
+        let index = self.launch(role, overrides);
+        self.wait_ready(role, index).await;
+        index
+    }
+
+    /// Waits until replica `index` of `role` listens and answers `/readyz` with 200.
+    pub async fn wait_ready(&mut self, role: &str, index: usize) -> SocketAddr {
+        let position = self.position(role, index);
+        self.wait_ready_at(position).await
+    }
+
+    async fn wait_ready_at(&mut self, position: usize) -> SocketAddr {
+        let addr = self.services[position].current.wait_listening().await;
+        let name = self.services[position].current.name.clone();
+        let client = &self.client;
         eventually(
-            &format!("event {seq} to be set aside in {DEAD_LETTER_STREAM}"),
-            PROJECTION_TIMEOUT,
-            || async {
-                self.dead_letters().await.into_iter().find(|m| {
-                    header(m, "Threadline-Dead-Letter-Sequence").as_deref()
-                        == Some(&seq.to_string())
-                })
+            &format!("threadline {name} to answer /readyz with 200"),
+            SERVICE_START_TIMEOUT,
+            || async move {
+                let response = client.try_request_to(addr, "GET", "/readyz", None, None);
+                matches!(response.await, Ok(r) if r.status == 200).then_some(())
             },
         )
-        .await
+        .await;
+        addr
+    }
+
+    /// The output of replica `index` of `role` (its current process).
+    pub fn logs(&self, role: &str, index: usize) -> &Logs {
+        &self.replica(role, index).current.logs
+    }
+
+    /// Sends `sig` to replica `index` of `role` by its pid.
+    pub fn signal(&mut self, role: &str, index: usize, sig: libc::c_int) {
+        self.replica_mut(role, index).current.signal(sig);
+    }
+
+    /// SIGTERM: a graceful shutdown, as Kubernetes asks for one.
+    pub fn terminate(&mut self, role: &str, index: usize) {
+        self.signal(role, index, libc::SIGTERM);
+    }
+
+    /// SIGKILL by pid, reaped: the process vanishes without a goodbye.
+    pub fn kill(&mut self, role: &str, index: usize) {
+        self.replica_mut(role, index).current.kill();
+    }
+
+    /// SIGSTOP: the process holds its sockets and does nothing.
+    pub fn pause(&mut self, role: &str, index: usize) {
+        self.replica_mut(role, index).current.pause();
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&mut self, role: &str, index: usize) {
+        self.replica_mut(role, index).current.resume();
+    }
+
+    /// Waits, up to `timeout`, for replica `index` of `role` to exit; its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        role: &str,
+        index: usize,
+        timeout: Duration,
+    ) -> std::process::ExitStatus {
+        self.replica_mut(role, index)
+            .current
+            .wait_exit(timeout)
+            .await
+    }
+
+    /// Starts replica `index` of `role` again (killing it first if it still runs), with its
+    /// settings and on its address if it had one, and waits until it is ready.
+    pub async fn restart(&mut self, role: &str, index: usize) -> SocketAddr {
+        let position = self.position(role, index);
+        let replica = &mut self.services[position];
+        replica.current.kill();
+        let mut env = replica.env.clone();
+        if let Some(addr) = replica.current.addr() {
+            set(&mut env, "LISTEN_ADDR", &addr.to_string());
+        }
+        let start = replica.past.len() + 1;
+        let next = Service::launch(&Replica::name(role, index, start), role, &env);
+        let old = std::mem::replace(&mut replica.current, next);
+        replica.past.push(old);
+        self.wait_ready_at(position).await
     }
 
     // ----- read model -----
@@ -377,140 +364,16 @@ impl App {
         self.db = Some(pool.clone());
         pool
     }
-
-    // ----- processes -----
-
-    fn projector_index(&self) -> Option<usize> {
-        self.services.iter().position(|s| s.role == "projector")
-    }
-
-    fn service_mut(&mut self, role: &str) -> &mut Service {
-        self.services
-            .iter_mut()
-            .find(|s| s.role == role)
-            .unwrap_or_else(|| panic!("no running {role}"))
-    }
-
-    /// Sends `sig` to the `role` process by its pid.
-    pub fn signal(&mut self, role: &str, sig: libc::c_int) {
-        self.service_mut(role).signal(sig);
-    }
-
-    /// Waits, up to `timeout`, for the `role` process to exit; its exit status.
-    pub async fn wait_exit(&mut self, role: &str, timeout: Duration) -> std::process::ExitStatus {
-        let service = self.service_mut(role);
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = service.try_wait() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "threadline {role} did not exit within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILLs the projector by its pid.
-    pub fn kill_projector(&mut self) {
-        let index = self.projector_index().expect("a running projector");
-        let projector = &mut self.services[index];
-        projector.kill();
-        // Keep it, and its output for a failing test, under a name no one looks up.
-        projector.role = "projector (killed)".to_owned();
-    }
-
-    /// Starts a new projector process.
-    pub fn start_projector(&mut self) {
-        self.projector_starts += 1;
-        let name = format!("projector#{}", self.projector_starts);
-        self.services
-            .push(Service::spawn_named(&name, "projector", &self.env));
-    }
-}
-
-/// An HTTP client that follows no redirects, gives up after `REQUEST_TIMEOUT`, and keeps
-/// at most `idle` idle connections per host.
-fn http_client(idle: usize) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(REQUEST_TIMEOUT)
-        .pool_max_idle_per_host(idle)
-        .build()
-        .expect("building an HTTP client")
-}
-
-/// Sends one request and reads the whole answer.
-async fn send(
-    client: &reqwest::Client,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<Vec<u8>>,
-    content_type: Option<&str>,
-) -> Result<HttpResponse, reqwest::Error> {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-    let mut request = client.request(method, format!("http://{addr}{path}"));
-    if let Some(ct) = content_type {
-        request = request.header(reqwest::header::CONTENT_TYPE, ct);
-    }
-    if let Some(body) = body {
-        request = request.body(body);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes = response.bytes().await?;
-    let text = String::from_utf8(bytes.to_vec())
-        .unwrap_or_else(|_| panic!("the answer to {path} is not UTF-8"));
-    Ok(HttpResponse {
-        status,
-        content_type,
-        text,
-    })
-}
-
-/// Publishes one event on a JetStream context and waits for the ack.
-pub async fn publish_event(
-    js: &jetstream::Context,
-    subject: &str,
-    headers: &[(&str, &str)],
-    payload: Bytes,
-) -> jetstream::publish::PublishAck {
-    let mut map = async_nats::HeaderMap::new();
-    for (name, value) in headers {
-        map.insert(*name, *value);
-    }
-    within(
-        &format!("publishing to {subject}"),
-        REQUEST_TIMEOUT,
-        async {
-            js.publish_with_headers(subject.to_owned(), map, payload)
-                .await
-                .unwrap_or_else(|e| panic!("publishing to {subject}: {e}"))
-                .await
-                .unwrap_or_else(|e| panic!("JetStream ack for {subject}: {e}"))
-        },
-    )
-    .await
-}
-
-/// A header of a stored message, as text.
-pub fn header(message: &jetstream::message::StreamMessage, name: &str) -> Option<String> {
-    message.headers.get(name).map(|v| v.as_str().to_owned())
 }
 
 impl Drop for App {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let mut out = String::from("\n===== output of the failing test's processes =====\n");
-            for service in &self.services {
-                out.push_str(&service.logs.dump());
+            for replica in &self.services {
+                for service in replica.past.iter().chain([&replica.current]) {
+                    out.push_str(&service.logs.dump());
+                }
             }
             out.push_str(&self.nats.logs.dump());
             out.push_str(&self.pg.logs.dump());

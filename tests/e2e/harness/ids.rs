@@ -117,3 +117,12 @@ pub fn message_ids(thread: &Value) -> Vec<Value> {
         .map(|m| m["id"].clone())
         .collect()
 }
+
+/// A valid `MessagePosted` payload, written out by hand as an outside publisher (the Slack
+/// integration) would.
+pub fn agent_reply(id: &str, thread: &str, body: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","user":{{"name":"Agent Smith","slack":{{"user_id":"U024BE7LH","team":"T1"}},"avatar":null}},"timestamp":"{}","body":"{body}","send_by_user":false,"thread":"{thread}"}}"#,
+        now_timestamp()
+    )
+}

@@ -1,15 +1,19 @@
 //! The end-to-end harness: real servers on free ports, real clients, bounded waits.
 
 pub mod app;
+pub mod client;
 pub mod ids;
+pub mod load;
 pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod wait;
 pub mod ws;
 
-pub use app::{spawn_all, spawn_app, App, HttpResponse, PROJECTION_TIMEOUT};
+pub use app::{options, spawn_all, spawn_app, App};
+pub use client::{header, publish_event, Client, HttpResponse, PROJECTION_TIMEOUT};
 pub use ids::{
-    assert_same_json, assert_timestamp, assert_uuid1, keys, message_ids, new_id, now_timestamp,
+    agent_reply, assert_same_json, assert_timestamp, assert_uuid1, keys, message_ids, new_id,
+    now_timestamp,
 };
 pub use wait::{eventually, within};

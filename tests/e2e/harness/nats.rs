@@ -1,8 +1,10 @@
 //! A real `nats-server` with JetStream for one test: a free port, its own store directory,
 //! killed by its own pid and its directory removed on drop (as nats.rs's own harness does).
+//! It can be killed, restarted on the same port with the same store, or paused (SIGSTOP) to
+//! play a broker that hangs; its monitoring endpoint tells a test which subscriptions exist.
 
 use super::process::{
-    die_with_parent, drain, find_program, stop_child, temp_dir, wait_for_line, Logs,
+    die_with_parent, drain, find_program, signal, stop_child, temp_dir, wait_for_line, Logs,
 };
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,23 +12,32 @@ use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The configuration every test's server gets unless it asks for another: messages up to the
+/// API's 2.5 MiB body limit must fit in one NATS message.
+pub const DEFAULT_CONFIG: &str = "max_payload: 8MB\n";
+
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
+    monitor_port: u16,
     dir: PathBuf,
+    paused: bool,
     pub logs: Logs,
 }
 
 impl NatsServer {
-    /// Starts a server on a free port that it picks itself (`-p -1`).
-    pub fn start() -> NatsServer {
+    /// Starts a server with `config` as its configuration file ([`DEFAULT_CONFIG`] for most
+    /// tests; empty for nats-server's own defaults, such as its 1 MB `max_payload`) on a free
+    /// port that it picks itself (`-p -1`).
+    pub fn start_with_config(config: &str) -> NatsServer {
         let dir = temp_dir("nats");
-        // Messages up to the API's 2.5 MiB body limit must fit in one NATS message.
-        std::fs::write(dir.join("nats.conf"), "max_payload: 8MB\n").expect("writing nats.conf");
+        std::fs::write(dir.join("nats.conf"), config).expect("writing nats.conf");
         let mut server = NatsServer {
             child: None,
             port: 0,
+            monitor_port: 0,
             dir,
+            paused: false,
             logs: Logs::new("nats-server"),
         };
         server.launch();
@@ -47,7 +58,7 @@ impl NatsServer {
         let mut cmd = Command::new(program);
         cmd.arg("-c")
             .arg(self.dir.join("nats.conf"))
-            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &port, "-m", "-1", "-js", "-sd"])
             .arg(self.dir.join("store"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -57,20 +68,33 @@ impl NatsServer {
         let _ = drain(child.stdout.take().expect("stdout"), self.logs.clone());
         let lines = drain(child.stderr.take().expect("stderr"), self.logs.clone());
         let deadline = Instant::now() + START_TIMEOUT;
-        let found = wait_for_line(&lines, deadline, |line| {
-            let rest = line.split("Listening for client connections on ").nth(1)?;
-            rest.trim().rsplit(':').next()?.parse::<u16>().ok()
-        })
-        .and_then(|port| {
-            wait_for_line(&lines, deadline, |line| {
-                line.contains("Server is ready").then_some(())
+        let port_after = |prefix: &'static str| {
+            move |line: &str| {
+                let rest = line.split(prefix).nth(1)?;
+                rest.trim().rsplit(':').next()?.parse::<u16>().ok()
+            }
+        };
+        let found = wait_for_line(&lines, deadline, port_after("Starting http monitor on "))
+            .and_then(|monitor| {
+                wait_for_line(
+                    &lines,
+                    deadline,
+                    port_after("Listening for client connections on "),
+                )
+                .map(|port| (port, monitor))
             })
-            .map(|()| port)
-        });
+            .and_then(|ports| {
+                wait_for_line(&lines, deadline, |line| {
+                    line.contains("Server is ready").then_some(())
+                })
+                .map(|()| ports)
+            });
         match found {
-            Ok(port) => {
+            Ok((port, monitor_port)) => {
                 self.port = port;
+                self.monitor_port = monitor_port;
                 self.child = Some(child);
+                self.paused = false;
             }
             Err(why) => {
                 stop_child(&mut child, libc::SIGKILL, Duration::ZERO);
@@ -89,6 +113,9 @@ impl NatsServer {
     /// SIGKILL by pid: the broker vanishes without a goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.paused {
+                signal(child.id(), libc::SIGCONT);
+            }
             stop_child(&mut child, libc::SIGKILL, Duration::ZERO);
         }
     }
@@ -103,6 +130,43 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.start_again();
+    }
+
+    /// SIGSTOP: the server keeps its connections open but answers nothing, as a hung broker.
+    pub fn pause(&mut self) {
+        let child = self.child.as_ref().expect("nats-server is not running");
+        signal(child.id(), libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        let child = self.child.as_ref().expect("nats-server is not running");
+        signal(child.id(), libc::SIGCONT);
+        self.paused = false;
+    }
+
+    /// How many client subscriptions the server holds on exactly `subject`, from its
+    /// monitoring endpoint (`/connz?subs=1`).
+    pub async fn subscriptions_on(&self, subject: &str) -> usize {
+        let url = format!(
+            "http://127.0.0.1:{}/connz?subs=1&limit=100000",
+            self.monitor_port
+        );
+        let bytes = match reqwest::get(&url).await.and_then(|r| r.error_for_status()) {
+            Ok(response) => response.bytes().await,
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| panic!("asking nats-server's monitor {url}: {e}"));
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("nats-server's monitor answered no JSON: {e}"));
+        body["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["subscriptions_list"].as_array().into_iter().flatten())
+            .filter(|s| s.as_str() == Some(subject))
+            .count()
     }
 }
 

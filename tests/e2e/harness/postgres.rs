@@ -1,9 +1,10 @@
 //! A PostgreSQL cluster of one test's own, not the machine's shared one: `initdb` once per
 //! test process into a template, then per test a copy of it served by `postgres` on a free
 //! port (as pgtemp does). As root, it runs as the `postgres` system user, since PostgreSQL
-//! refuses to run as root. Killed by its own pid and removed on drop.
+//! refuses to run as root. Killed by its own pid and removed on drop. A test can pause
+//! (SIGSTOP) the whole server, the postmaster and every backend, to play a database that hangs.
 
-use super::process::{die_with_parent, drain, find_program, stop_child, temp_dir, Logs};
+use super::process::{die_with_parent, drain, find_program, signal, stop_child, temp_dir, Logs};
 use sqlx::Connection;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -129,6 +130,7 @@ pub struct Postgres {
     child: Option<Child>,
     port: u16,
     root: PathBuf,
+    paused: bool,
     pub logs: Logs,
 }
 
@@ -150,6 +152,7 @@ impl Postgres {
             child: None,
             port: 0,
             root,
+            paused: false,
             logs: Logs::new("postgres"),
         };
         // Another process may take the free port between our look and postgres's bind.
@@ -192,11 +195,20 @@ impl Postgres {
         let _ = drain(child.stderr.take().expect("stderr"), self.logs.clone());
         let url = self.url("postgres");
         let deadline = Instant::now() + START_TIMEOUT;
+        let data_dir = self.root.join("data");
         loop {
-            if let Ok(conn) = sqlx::PgConnection::connect(&url).await {
+            // Another test's server may answer on this port (it took the port between our
+            // look and our bind): only a server serving our own data directory is ours.
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                let serving: Result<String, _> =
+                    sqlx::query_scalar("SELECT current_setting('data_directory')")
+                        .fetch_one(&mut conn)
+                        .await;
                 let _ = conn.close().await;
-                self.child = Some(child);
-                return true;
+                if serving.is_ok_and(|dir| Path::new(&dir) == data_dir) {
+                    self.child = Some(child);
+                    return true;
+                }
             }
             if let Ok(Some(_)) = child.try_wait() {
                 if self.logs.contains("could not bind")
@@ -229,6 +241,20 @@ impl Postgres {
         }
     }
 
+    /// SIGSTOP to the whole cluster: connections stay open and nothing answers.
+    pub fn pause(&mut self) {
+        let child = self.child.as_ref().expect("postgres is not running");
+        signal_group(child.id(), libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        let child = self.child.as_ref().expect("postgres is not running");
+        signal_group(child.id(), libc::SIGCONT);
+        self.paused = false;
+    }
+
     /// Starts the stopped cluster again on the same port.
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "postgres is still running");
@@ -249,10 +275,40 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.paused {
+                signal_group(child.id(), libc::SIGCONT);
+            }
             // Immediate shutdown: the postmaster takes its backends with it.
             stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(10));
+            signal_group(child.id(), libc::SIGKILL);
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Sends `sig` to the postmaster `pid` and to every process it forked. (Each backend is the
+/// leader of a process group of its own, so a signal to the postmaster's group misses them.)
+fn signal_group(pid: u32, sig: libc::c_int) {
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
+            let parent: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect();
+    for process in std::iter::once(pid).chain(children) {
+        signal(process, sig);
     }
 }
 

@@ -203,54 +203,23 @@ pub fn find_program(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// One running `threadline <role>` process and the address it listens on.
+/// One `threadline <role>` process: started at once, listening (and so with an address) once
+/// [`wait_listening`](Service::wait_listening) has seen its `listening on` line. Killed by its
+/// pid on drop; its output is kept for a failing test to print.
 pub struct Service {
-    pub role: String,
-    pub addr: SocketAddr,
+    /// `api`, `projector#2`: how logs and failures name it.
+    pub name: String,
     pub logs: Logs,
+    addr: Option<SocketAddr>,
     child: Child,
+    lines: mpsc::Receiver<String>,
+    paused: bool,
 }
 
 impl Service {
-    /// Starts `threadline <role>` with `env` and waits for its `listening on` line.
-    /// Panics, with the process's output, if it exits or stays silent too long.
-    pub fn spawn(role: &str, env: &[(String, String)]) -> Service {
-        Starting::new(role, role, env).wait()
-    }
-
-    /// As `spawn`, with `name` for the process in logs (`projector#2`).
-    pub fn spawn_named(name: &str, role: &str, env: &[(String, String)]) -> Service {
-        Starting::new(name, role, env).wait()
-    }
-
-    /// Sends `sig` to the process by its pid.
-    pub fn signal(&self, sig: libc::c_int) {
-        signal(self.child.id(), sig);
-    }
-
-    /// The exit status, if the process has exited (reaping it).
-    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// SIGKILL by pid, and reap.
-    pub fn kill(&mut self) {
-        stop_child(&mut self.child, libc::SIGKILL, Duration::ZERO);
-    }
-}
-
-/// A `threadline <role>` process that has been started but may not listen yet; several can
-/// start side by side, as they do in production.
-pub struct Starting {
-    role: String,
-    /// Taken by `wait`; killed on drop if it never got that far.
-    child: Option<Child>,
-    logs: Logs,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Starting {
-    pub fn new(name: &str, role: &str, env: &[(String, String)]) -> Starting {
+    /// Starts `threadline <role>` with exactly `env` (and PATH, logging variables) and returns
+    /// at once; several can start side by side, as they do in production.
+    pub fn launch(name: &str, role: &str, env: &[(String, String)]) -> Service {
         let logs = Logs::new(format!("threadline {name}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_threadline"));
         cmd.arg(role)
@@ -275,49 +244,108 @@ impl Starting {
             .unwrap_or_else(|e| panic!("starting threadline {role}: {e}"));
         let _ = drain(child.stdout.take().expect("stdout"), logs.clone());
         let lines = drain(child.stderr.take().expect("stderr"), logs.clone());
-        Starting {
-            role: role.to_owned(),
-            child: Some(child),
+        Service {
+            name: name.to_owned(),
             logs,
+            addr: None,
+            child,
             lines,
+            paused: false,
         }
     }
 
-    /// Waits for the `listening on` line; panics, with the process's output, if the
-    /// process exits or stays silent too long.
-    pub fn wait(mut self) -> Service {
-        let mut child = self.child.take().expect("a started process");
-        let role = self.role.clone();
-        let logs = self.logs.clone();
-        let found = wait_for_line(
-            &self.lines,
-            Instant::now() + SERVICE_START_TIMEOUT,
-            listening_addr,
-        );
-        match found {
-            Ok(addr) => Service {
-                role,
-                addr,
-                logs,
-                child,
-            },
-            Err(why) => {
-                stop_child(&mut child, libc::SIGKILL, Duration::ZERO);
+    /// Waits for the `listening on` line and returns the bound address; panics, with the
+    /// process's output, if the process exits or stays silent for `SERVICE_START_TIMEOUT`.
+    /// Does not block the test's runtime meanwhile.
+    pub async fn wait_listening(&mut self) -> SocketAddr {
+        if let Some(addr) = self.addr {
+            return addr;
+        }
+        let deadline = Instant::now() + SERVICE_START_TIMEOUT;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    if let Some(addr) = listening_addr(&line) {
+                        self.addr = Some(addr);
+                        return addr;
+                    }
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.kill();
+                    panic!(
+                        "threadline {} exited before it logged `listening on`\n{}",
+                        self.name,
+                        self.logs.dump()
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                self.kill();
                 panic!(
-                    "threadline {role} did not log `listening on 127.0.0.1:PORT` within {:?}: {why}\n{}",
-                    SERVICE_START_TIMEOUT,
-                    logs.dump()
+                    "threadline {} did not log `listening on 127.0.0.1:PORT` within {SERVICE_START_TIMEOUT:?}\n{}",
+                    self.name,
+                    self.logs.dump()
                 );
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
 
-impl Drop for Starting {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, libc::SIGKILL, Duration::ZERO);
+    /// The address it listens on, once known.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Sends `sig` to the process by its pid (unless it has been reaped).
+    pub fn signal(&mut self, sig: libc::c_int) {
+        if self.try_wait().is_none() {
+            signal(self.child.id(), sig);
         }
+    }
+
+    /// SIGSTOP: the process keeps its sockets open and does nothing.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    /// The exit status, if the process has exited (reaping it).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits, up to `timeout`, for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "threadline {} did not exit within {timeout:?}\n{}",
+                self.name,
+                self.logs.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL by pid, and reap.
+    pub fn kill(&mut self) {
+        if self.paused {
+            signal(self.child.id(), libc::SIGCONT);
+            self.paused = false;
+        }
+        stop_child(&mut self.child, libc::SIGKILL, Duration::ZERO);
     }
 }
 

@@ -130,6 +130,20 @@ impl Ws {
         }
     }
 
+    /// As [`next_close`](Self::next_close), skipping any text frames that come first.
+    pub async fn next_close_after_frames(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Err(_) => panic!("{} was not closed within {FRAME_TIMEOUT:?}", self.url),
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return None,
+            }
+        }
+    }
+
     /// Sends a frame from the client.
     pub async fn send(&mut self, message: Message) {
         tokio::time::timeout(FRAME_TIMEOUT, self.stream.send(message))

@@ -1,0 +1,134 @@
+//! Duplicates: an event published twice reaches sockets and the read model once. A retry
+//! under the same `Nats-Msg-Id` is deduplicated by JetStream but still reaches every core
+//! subscriber twice; the same message id under two `Nats-Msg-Id`s is stored twice, and the
+//! first one stored wins everywhere.
+
+use crate::harness::*;
+use serde_json::json;
+
+/// How many rows the read model holds for message `id`, and the body of the one it keeps.
+async fn stored_rows(app: &mut App, id: &str) -> (i64, Option<String>) {
+    let db = app.db().await;
+    let count: i64 = sqlx::query_scalar("select count(*) from messages where id = $1::uuid")
+        .bind(id)
+        .fetch_one(&db)
+        .await
+        .expect("counting rows");
+    let body: Option<String> = sqlx::query_scalar("select body from messages where id = $1::uuid")
+        .bind(id)
+        .fetch_optional(&db)
+        .await
+        .expect("reading a row");
+    (count, body)
+}
+
+/// Posts a marker through the API and waits until `GET` lists it: everything published
+/// before it has been applied (one stream, applied in order).
+async fn marker(app: &App, thread: &str) -> String {
+    let posted = app.say(thread, "marker").await.json();
+    let id = posted["id"].as_str().expect("an id").to_owned();
+    eventually("the marker in GET", PROJECTION_TIMEOUT, || async {
+        message_ids(&app.get_thread(thread).await)
+            .contains(&json!(id))
+            .then_some(())
+    })
+    .await;
+    posted.to_string()
+}
+
+#[tokio::test]
+async fn the_same_event_twice_under_one_msg_id_reaches_an_open_socket_once() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    let mut ws = app.connect_ws(&thread).await;
+    let id = new_id();
+    let payload = agent_reply(&id, &thread, "published twice");
+    let subject = app.message_subject(&thread);
+
+    let first = app
+        .publish_event(&subject, &[("Nats-Msg-Id", &id)], payload.clone())
+        .await;
+    let second = app
+        .publish_event(&subject, &[("Nats-Msg-Id", &id)], payload.clone())
+        .await;
+    assert!(second.duplicate && second.sequence == first.sequence);
+
+    assert_eq!(ws.next_text().await, payload);
+    let marker = marker(&app, &thread).await;
+    assert_eq!(
+        ws.next_text().await,
+        marker,
+        "the socket got the retried event a second time"
+    );
+    let stored = app.get_thread(&thread).await;
+    assert_eq!(message_ids(&stored)[0], json!(id));
+    assert_eq!(message_ids(&stored).len(), 2, "{stored}");
+    assert_eq!(stored_rows(&mut app, &id).await.0, 1);
+}
+
+/// Publishes message `id` twice under two `Nats-Msg-Id`s with different bodies; checks that
+/// `GET`, the read model and an open socket show it once, with the first body.
+async fn assert_first_of_two_wins(app: &mut App, thread: &str, same_batch: bool) {
+    let mut ws = app.connect_ws(thread).await;
+    let id = new_id();
+    let first = agent_reply(&id, thread, "the first body");
+    let second = agent_reply(&id, thread, "the second body");
+    let subject = app.message_subject(thread);
+    if same_batch {
+        // Both wait in the stream while the projector is stopped, and reach it together.
+        app.pause("projector", 0);
+    }
+    let a = app
+        .publish_event(&subject, &[("Nats-Msg-Id", &new_id())], first.clone())
+        .await;
+    if !same_batch {
+        eventually("the first copy in GET", PROJECTION_TIMEOUT, || async {
+            message_ids(&app.get_thread(thread).await)
+                .contains(&json!(id))
+                .then_some(())
+        })
+        .await;
+    }
+    let b = app
+        .publish_event(&subject, &[("Nats-Msg-Id", &new_id())], second)
+        .await;
+    assert!(
+        b.sequence > a.sequence && !b.duplicate,
+        "both copies are stored"
+    );
+    if same_batch {
+        app.resume("projector", 0);
+    }
+    let marker = marker(app, thread).await;
+
+    let stored = app.get_thread(thread).await;
+    let messages = stored["messages"].as_array().expect("messages");
+    let copies: Vec<_> = messages.iter().filter(|m| m["id"] == id).collect();
+    assert_eq!(copies.len(), 1, "GET lists the message once: {stored}");
+    assert_eq!(copies[0]["body"], "the first body", "the first copy wins");
+    assert_eq!(
+        stored_rows(app, &id).await,
+        (1, Some("the first body".to_owned()))
+    );
+
+    assert_eq!(ws.next_text().await, first);
+    assert_eq!(
+        ws.next_text().await,
+        marker,
+        "the socket got the second copy of the message"
+    );
+}
+
+#[tokio::test]
+async fn one_message_id_under_two_msg_ids_is_shown_once_with_the_first_body() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    assert_first_of_two_wins(&mut app, &thread, false).await;
+}
+
+#[tokio::test]
+async fn one_message_id_twice_in_one_batch_is_shown_once_with_the_first_body() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    assert_first_of_two_wins(&mut app, &thread, true).await;
+}
