@@ -174,6 +174,17 @@ pub struct EncodedEvent {
 }
 
 impl EncodedEvent {
+    /// An event as stored on `subject`: decoded (and so checked), with its payload bytes kept
+    /// exactly as they were, so that publishing it again sends the same bytes.
+    pub fn from_payload(
+        subjects: &Subjects,
+        subject: &str,
+        payload: bytes::Bytes,
+    ) -> Result<EncodedEvent, EventError> {
+        let event = Event::decode(subjects, subject, None, None, &payload)?;
+        Ok(EncodedEvent { event, payload })
+    }
+
     pub fn event(&self) -> &Event {
         &self.event
     }
@@ -283,6 +294,21 @@ mod tests {
         assert_eq!(event.thread().to_string(), THREAD);
         assert_eq!(event.id().to_string(), MESSAGE);
         assert_eq!(event.to_payload(), payload);
+    }
+
+    #[test]
+    fn a_stored_payload_keeps_its_bytes_and_is_checked() {
+        // Spacing that re-encoding would not reproduce.
+        let payload = bytes::Bytes::from(format!(
+            r#"{{ "id":"{MESSAGE}", "user":{{"n": 1}}, "timestamp":"2026-11-24T03:22:40.123456Z", "body":"hi", "send_by_user":false, "thread":"{THREAD}" }}"#
+        ));
+        let subject = format!("chat.thread.{THREAD}.message");
+        let encoded =
+            EncodedEvent::from_payload(&Subjects::default(), &subject, payload.clone()).unwrap();
+        assert_eq!(encoded.payload(), &payload);
+        assert_eq!(encoded.event().id().to_string(), MESSAGE);
+        let elsewhere = format!("chat.thread.{MESSAGE}.message");
+        assert!(EncodedEvent::from_payload(&Subjects::default(), &elsewhere, payload).is_err());
     }
 
     #[test]

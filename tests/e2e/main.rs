@@ -13,6 +13,7 @@ mod duplicates;
 mod errors;
 mod faults;
 mod health;
+mod idempotency;
 mod messages;
 mod outside_publisher;
 mod projector_crash;

@@ -28,6 +28,19 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the read model has not caught up with the event log")]
     ReadModelBehind,
+    #[error("the Idempotency-Key header is empty, too long or not text")]
+    BadIdempotencyKey,
+    #[error("the Idempotency-Key was used for a request with another body")]
+    IdempotencyKeyReused,
+    /// A fault of this service's own (a record it cannot read back): 500, logged.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -62,6 +75,21 @@ impl IntoResponse for ApiError {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"detail": "Service temporarily unavailable, try again later."}),
+                )
+            }
+            ApiError::BadIdempotencyKey => (
+                StatusCode::BAD_REQUEST,
+                json!({"detail": "The Idempotency-Key header must be 1 to 255 characters of text."}),
+            ),
+            ApiError::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"detail": "This Idempotency-Key was already used for a request with a different body."}),
+            ),
+            ApiError::Internal(cause) => {
+                tracing::error!("answering 500: {cause}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"detail": "A server error occurred."}),
                 )
             }
             ApiError::ReadModelBehind => {

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod fields;
+pub mod idempotency;
 pub mod messages;
 pub mod request;
 pub mod threads;
@@ -24,11 +25,13 @@ use std::time::Duration;
 use threadline_infra::settings::parse_duration;
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{
-    health_router, serve, DatabaseSettings, EventLog, HttpSettings, NatsSettings, ReadModel,
+    health_router, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog, KvIdempotency,
+    NatsSettings, ReadModel, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use idempotency::Idempotency;
 
 /// How the API answers.
 #[derive(Debug, Clone, Args)]
@@ -41,6 +44,24 @@ pub struct ApiSettings {
     /// before it answers from the read model as it is.
     #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub read_your_writes_timeout: Duration,
+
+    /// How long a request answered under an `Idempotency-Key` is remembered: a retry with the
+    /// same key within this window gets the original response. At least 2m, the event
+    /// stream's duplicate window.
+    #[arg(long, env = "IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_idempotency_window)]
+    pub idempotency_window: Duration,
+}
+
+/// The stream forgets a `Nats-Msg-Id` after 2 minutes; a shorter window would let a retry that
+/// JetStream still deduplicates be taken for a new request.
+fn parse_idempotency_window(text: &str) -> Result<Duration, String> {
+    let window = parse_duration(text)?;
+    if window < Duration::from_secs(120) {
+        return Err(format!(
+            "{text:?} is shorter than the event stream's 2m duplicate window"
+        ));
+    }
+    Ok(window)
 }
 
 /// Everything the `api` role needs to run on its own.
@@ -64,7 +85,35 @@ pub struct Settings {
 pub struct AppState {
     pub log: Arc<dyn EventLog>,
     pub read: Arc<dyn ReadModel>,
+    pub idempotency: Idempotency,
+    /// The bound on a request's work with the event log (`NATS_TIMEOUT`): recording an
+    /// idempotency key and appending, retries included.
+    pub append_timeout: Duration,
     pub settings: Arc<ApiSettings>,
+}
+
+impl AppState {
+    /// The API's state on JetStream and PostgreSQL: opens (or creates) the idempotency bucket.
+    pub async fn open(
+        log: Arc<JetStreamLog>,
+        read: Arc<dyn ReadModel>,
+        settings: ApiSettings,
+    ) -> Result<Self, StoreError> {
+        let store = KvIdempotency::open(
+            &log,
+            &log.settings().idempotency_bucket,
+            settings.idempotency_window,
+        )
+        .await?;
+        let idempotency = Idempotency::new(Arc::new(store), log.subjects().clone());
+        Ok(Self {
+            append_timeout: log.settings().nats_timeout,
+            log,
+            read,
+            idempotency,
+            settings: Arc::new(settings),
+        })
+    }
 }
 
 /// The API's routes (without health routes and without a fallback, so that roles can be
@@ -110,10 +159,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    let state = AppState {
-        log: log.clone(),
-        read: read.clone(),
-        settings: Arc::new(settings.api),
+    let Some(state) =
+        threadline_infra::retry::until_ready("opening the idempotency bucket", &shutdown, || {
+            AppState::open(log.clone(), read.clone(), settings.api.clone())
+        })
+        .await
+    else {
+        return Ok(());
     };
     let app = threadline_infra::server::finish(router(state).merge(health_router(vec![log, read])));
     serve(listener, app, shutdown, settings.http.shutdown_timeout)

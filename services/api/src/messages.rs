@@ -1,6 +1,7 @@
 //! `POST /chat/message/`.
 
 use crate::error::{ApiError, FieldErrors};
+use crate::idempotency::Key;
 use crate::{fields, request, AppState};
 use axum::body::Body;
 use axum::extract::State;
@@ -17,11 +18,13 @@ pub async fn post_message(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let data = request::json_object(&headers, body, state.settings.max_body_bytes).await?;
-    let user = fields::user(&data);
-    let body = fields::body(&data);
-    let send_by_user = fields::send_by_user(&data);
-    let thread = match fields::thread(&data) {
+    let key = Key::from_headers(&headers, "message")?;
+    let request = request::json_object(&headers, body, state.settings.max_body_bytes).await?;
+    let data = &request.object;
+    let user = fields::user(data);
+    let body = fields::body(data);
+    let send_by_user = fields::send_by_user(data);
+    let thread = match fields::thread(data) {
         Ok(thread) if state.log.thread_exists(thread.id).await? => Ok(thread.id),
         Ok(thread) => Err(thread.does_not_exist()),
         Err(message) => Err(message),
@@ -51,12 +54,16 @@ pub async fn post_message(
         thread,
     };
     let encoded = Event::MessagePosted(message).encode();
-    let sequence = state.log.append(&encoded).await?;
+    // The 201's body is the event's payload.
+    let mut response = encoded.payload().clone();
+    let (encoded, sequence) =
+        crate::idempotency::append_once(&state, key.as_ref(), &request.raw, encoded, &mut response)
+            .await?;
     tracing::info!(message_id = %encoded.event().id(), thread_id = %thread, sequence, "message posted");
     Ok((
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/json")],
-        encoded.payload().clone(),
+        response,
     )
         .into_response())
 }

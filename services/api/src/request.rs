@@ -8,20 +8,29 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
+/// A request body read as a JSON object, with the bytes it was read from.
+pub struct JsonRequest {
+    pub raw: Bytes,
+    pub object: Map<String, Value>,
+}
+
 /// The request body as a JSON object. An empty body reads as `{}` whatever its content type
 /// (as DRF does), so that every required field is reported missing.
 pub async fn json_object(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<JsonRequest, ApiError> {
     let declared_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let bytes = read_within(body, limit, declared_length).await?;
     if bytes.is_empty() {
-        return Ok(Map::new());
+        return Ok(JsonRequest {
+            raw: bytes,
+            object: Map::new(),
+        });
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -33,7 +42,7 @@ pub async fn json_object(
     let value: Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::JsonParse(e.to_string()))?;
     match value {
-        Value::Object(map) => Ok(map),
+        Value::Object(object) => Ok(JsonRequest { raw: bytes, object }),
         Value::Null => Err(ApiError::NonField("No data provided".into())),
         other => Err(ApiError::NonField(format!(
             "Invalid data. Expected a dictionary, but got {}.",
@@ -118,7 +127,9 @@ mod tests {
         if let Some(ct) = content_type {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
         }
-        json_object(&headers, Body::from(body.to_owned()), 64).await
+        json_object(&headers, Body::from(body.to_owned()), 64)
+            .await
+            .map(|request| request.object)
     }
 
     #[tokio::test]

@@ -1,12 +1,14 @@
 //! `POST /chat/thread/` and `GET /chat/thread/:id/`.
 
 use crate::error::{ApiError, FieldErrors};
+use crate::idempotency::Key;
 use crate::{fields, request, AppState};
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -19,8 +21,9 @@ pub async fn create_thread(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let data = request::json_object(&headers, body, state.settings.max_body_bytes).await?;
-    let user = fields::user(&data).map_err(|message| {
+    let key = Key::from_headers(&headers, "thread")?;
+    let request = request::json_object(&headers, body, state.settings.max_body_bytes).await?;
+    let user = fields::user(&request.object).map_err(|message| {
         let mut errors = FieldErrors::new();
         errors.insert("user".into(), Value::from(vec![message]));
         ApiError::Fields(errors)
@@ -30,16 +33,24 @@ pub async fn create_thread(
         user,
         timestamp: Timestamp::now(),
     };
-    let encoded = Event::ThreadCreated(created.clone()).encode();
-    let sequence = state.log.append(&encoded).await?;
-    tracing::info!(thread_id = %created.id, sequence, "thread created");
     let view = ThreadView {
         id: created.id,
-        user: created.user,
+        user: created.user.clone(),
         timestamp: created.timestamp,
         messages: Vec::new(),
     };
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let encoded = Event::ThreadCreated(created).encode();
+    let mut response = Bytes::from(serde_json::to_vec(&view).map_err(ApiError::internal)?);
+    let (encoded, sequence) =
+        crate::idempotency::append_once(&state, key.as_ref(), &request.raw, encoded, &mut response)
+            .await?;
+    tracing::info!(thread_id = %encoded.event().thread(), sequence, "thread created");
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        response,
+    )
+        .into_response())
 }
 
 /// Answers a thread with its messages from the read model, once the read model has applied

@@ -16,6 +16,9 @@ use uuid::Uuid;
 /// remembered answer is never wrong; past this bound the memory is cleared and refilled.
 const KNOWN_THREADS_CAPACITY: usize = 100_000;
 
+/// How long an append waits before it publishes again after an error.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// What the domain needs from the event log.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
@@ -231,32 +234,44 @@ impl EventLog for JetStreamLog {
             headers::SCHEMA_VERSION,
             proto_events::SCHEMA_VERSION.to_string().as_str(),
         );
-        // A lost acknowledgement is retried with the same Nats-Msg-Id: JetStream stores the
-        // event once and acknowledges the retry with the first sequence.
-        let mut last_error = None;
-        for _ in 0..3 {
-            let ack = match self
-                .jetstream
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                .await
-            {
-                Ok(ack) => ack,
-                Err(e) => {
-                    last_error = Some(StoreError::nats(e));
-                    continue;
-                }
-            };
-            match ack.await {
-                Ok(ack) => {
-                    if event.kind() == EventKind::ThreadCreated {
-                        self.remember_thread(event.thread());
-                    }
-                    return Ok(ack.sequence);
-                }
-                Err(e) => last_error = Some(StoreError::nats(e)),
-            }
+        // While the connection is down a publish would wait in the client's buffer and go out
+        // after a reconnect, long after the caller was answered 503: publish nothing.
+        let state = self.client.connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(StoreError::nats(format!("connection is {state}")));
         }
-        Err(last_error.unwrap_or_else(|| StoreError::nats("append failed")))
+        // A lost acknowledgement is retried with the same Nats-Msg-Id (JetStream stores the
+        // event once and acknowledges the retry with the first sequence), all within one
+        // NATS_TIMEOUT.
+        let attempts = async {
+            loop {
+                let stored = match self
+                    .jetstream
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await
+                {
+                    Ok(ack) => ack.await.map_err(StoreError::nats),
+                    Err(e) => Err(StoreError::nats(e)),
+                };
+                match stored {
+                    Ok(ack) => return ack.sequence,
+                    Err(e) => tracing::warn!("append not acknowledged, retrying: {e}"),
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        };
+        let sequence = tokio::time::timeout(self.settings.nats_timeout, attempts)
+            .await
+            .map_err(|_| {
+                StoreError::nats(format!(
+                    "append not acknowledged within {:?}",
+                    self.settings.nats_timeout
+                ))
+            })?;
+        if event.kind() == EventKind::ThreadCreated {
+            self.remember_thread(event.thread());
+        }
+        Ok(sequence)
     }
 
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {

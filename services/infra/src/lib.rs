@@ -9,6 +9,7 @@
 pub mod error;
 pub mod event_log;
 pub mod health;
+pub mod idempotency;
 pub mod read_model;
 pub mod retry;
 pub mod server;
@@ -18,6 +19,7 @@ pub mod startup;
 pub use error::StoreError;
 pub use event_log::{EventLog, JetStreamLog};
 pub use health::{health_router, Dependency};
+pub use idempotency::{IdempotencyStore, KvIdempotency};
 pub use read_model::{AppliedMessage, AppliedThread, PgReadModel, ReadModel};
 pub use server::serve;
 pub use settings::{DatabaseSettings, HttpSettings, NatsSettings};

@@ -26,6 +26,15 @@ pub struct NatsSettings {
     )]
     pub dead_letter_stream: String,
 
+    /// Name of the JetStream key-value bucket where the API keeps requests answered under an
+    /// `Idempotency-Key`.
+    #[arg(
+        long,
+        env = "IDEMPOTENCY_BUCKET",
+        default_value = "THREADLINE_IDEMPOTENCY"
+    )]
+    pub idempotency_bucket: String,
+
     /// Durable name of the projector's consumer (the api reads its progress for
     /// read-your-writes).
     #[arg(
@@ -55,6 +64,7 @@ impl NatsSettings {
             ("STREAM_NAME", &self.stream_name),
             ("DEAD_LETTER_STREAM", &self.dead_letter_stream),
             ("PROJECTOR_CONSUMER", &self.projector_consumer),
+            ("IDEMPOTENCY_BUCKET", &self.idempotency_bucket),
         ] {
             if !valid_name(name) {
                 return Err(format!(
@@ -97,7 +107,7 @@ pub struct HttpSettings {
     pub shutdown_timeout: Duration,
 }
 
-/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+/// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -111,6 +121,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => number / 1000.0,
         "s" => number,
         "m" => number * 60.0,
+        "h" => number * 3600.0,
         _ => return Err(format!("{text:?} is not a duration like 250ms, 5s or 2m")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
@@ -125,8 +136,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("5d").is_err());
     }
 }

@@ -5,7 +5,6 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use threadline_api::{ApiSettings, AppState};
 use threadline_gateway::{Gateway, GatewaySettings};
 use threadline_infra::startup::{self, Started};
@@ -81,11 +80,15 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
         return Ok(());
     };
     let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
-    let api = threadline_api::router(AppState {
-        log: log.clone(),
-        read: read.clone(),
-        settings: Arc::new(settings.api),
-    });
+    let Some(state) =
+        threadline_infra::retry::until_ready("opening the idempotency bucket", &shutdown, || {
+            AppState::open(log.clone(), read.clone(), settings.api.clone())
+        })
+        .await
+    else {
+        return Ok(());
+    };
+    let api = threadline_api::router(state);
     let app = threadline_infra::server::finish(
         api.merge(threadline_gateway::router(gateway.clone()))
             .merge(health_router(vec![log.clone(), read.clone()])),

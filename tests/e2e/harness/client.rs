@@ -112,7 +112,7 @@ impl Client {
         body: Option<Vec<u8>>,
         content_type: Option<&str>,
     ) -> Result<HttpResponse, reqwest::Error> {
-        send(&self.http, addr, method, path, body, content_type).await
+        send(&self.http, addr, method, path, body, content_type, &[]).await
     }
 
     /// As `try_request_to`, on a connection of its own that is not kept for later requests:
@@ -126,7 +126,16 @@ impl Client {
         content_type: Option<&str>,
     ) -> Result<HttpResponse, reqwest::Error> {
         let client = http_client(0);
-        send(&client, self.api_addr, method, path, body, content_type).await
+        send(
+            &client,
+            self.api_addr,
+            method,
+            path,
+            body,
+            content_type,
+            &[],
+        )
+        .await
     }
 
     /// POSTs raw bytes with the given content type (none if `None`).
@@ -146,6 +155,26 @@ impl Client {
             path,
             serde_json::to_vec(body).expect("JSON"),
             Some("application/json"),
+        )
+        .await
+    }
+
+    /// POSTs `body` as `application/json` under an `Idempotency-Key`; the transport error if
+    /// no answer came.
+    pub async fn post_with_key(
+        &self,
+        path: &str,
+        body: &Value,
+        key: &str,
+    ) -> Result<HttpResponse, reqwest::Error> {
+        send(
+            &self.http,
+            self.api_addr,
+            "POST",
+            path,
+            Some(serde_json::to_vec(body).expect("JSON")),
+            Some("application/json"),
+            &[("Idempotency-Key", key)],
         )
         .await
     }
@@ -303,9 +332,13 @@ async fn send(
     path: &str,
     body: Option<Vec<u8>>,
     content_type: Option<&str>,
+    headers: &[(&str, &str)],
 ) -> Result<HttpResponse, reqwest::Error> {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
     let mut request = client.request(method, format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     if let Some(ct) = content_type {
         request = request.header(reqwest::header::CONTENT_TYPE, ct);
     }

@@ -1,0 +1,162 @@
+//! `Idempotency-Key`: a retried POST under the same key gets the original 201, byte for byte,
+//! through any api replica, and the thread holds the message once; another body under a used
+//! key gets 422. No phantom writes: a POST answered 503 while the broker is down is never
+//! stored later, and one answered 503 while it hangs is made safe by retrying with its key.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn message(thread: &str, body: &str) -> Value {
+    json!({"user": {"name": "V"}, "thread": thread, "body": body, "send_by_user": true})
+}
+
+#[tokio::test]
+async fn a_retry_under_the_same_key_gets_the_original_201_through_any_replica() {
+    let app = options().replicas("api", 2).start().await;
+    let (first, second) = (app.client(0, 0), app.client(1, 0));
+    let thread_key = new_id();
+    let created = first
+        .post_with_key("/chat/thread/", &json!({"user": {"n": 1}}), &thread_key)
+        .await
+        .expect("an answer");
+    let again = second
+        .post_with_key("/chat/thread/", &json!({"user": {"n": 1}}), &thread_key)
+        .await
+        .expect("an answer");
+    assert_eq!((created.status, again.status), (201, 201));
+    assert_eq!(again.text, created.text, "the retry's answer differs");
+    let thread = created.json()["id"].as_str().expect("an id").to_owned();
+
+    let key = new_id();
+    let body = message(&thread, "once");
+    let mut answers = Vec::new();
+    for client in [&first, &second, &first, &second] {
+        let answer = client
+            .post_with_key("/chat/message/", &body, &key)
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status, 201, "{}", answer.text);
+        answers.push(answer.text);
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    let posted: Value = serde_json::from_str(&answers[0]).expect("JSON");
+    assert_eq!(
+        message_ids(&second.get_thread(&thread).await),
+        [posted["id"].clone()],
+        "the thread holds the message once"
+    );
+
+    let reused = first
+        .post_with_key("/chat/message/", &message(&thread, "another body"), &key)
+        .await
+        .expect("an answer");
+    let detail = reused.expect(422);
+    assert_eq!(keys(&detail), ["detail"], "{detail}");
+    // A different key is a different request.
+    let other = first
+        .post_with_key("/chat/message/", &body, &new_id())
+        .await
+        .expect("an answer");
+    assert_eq!(other.status, 201);
+    assert_eq!(message_ids(&first.get_thread(&thread).await).len(), 2);
+}
+
+#[tokio::test]
+async fn an_empty_idempotency_key_is_refused() {
+    let app = spawn_app().await;
+    let thread = app.new_thread().await;
+    let answer = app
+        .post_with_key("/chat/message/", &message(&thread, "x"), "")
+        .await
+        .expect("an answer");
+    assert_eq!(keys(&answer.expect(400)), ["detail"]);
+}
+
+#[tokio::test]
+async fn a_post_answered_503_while_nats_hangs_is_stored_once_when_retried_with_its_key() {
+    let timeout = Duration::from_secs(2);
+    let mut app = options().env("NATS_TIMEOUT", "2s").start().await;
+    let thread = app.new_thread().await;
+    let key = new_id();
+    let body = message(&thread, "during the hang");
+
+    app.nats.pause();
+    let started = Instant::now();
+    let answer = app
+        .post_with_key("/chat/message/", &body, &key)
+        .await
+        .expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    assert!(
+        took < timeout + Duration::from_secs(1),
+        "the 503 took {took:?}, more than NATS_TIMEOUT + 1 s"
+    );
+    app.nats.resume();
+
+    let retried = eventually("the retry to be accepted", PROJECTION_TIMEOUT, || async {
+        let answer = app
+            .post_with_key("/chat/message/", &body, &key)
+            .await
+            .ok()?;
+        (answer.status == 201).then_some(answer)
+    })
+    .await;
+    let posted = retried.json();
+    assert_eq!(posted["body"], "during the hang");
+    // A marker after the retry: once it is listed, everything stored before it is too.
+    let marker = app.say(&thread, "marker").await.json();
+    let ids = eventually("the marker in GET", PROJECTION_TIMEOUT, || async {
+        let ids = message_ids(&app.get_thread(&thread).await);
+        ids.contains(&marker["id"]).then_some(ids)
+    })
+    .await;
+    assert_eq!(
+        ids,
+        [posted["id"].clone(), marker["id"].clone()],
+        "the message is stored exactly once"
+    );
+}
+
+#[tokio::test]
+async fn a_post_answered_503_while_nats_is_down_is_never_stored() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    app.nats.kill();
+    // The API notices the lost connection within moments.
+    eventually("the api to see NATS down", PROJECTION_TIMEOUT, || async {
+        let ready = app.get("/readyz").await;
+        (ready.status == 503).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let answer = app.post_message(&message(&thread, "never")).await;
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the 503 took {:?}",
+        started.elapsed()
+    );
+
+    app.nats.start_again();
+    let marker = eventually(
+        "a POST to be accepted again",
+        PROJECTION_TIMEOUT,
+        || async {
+            let answer = app.post_message(&message(&thread, "marker")).await;
+            (answer.status == 201).then(|| answer.json())
+        },
+    )
+    .await;
+    let ids = eventually("the marker in GET", PROJECTION_TIMEOUT, || async {
+        let ids = message_ids(&app.get_thread(&thread).await);
+        ids.contains(&marker["id"]).then_some(ids)
+    })
+    .await;
+    assert_eq!(
+        ids,
+        [marker["id"].clone()],
+        "the message answered 503 was stored"
+    );
+}
