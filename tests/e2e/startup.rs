@@ -1,8 +1,73 @@
-//! Start-up: a role started before NATS or PostgreSQL retries until they answer, then
-//! serves; a malformed setting stops it at once with one clear line and a non-zero exit.
+//! Start-up: a role started before NATS or PostgreSQL answers `/healthz` with 200 and
+//! `/readyz` with 503 naming what it waits for, retries until they answer, then serves; a malformed setting stops it at once with one clear line and a non-zero exit.
 
 use crate::harness::*;
 use std::time::Duration;
+
+/// A free port on the loopback interface, for a role whose address the test must know before
+/// the role logs it.
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Launches `role` on a known address; checks that while it waits for `dependency` it answers
+/// `/healthz` with 200 and `/readyz` with 503 naming that dependency.
+async fn launch_and_probe(app: &mut App, role: &str, dependency: &str) {
+    let addr = free_addr().to_string();
+    let index = app.launch(role, &[("LISTEN_ADDR", &addr)]);
+    let addr: std::net::SocketAddr = addr.parse().expect("an address");
+    let probe = |path: &'static str| {
+        let client = Client::new(addr, addr, app.nats.url());
+        async move {
+            client
+                .try_request_to(addr, "GET", path, None, None)
+                .await
+                .ok()
+        }
+    };
+    let alive = eventually(
+        &format!("{role} to answer /healthz while it waits"),
+        PROJECTION_TIMEOUT,
+        || probe("/healthz"),
+    )
+    .await;
+    assert_eq!(alive.status, 200, "{role} /healthz: {}", alive.text);
+    // A role connects to NATS first: with NATS up and PostgreSQL down, /readyz says NATS is ok.
+    let others_ok =
+        |body: &serde_json::Value| dependency == "nats" || body["checks"]["nats"] == "ok";
+    let body = eventually(
+        &format!("{role} /readyz to name {dependency} alone as unavailable"),
+        PROJECTION_TIMEOUT,
+        || async {
+            let ready = probe("/readyz").await?;
+            assert_eq!(ready.status, 503, "{role} /readyz: {}", ready.text);
+            let body = ready.json();
+            others_ok(&body).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(
+        body["checks"][dependency], "unavailable",
+        "{role} /readyz: {body}"
+    );
+    eventually(
+        &format!("{role} to log a failed attempt to reach {dependency}"),
+        PROJECTION_TIMEOUT,
+        || async {
+            let what = if dependency == "nats" {
+                "NATS JetStream"
+            } else {
+                "PostgreSQL"
+            };
+            app.logs(role, index)
+                .contains(&format!("connecting to {what} failed"))
+                .then_some(())
+        },
+    )
+    .await;
+}
 
 /// No services at first: the test launches them itself.
 fn servers_only() -> crate::harness::app::Options {
@@ -17,19 +82,7 @@ async fn roles_started_before_nats_retry_and_then_serve() {
     let mut app = servers_only().start().await;
     app.nats.kill();
     for role in ["api", "projector", "gateway"] {
-        app.launch(role, &[]);
-    }
-    for role in ["api", "projector", "gateway"] {
-        eventually(
-            &format!("{role} to log a failed attempt to reach NATS"),
-            PROJECTION_TIMEOUT,
-            || async {
-                app.logs(role, 0)
-                    .contains("connecting to NATS JetStream failed")
-                    .then_some(())
-            },
-        )
-        .await;
+        launch_and_probe(&mut app, role, "nats").await;
     }
     app.nats.start_again();
     for role in ["api", "projector", "gateway"] {
@@ -51,19 +104,7 @@ async fn roles_started_before_postgres_retry_and_then_serve() {
     let mut app = servers_only().start().await;
     app.pg.stop();
     for role in ["api", "projector"] {
-        app.launch(role, &[]);
-    }
-    for role in ["api", "projector"] {
-        eventually(
-            &format!("{role} to log a failed attempt to reach PostgreSQL"),
-            PROJECTION_TIMEOUT,
-            || async {
-                app.logs(role, 0)
-                    .contains("connecting to PostgreSQL failed")
-                    .then_some(())
-            },
-        )
-        .await;
+        launch_and_probe(&mut app, role, "database").await;
     }
     app.pg.start_again().await;
     app.wait_ready("api", 0).await;

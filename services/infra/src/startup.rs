@@ -1,10 +1,20 @@
 //! How every role starts: check the settings (a wrong one stops the process with one line),
 //! bind the listener, then connect to NATS and PostgreSQL, retrying until they answer.
+//!
+//! While it waits, the listener already answers the probes as Kubernetes reads them:
+//! `/healthz` 200 (the process runs), `/readyz` 503 naming the dependency it waits for, and
+//! every other path 503. Once connected, the role's own server takes over the same socket;
+//! connections that arrive in between wait in the listen backlog.
 
 use crate::{retry, DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel};
 use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,17 +31,10 @@ pub async fn start(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Started>> {
     nats.validate().map_err(anyhow::Error::msg)?;
-    let listener = TcpListener::bind(listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {listen_addr}"))?;
-    let log = retry::until_ready("connecting to NATS JetStream", shutdown, || {
-        JetStreamLog::connect(nats)
-    })
-    .await;
-    Ok(log.map(|log| Started {
-        listener,
-        log: Arc::new(log),
-    }))
+    let waiting = Waiting::bind(listen_addr, &["nats"])?;
+    let log = waiting.connect_nats(nats, shutdown).await;
+    let listener = waiting.finish().await?;
+    Ok(log.map(|log| Started { listener, log }))
 }
 
 /// Starts a role that needs the event log and the read model. `None` if shutdown fired while
@@ -42,13 +45,111 @@ pub async fn start_with_read_model(
     database: &DatabaseSettings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Started, Arc<PgReadModel>)>> {
+    nats.validate().map_err(anyhow::Error::msg)?;
     PgReadModel::options(database).map_err(anyhow::Error::msg)?;
-    let Some(started) = start(listen_addr, nats, shutdown).await? else {
+    let waiting = Waiting::bind(listen_addr, &["nats", "database"])?;
+    let Some(log) = waiting.connect_nats(nats, shutdown).await else {
+        waiting.finish().await?;
         return Ok(None);
     };
     let read = retry::until_ready("connecting to PostgreSQL", shutdown, || {
         PgReadModel::connect(database)
     })
     .await;
-    Ok(read.map(|read| (started, Arc::new(read))))
+    let listener = waiting.finish().await?;
+    Ok(read.map(|read| (Started { listener, log }, Arc::new(read))))
+}
+
+/// The listener while the role waits for its dependencies, answering the probes.
+struct Waiting {
+    /// A second handle on the listening socket, for the role's own server.
+    socket: std::net::TcpListener,
+    /// Each dependency of the role and whether it answers yet.
+    checks: Checks,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Waiting {
+    fn bind(listen_addr: SocketAddr, dependencies: &[&'static str]) -> anyhow::Result<Waiting> {
+        let socket = std::net::TcpListener::bind(listen_addr)
+            .with_context(|| format!("cannot listen on {listen_addr}"))?;
+        socket
+            .set_nonblocking(true)
+            .context("cannot make the listener non-blocking")?;
+        let probes =
+            TcpListener::from_std(socket.try_clone().context("cannot share the listener")?)
+                .context("cannot use the listener")?;
+        let addr = probes.local_addr().context("no local address")?;
+        tracing::info!("answering /healthz on {addr} while waiting for dependencies");
+        let checks: Checks = Arc::new(Mutex::new(
+            dependencies.iter().map(|d| (*d, "unavailable")).collect(),
+        ));
+        let stop = CancellationToken::new();
+        let router = Router::new()
+            .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/readyz", get(not_ready))
+            .fallback(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"detail": "Service temporarily unavailable, try again later."})),
+                )
+            })
+            .with_state(checks.clone());
+        let until = stop.clone();
+        let server = tokio::spawn(async move {
+            let served = axum::serve(probes, router)
+                .with_graceful_shutdown(async move { until.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!("the start-up probe server failed: {e}");
+            }
+        });
+        Ok(Waiting {
+            socket,
+            checks,
+            stop,
+            server,
+        })
+    }
+
+    async fn connect_nats(
+        &self,
+        nats: &NatsSettings,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<JetStreamLog>> {
+        let log = retry::until_ready("connecting to NATS JetStream", shutdown, || {
+            JetStreamLog::connect(nats)
+        })
+        .await?;
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        for check in checks.iter_mut().filter(|(name, _)| *name == "nats") {
+            check.1 = "ok";
+        }
+        Some(Arc::new(log))
+    }
+
+    /// Stops answering the probes and hands the socket over to the role's own server.
+    async fn finish(self) -> anyhow::Result<TcpListener> {
+        self.stop.cancel();
+        // In-flight probe requests finish; new connections wait in the backlog.
+        let _ = self.server.await;
+        TcpListener::from_std(self.socket).context("cannot use the listener")
+    }
+}
+
+/// A role's dependencies (as `/readyz` names them) and their verdicts.
+type Checks = Arc<Mutex<Vec<(&'static str, &'static str)>>>;
+
+async fn not_ready(State(checks): State<Checks>) -> (StatusCode, Json<serde_json::Value>) {
+    let checks: serde_json::Map<String, serde_json::Value> = checks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(name, verdict)| ((*name).to_owned(), json!(verdict)))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "starting", "checks": checks})),
+    )
 }
