@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod health;
 mod idempotency;
+mod leader_load;
 mod messages;
 mod outside_publisher;
 mod projector_crash;

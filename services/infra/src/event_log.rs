@@ -1,5 +1,6 @@
 //! The event log: an interface for the domain, and its NATS JetStream implementation.
 
+use crate::coalesce::Coalesce;
 use crate::settings::NatsSettings;
 use crate::StoreError;
 use async_nats::jetstream::{self, stream};
@@ -8,8 +9,9 @@ use async_trait::async_trait;
 use proto_events::{headers, EncodedEvent, Event, EventKind, Subjects};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 /// How many known-to-exist threads each process remembers. Threads never disappear, so a
@@ -47,7 +49,20 @@ pub struct JetStreamLog {
     settings: NatsSettings,
     known_threads: Mutex<HashSet<Uuid>>,
     applied_floor: AtomicU64,
+    /// Lookups in flight, shared by every caller asking the same.
+    threads_asked: Coalesce<Uuid, Lookup<bool>>,
+    last_sequences_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
+    progress_asked: Coalesce<(), Lookup<u64>>,
+    /// Bounds the distinct lookups this process sends at once, so that requests for many
+    /// unknown ids wait their turn instead of multiplying the stream leader's work.
+    lookups_allowed: Arc<Semaphore>,
 }
+
+/// The answer of a lookup in the stream, shared by every caller that waited for it.
+type Lookup<T> = Result<T, String>;
+
+/// How many distinct thread lookups one process sends to the stream leader at once.
+const LOOKUPS_AT_ONCE: usize = 32;
 
 impl JetStreamLog {
     /// Connects to NATS and creates (or checks) the event and dead-letter streams.
@@ -100,6 +115,10 @@ impl JetStreamLog {
             settings: settings.clone(),
             known_threads: Mutex::new(HashSet::new()),
             applied_floor: AtomicU64::new(0),
+            threads_asked: Coalesce::default(),
+            last_sequences_asked: Coalesce::default(),
+            progress_asked: Coalesce::default(),
+            lookups_allowed: Arc::new(Semaphore::new(LOOKUPS_AT_ONCE)),
         })
     }
 
@@ -133,20 +152,6 @@ impl JetStreamLog {
         known.contains(&thread)
     }
 
-    /// The newest message on a subject of the event stream, if any. Asked of the stream's
-    /// leader (not a direct get, which any replica may answer from behind), so that a thread
-    /// created through one api replica is seen at once by every other.
-    async fn last_on_subject(
-        &self,
-        subject: &str,
-    ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
-        match self.stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => Ok(Some(message)),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(StoreError::nats(e)),
-        }
-    }
-
     /// Republishes an invalid event on the dead-letter stream, with why and where it came from,
     /// and waits until that stream has stored it.
     pub async fn set_aside(
@@ -177,6 +182,51 @@ impl JetStreamLog {
         ack.await.map_err(StoreError::nats)?;
         Ok(())
     }
+}
+
+/// The newest message on a subject of the event stream, if any. Asked of the stream's leader
+/// (not a direct get, which any replica may answer from behind), so that a thread created
+/// through one api replica is seen at once by every other.
+async fn last_on_subject(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<Option<jetstream::message::StreamMessage>, String> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether the thread's `ThreadCreated` is in the stream and valid.
+async fn thread_created(stream: stream::Stream, subjects: Subjects, thread: Uuid) -> Lookup<bool> {
+    let subject = subjects.thread_created(thread);
+    let Some(message) = last_on_subject(&stream, &subject).await? else {
+        return Ok(false);
+    };
+    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+    Ok(Event::decode(
+        &subjects,
+        &subject,
+        header(headers::EVENT).as_deref(),
+        header(headers::SCHEMA_VERSION).as_deref(),
+        &message.payload,
+    )
+    .is_ok())
+}
+
+/// The stream sequence of the thread's latest event, if it has any.
+async fn thread_last(
+    stream: stream::Stream,
+    subjects: Subjects,
+    thread: Uuid,
+) -> Lookup<Option<u64>> {
+    if let Some(message) = last_on_subject(&stream, &subjects.message_posted(thread)).await? {
+        return Ok(Some(message.sequence));
+    }
+    Ok(last_on_subject(&stream, &subjects.thread_created(thread))
+        .await?
+        .map(|m| m.sequence))
 }
 
 /// Header values may not hold line breaks.
@@ -278,36 +328,48 @@ impl EventLog for JetStreamLog {
         if self.is_known_thread(thread) {
             return Ok(true);
         }
-        let subject = self.subjects.thread_created(thread);
-        let Some(message) = self.last_on_subject(&subject).await? else {
-            return Ok(false);
+        let ask = || {
+            let (stream, subjects) = (self.stream.clone(), self.subjects.clone());
+            let limit = self.lookups_allowed.clone();
+            async move {
+                let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
+                thread_created(stream, subjects, thread).await
+            }
         };
-        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
-        let valid = Event::decode(
-            &self.subjects,
-            &subject,
-            header(headers::EVENT).as_deref(),
-            header(headers::SCHEMA_VERSION).as_deref(),
-            &message.payload,
-        )
-        .is_ok();
-        if valid {
+        // A thread that exists always will: a shared yes is right. A shared no may come from a
+        // request sent before the thread was created through another replica: ask afresh.
+        let mut exists = self
+            .threads_asked
+            .get(thread, ask)
+            .await
+            .map_err(StoreError::nats)?;
+        if !exists {
+            exists = self
+                .threads_asked
+                .get_fresh(thread, ask)
+                .await
+                .map_err(StoreError::nats)?;
+        }
+        if exists {
             self.remember_thread(thread);
         }
-        Ok(valid)
+        Ok(exists)
     }
 
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
-        if let Some(message) = self
-            .last_on_subject(&self.subjects.message_posted(thread))
-            .await?
-        {
-            return Ok(Some(message.sequence));
-        }
-        Ok(self
-            .last_on_subject(&self.subjects.thread_created(thread))
-            .await?
-            .map(|m| m.sequence))
+        // Fresh: the answer must include every event appended before this call (read your
+        // writes), so a request already in flight is not enough.
+        self.last_sequences_asked
+            .get_fresh(thread, || {
+                let (stream, subjects) = (self.stream.clone(), self.subjects.clone());
+                let limit = self.lookups_allowed.clone();
+                async move {
+                    let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
+                    thread_last(stream, subjects, thread).await
+                }
+            })
+            .await
+            .map_err(StoreError::nats)
     }
 
     async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError> {
@@ -315,13 +377,23 @@ impl EventLog for JetStreamLog {
         if known >= wanted {
             return Ok(known);
         }
-        let info = self
-            .stream
-            .consumer_info(&self.settings.projector_consumer)
+        // Every GET waiting in this process shares one request for the projector's progress.
+        let stream = self.stream.clone();
+        let consumer = self.settings.projector_consumer.clone();
+        let floor = self
+            .progress_asked
+            .get((), move || async move {
+                stream
+                    .consumer_info(&consumer)
+                    .await
+                    .map(|info| info.ack_floor.stream_sequence)
+                    .map_err(|e| e.to_string())
+            })
             .await
             .map_err(StoreError::nats)?;
-        let floor = info.ack_floor.stream_sequence;
-        self.applied_floor.fetch_max(floor, Ordering::Relaxed);
-        Ok(floor)
+        Ok(self
+            .applied_floor
+            .fetch_max(floor, Ordering::Relaxed)
+            .max(floor))
     }
 }

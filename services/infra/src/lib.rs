@@ -6,6 +6,7 @@
 //! PostgreSQL are the production pair ([`JetStreamLog`], [`PgReadModel`]). Another pair (an
 //! embedded one for a single-process mode) implements the same traits.
 
+pub mod coalesce;
 pub mod error;
 pub mod event_log;
 pub mod health;

@@ -146,20 +146,18 @@ impl NatsServer {
         self.paused = false;
     }
 
+    /// How many JetStream API requests (stream and consumer info, message gets, ...) the
+    /// server has answered so far, from its monitoring endpoint (`/jsz`).
+    pub async fn jetstream_api_requests(&self) -> u64 {
+        self.monitor("jsz").await["api"]["total"]
+            .as_u64()
+            .expect("/jsz reports api.total")
+    }
+
     /// How many client subscriptions the server holds on exactly `subject`, from its
     /// monitoring endpoint (`/connz?subs=1`).
     pub async fn subscriptions_on(&self, subject: &str) -> usize {
-        let url = format!(
-            "http://127.0.0.1:{}/connz?subs=1&limit=100000",
-            self.monitor_port
-        );
-        let bytes = match reqwest::get(&url).await.and_then(|r| r.error_for_status()) {
-            Ok(response) => response.bytes().await,
-            Err(e) => Err(e),
-        }
-        .unwrap_or_else(|e| panic!("asking nats-server's monitor {url}: {e}"));
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("nats-server's monitor answered no JSON: {e}"));
+        let body = self.monitor("connz?subs=1&limit=100000").await;
         body["connections"]
             .as_array()
             .into_iter()
@@ -167,6 +165,18 @@ impl NatsServer {
             .flat_map(|c| c["subscriptions_list"].as_array().into_iter().flatten())
             .filter(|s| s.as_str() == Some(subject))
             .count()
+    }
+
+    /// A page of the server's monitoring endpoint, as JSON.
+    async fn monitor(&self, page: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/{page}", self.monitor_port);
+        let bytes = match reqwest::get(&url).await.and_then(|r| r.error_for_status()) {
+            Ok(response) => response.bytes().await,
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| panic!("asking nats-server's monitor {url}: {e}"));
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("nats-server's monitor answered no JSON: {e}"))
     }
 }
 
