@@ -70,7 +70,7 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 json!({"detail": threadline_infra::server::NOT_FOUND_DETAIL}),
             ),
-            ApiError::Store(cause @ StoreError::Unavailable { .. }) => {
+            ApiError::Store(cause) => {
                 tracing::error!("answering 503: {cause}");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -10,6 +10,10 @@ pub enum StoreError {
     /// The event is larger than the broker accepts.
     #[error("event of {size} bytes exceeds the broker's maximum payload of {max} bytes")]
     TooLarge { size: usize, max: usize },
+    /// An operator's input cannot be used (a payload that is not an event, an unknown
+    /// sequence).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl StoreError {

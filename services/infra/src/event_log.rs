@@ -7,15 +7,16 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use proto_events::{headers, EncodedEvent, Event, EventKind, Subjects};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-/// How many known-to-exist threads each process remembers. Threads never disappear, so a
-/// remembered answer is never wrong; past this bound the memory is cleared and refilled.
+/// How many known-to-exist threads each process remembers, with the stream sequence of their
+/// `ThreadCreated`. Threads never disappear, so a remembered answer is never wrong; past this
+/// bound the memory is cleared and refilled.
 const KNOWN_THREADS_CAPACITY: usize = 100_000;
 
 /// How long an append waits before it publishes again after an error.
@@ -47,10 +48,10 @@ pub struct JetStreamLog {
     stream: stream::Stream,
     subjects: Subjects,
     settings: NatsSettings,
-    known_threads: Mutex<HashSet<Uuid>>,
+    known_threads: Mutex<HashMap<Uuid, u64>>,
     applied_floor: AtomicU64,
     /// Lookups in flight, shared by every caller asking the same.
-    threads_asked: Coalesce<Uuid, Lookup<bool>>,
+    threads_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
     last_sequences_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
     progress_asked: Coalesce<(), Lookup<u64>>,
     /// Bounds the distinct lookups this process sends at once, so that requests for many
@@ -113,7 +114,7 @@ impl JetStreamLog {
             stream,
             subjects,
             settings: settings.clone(),
-            known_threads: Mutex::new(HashSet::new()),
+            known_threads: Mutex::new(HashMap::new()),
             applied_floor: AtomicU64::new(0),
             threads_asked: Coalesce::default(),
             last_sequences_asked: Coalesce::default(),
@@ -138,18 +139,55 @@ impl JetStreamLog {
         &self.settings
     }
 
-    /// Remembers that a thread exists (it was just created, or its event was seen).
-    pub fn remember_thread(&self, thread: Uuid) {
+    /// Remembers that a thread exists, created by the event at `sequence` (it was just
+    /// created, or its event was seen).
+    pub fn remember_thread(&self, thread: Uuid, sequence: u64) {
         let mut known = self.known_threads.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= KNOWN_THREADS_CAPACITY {
             known.clear();
         }
-        known.insert(thread);
+        known
+            .entry(thread)
+            .and_modify(|s| *s = (*s).min(sequence))
+            .or_insert(sequence);
     }
 
-    fn is_known_thread(&self, thread: Uuid) -> bool {
+    fn known_thread(&self, thread: Uuid) -> Option<u64> {
         let known = self.known_threads.lock().unwrap_or_else(|e| e.into_inner());
-        known.contains(&thread)
+        known.get(&thread).copied()
+    }
+
+    /// The stream sequence of the thread's valid `ThreadCreated` event, if the log holds one.
+    pub async fn thread_created_at(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        if let Some(sequence) = self.known_thread(thread) {
+            return Ok(Some(sequence));
+        }
+        let ask = || {
+            let (stream, subjects) = (self.stream.clone(), self.subjects.clone());
+            let limit = self.lookups_allowed.clone();
+            async move {
+                let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
+                thread_created(stream, subjects, thread).await
+            }
+        };
+        // A thread that exists always will: a shared yes is right. A shared no may come from a
+        // request sent before the thread was created through another replica: ask afresh.
+        let mut created = self
+            .threads_asked
+            .get(thread, ask)
+            .await
+            .map_err(StoreError::nats)?;
+        if created.is_none() {
+            created = self
+                .threads_asked
+                .get_fresh(thread, ask)
+                .await
+                .map_err(StoreError::nats)?;
+        }
+        if let Some(sequence) = created {
+            self.remember_thread(thread, sequence);
+        }
+        Ok(created)
     }
 
     /// Republishes an invalid event on the dead-letter stream, with why and where it came from,
@@ -199,20 +237,25 @@ async fn last_on_subject(
 }
 
 /// Whether the thread's `ThreadCreated` is in the stream and valid.
-async fn thread_created(stream: stream::Stream, subjects: Subjects, thread: Uuid) -> Lookup<bool> {
+async fn thread_created(
+    stream: stream::Stream,
+    subjects: Subjects,
+    thread: Uuid,
+) -> Lookup<Option<u64>> {
     let subject = subjects.thread_created(thread);
     let Some(message) = last_on_subject(&stream, &subject).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
-    Ok(Event::decode(
+    let valid = Event::decode(
         &subjects,
         &subject,
         header(headers::EVENT).as_deref(),
         header(headers::SCHEMA_VERSION).as_deref(),
         &message.payload,
     )
-    .is_ok())
+    .is_ok();
+    Ok(valid.then_some(message.sequence))
 }
 
 /// The stream sequence of the thread's latest event, if it has any.
@@ -319,41 +362,13 @@ impl EventLog for JetStreamLog {
                 ))
             })?;
         if event.kind() == EventKind::ThreadCreated {
-            self.remember_thread(event.thread());
+            self.remember_thread(event.thread(), sequence);
         }
         Ok(sequence)
     }
 
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {
-        if self.is_known_thread(thread) {
-            return Ok(true);
-        }
-        let ask = || {
-            let (stream, subjects) = (self.stream.clone(), self.subjects.clone());
-            let limit = self.lookups_allowed.clone();
-            async move {
-                let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
-                thread_created(stream, subjects, thread).await
-            }
-        };
-        // A thread that exists always will: a shared yes is right. A shared no may come from a
-        // request sent before the thread was created through another replica: ask afresh.
-        let mut exists = self
-            .threads_asked
-            .get(thread, ask)
-            .await
-            .map_err(StoreError::nats)?;
-        if !exists {
-            exists = self
-                .threads_asked
-                .get_fresh(thread, ask)
-                .await
-                .map_err(StoreError::nats)?;
-        }
-        if exists {
-            self.remember_thread(thread);
-        }
-        Ok(exists)
+        Ok(self.thread_created_at(thread).await?.is_some())
     }
 
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {

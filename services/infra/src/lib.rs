@@ -7,8 +7,10 @@
 //! embedded one for a single-process mode) implements the same traits.
 
 pub mod coalesce;
+pub mod dead_letters;
 pub mod error;
 pub mod event_log;
+pub mod events;
 pub mod health;
 pub mod idempotency;
 pub mod read_model;
@@ -21,6 +23,8 @@ pub use error::StoreError;
 pub use event_log::{EventLog, JetStreamLog};
 pub use health::{health_router, Dependency};
 pub use idempotency::{IdempotencyStore, KvIdempotency};
-pub use read_model::{AppliedMessage, AppliedThread, PgReadModel, ReadModel};
+pub use read_model::{
+    apply_rows, AppliedMessage, AppliedThread, PgReadModel, ReadModel, SWITCH_LOCK,
+};
 pub use server::serve;
 pub use settings::{DatabaseSettings, HttpSettings, NatsSettings};

@@ -7,10 +7,14 @@ use chrono::{DateTime, Utc};
 use proto_events::{MessageBody, MessageView, ThreadView, Timestamp, UserJson};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::HashMap;
 use std::str::FromStr;
 use uuid::Uuid;
+
+/// The advisory lock that orders the projector's writes against a rebuild's switch-over:
+/// every apply transaction holds it shared, the switch-over holds it exclusively.
+pub const SWITCH_LOCK: i64 = 0x7468_7265_6164_6c6e; // "threadln"
 
 /// A thread row as the projector writes it.
 #[derive(Debug, Clone)]
@@ -175,64 +179,83 @@ impl ReadModel for PgReadModel {
         threads: &[AppliedThread],
         messages: &[AppliedMessage],
     ) -> Result<(), StoreError> {
-        let threads = lowest_per_id(threads, |t| t.id, |t| t.stream_seq);
-        let messages = lowest_per_id(messages, |m| m.id, |m| m.stream_seq);
         let mut tx = self.pool.begin().await.map_err(StoreError::database)?;
-        if !threads.is_empty() {
-            sqlx::query(
-                "INSERT INTO threads (id, user_json, created_at, stream_seq) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[]) \
-                 ON CONFLICT (id) DO UPDATE SET user_json = EXCLUDED.user_json, \
-                 created_at = EXCLUDED.created_at, stream_seq = EXCLUDED.stream_seq \
-                 WHERE threads.stream_seq > EXCLUDED.stream_seq",
-            )
-            .bind(threads.iter().map(|t| t.id).collect::<Vec<_>>())
-            .bind(
-                threads
-                    .iter()
-                    .map(|t| t.user.get().to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                threads
-                    .iter()
-                    .map(|t| t.timestamp.as_datetime())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                threads
-                    .iter()
-                    .map(|t| seq(t.stream_seq))
-                    .collect::<Vec<_>>(),
-            )
+        // First, so that the statements after it name the serving tables as they are once
+        // a rebuild's switch-over (which holds this lock exclusively) has committed.
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(SWITCH_LOCK)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::database)?;
-        }
-        if !messages.is_empty() {
-            sqlx::query(
-                "INSERT INTO messages (id, thread_id, user_json, body, send_by_user, created_at, stream_seq) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], \
-                 $6::timestamptz[], $7::bigint[]) \
-                 ON CONFLICT (id) DO UPDATE SET thread_id = EXCLUDED.thread_id, \
-                 user_json = EXCLUDED.user_json, body = EXCLUDED.body, \
-                 send_by_user = EXCLUDED.send_by_user, created_at = EXCLUDED.created_at, \
-                 stream_seq = EXCLUDED.stream_seq \
-                 WHERE messages.stream_seq > EXCLUDED.stream_seq",
-            )
-            .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| m.thread).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| m.user.get().to_owned()).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| m.body.as_str().to_owned()).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| m.send_by_user).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| m.timestamp.as_datetime()).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| seq(m.stream_seq)).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::database)?;
-        }
+        apply_rows(&mut tx, threads, messages).await?;
         tx.commit().await.map_err(StoreError::database)
     }
+}
+
+/// Writes rows into the `threads` and `messages` tables that the connection's search path
+/// names (the serving ones, or a rebuild's), lowest stream sequence winning per id. The
+/// caller owns the transaction.
+pub async fn apply_rows(
+    conn: &mut PgConnection,
+    threads: &[AppliedThread],
+    messages: &[AppliedMessage],
+) -> Result<(), StoreError> {
+    let threads = lowest_per_id(threads, |t| t.id, |t| t.stream_seq);
+    let messages = lowest_per_id(messages, |m| m.id, |m| m.stream_seq);
+    if !threads.is_empty() {
+        sqlx::query(
+            "INSERT INTO threads (id, user_json, created_at, stream_seq) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET user_json = EXCLUDED.user_json, \
+             created_at = EXCLUDED.created_at, stream_seq = EXCLUDED.stream_seq \
+             WHERE threads.stream_seq > EXCLUDED.stream_seq",
+        )
+        .bind(threads.iter().map(|t| t.id).collect::<Vec<_>>())
+        .bind(
+            threads
+                .iter()
+                .map(|t| t.user.get().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            threads
+                .iter()
+                .map(|t| t.timestamp.as_datetime())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            threads
+                .iter()
+                .map(|t| seq(t.stream_seq))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::database)?;
+    }
+    if !messages.is_empty() {
+        sqlx::query(
+            "INSERT INTO messages (id, thread_id, user_json, body, send_by_user, created_at, stream_seq) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], \
+             $6::timestamptz[], $7::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET thread_id = EXCLUDED.thread_id, \
+             user_json = EXCLUDED.user_json, body = EXCLUDED.body, \
+             send_by_user = EXCLUDED.send_by_user, created_at = EXCLUDED.created_at, \
+             stream_seq = EXCLUDED.stream_seq \
+             WHERE messages.stream_seq > EXCLUDED.stream_seq",
+        )
+        .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.thread).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.user.get().to_owned()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.body.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.send_by_user).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.timestamp.as_datetime()).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| seq(m.stream_seq)).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::database)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

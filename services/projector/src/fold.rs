@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use proto_events::{Event, EventError, Subjects};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use threadline_infra::{AppliedMessage, AppliedThread};
 use uuid::Uuid;
 
@@ -54,30 +54,51 @@ pub fn verdict(subjects: &Subjects, incoming: &Incoming) -> Verdict {
     }
 }
 
-/// The threads whose existence must be asked of the log: those that messages of this batch
-/// name and that the batch does not create itself.
+/// The lowest sequence at which the batch creates each thread.
+pub fn created_in(verdicts: &[Verdict]) -> HashMap<Uuid, u64> {
+    let mut created = HashMap::new();
+    for verdict in verdicts {
+        if let Verdict::Thread(t) = verdict {
+            record_creation(&mut created, t.id, t.stream_seq);
+        }
+    }
+    created
+}
+
+/// Notes that `thread` was created at `sequence`; the first creation counts.
+pub fn record_creation(created: &mut HashMap<Uuid, u64>, thread: Uuid, sequence: u64) {
+    created
+        .entry(thread)
+        .and_modify(|s| *s = (*s).min(sequence))
+        .or_insert(sequence);
+}
+
+/// The threads whose creation must be asked of the log: those that messages of this batch
+/// name and that the batch does not create before them.
 pub fn threads_to_check(verdicts: &[Verdict]) -> HashSet<Uuid> {
-    let created: HashSet<Uuid> = verdicts
-        .iter()
-        .filter_map(|v| match v {
-            Verdict::Thread(t) => Some(t.id),
-            _ => None,
-        })
-        .collect();
+    let created = created_in(verdicts);
     verdicts
         .iter()
         .filter_map(|v| match v {
-            Verdict::Message(m) if !created.contains(&m.thread) => Some(m.thread),
+            Verdict::Message(m) if !created_before(&created, m) => Some(m.thread),
             _ => None,
         })
         .collect()
 }
 
-/// Turns messages for threads that do not exist into set-aside verdicts.
-pub fn reject_unknown_threads(verdicts: &mut [Verdict], unknown: &HashSet<Uuid>) {
+fn created_before(created: &HashMap<Uuid, u64>, message: &AppliedMessage) -> bool {
+    created
+        .get(&message.thread)
+        .is_some_and(|s| *s < message.stream_seq)
+}
+
+/// Sets aside every message whose thread has no valid `ThreadCreated` earlier in the stream:
+/// `created` holds the sequence of each known thread's creation. The rule depends on the
+/// stream alone, so the live projector and a replay from the first event agree.
+pub fn reject_unknown_threads(verdicts: &mut [Verdict], created: &HashMap<Uuid, u64>) {
     for verdict in verdicts.iter_mut() {
         if let Verdict::Message(m) = verdict {
-            if unknown.contains(&m.thread) {
+            if !created_before(created, m) {
                 *verdict = Verdict::SetAside(EventError::UnknownThread(m.thread));
             }
         }
@@ -163,10 +184,33 @@ mod tests {
             verdict(&s, &message(3, &other.to_string())),
             verdict(&s, &message(4, THREAD)),
         ];
-        reject_unknown_threads(&mut verdicts, &HashSet::from([other]));
+        let created = HashMap::from([(Uuid::parse_str(THREAD).unwrap(), 1)]);
+        reject_unknown_threads(&mut verdicts, &created);
         assert!(
             matches!(&verdicts[0], Verdict::SetAside(EventError::UnknownThread(t)) if *t == other)
         );
         assert!(matches!(&verdicts[1], Verdict::Message(_)));
+    }
+
+    #[test]
+    fn a_message_before_its_threads_creation_is_set_aside() {
+        let s = Subjects::default();
+        let mut late = created();
+        late.sequence = 5;
+        let mut verdicts: Vec<Verdict> = [message(2, THREAD), late, message(6, THREAD)]
+            .iter()
+            .map(|i| verdict(&s, i))
+            .collect();
+        let created = created_in(&verdicts);
+        assert_eq!(
+            threads_to_check(&verdicts),
+            HashSet::from([Uuid::parse_str(THREAD).unwrap()])
+        );
+        reject_unknown_threads(&mut verdicts, &created);
+        assert!(matches!(
+            &verdicts[0],
+            Verdict::SetAside(EventError::UnknownThread(_))
+        ));
+        assert!(matches!(&verdicts[2], Verdict::Message(m) if m.stream_seq == 6));
     }
 }

@@ -3,7 +3,15 @@
 //! is committed, so a crash at any point loses nothing and a redelivery changes nothing.
 //! Invalid events are set aside on the dead-letter stream with their reason and never stop it.
 
+pub mod error;
 pub mod fold;
+pub mod progress;
+pub mod rebuild;
+pub mod replay;
+pub mod tables;
+pub mod verify;
+
+pub use error::ProjectorError;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -12,14 +20,14 @@ use clap::Args;
 use fold::{Incoming, Verdict};
 use futures::StreamExt;
 use proto_events::headers;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{
-    health_router, retry, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog,
-    NatsSettings, ReadModel, StoreError,
+    health_router, retry, serve, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings,
+    ReadModel, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -154,15 +162,15 @@ impl Projector {
             .iter()
             .map(|i| fold::verdict(subjects, i))
             .collect();
-        let Some(unknown) =
+        let Some(created) =
             retry::until_ready("checking threads against the event log", shutdown, || {
-                self.unknown_threads(&verdicts)
+                self.threads_created(&verdicts)
             })
             .await
         else {
             return;
         };
-        fold::reject_unknown_threads(&mut verdicts, &unknown);
+        fold::reject_unknown_threads(&mut verdicts, &created);
 
         let mut threads = Vec::new();
         let mut rows = Vec::new();
@@ -183,7 +191,7 @@ impl Projector {
             return;
         }
         for thread in &threads {
-            self.log.remember_thread(thread.id);
+            self.log.remember_thread(thread.id, thread.stream_seq);
         }
         for (event, reason) in &set_aside {
             tracing::warn!(
@@ -216,21 +224,23 @@ impl Projector {
         );
     }
 
-    async fn unknown_threads(
+    /// Where each thread that the batch's messages name was created: in the batch itself,
+    /// or, asked of the log, before it.
+    async fn threads_created(
         &self,
         verdicts: &[Verdict],
-    ) -> Result<HashSet<uuid::Uuid>, StoreError> {
-        let mut unknown = HashSet::new();
+    ) -> Result<HashMap<uuid::Uuid, u64>, StoreError> {
+        let mut created = fold::created_in(verdicts);
         for thread in fold::threads_to_check(verdicts) {
-            if !self.log.thread_exists(thread).await? {
-                unknown.insert(thread);
+            if let Some(sequence) = self.log.thread_created_at(thread).await? {
+                fold::record_creation(&mut created, thread, sequence);
             }
         }
-        Ok(unknown)
+        Ok(created)
     }
 }
 
-fn incoming(message: &Message) -> Option<Incoming> {
+pub(crate) fn incoming(message: &Message) -> Option<Incoming> {
     let info = message.info().ok()?;
     let header = |name: &str| {
         message

@@ -1,6 +1,9 @@
 //! The `threadline` binary's library: the command line, logging, signals, and the `all` role,
 //! which runs the api, the projector and the gateway in one process with the HTTP API and the
-//! websocket on one port. The other roles are each service crate's own `run`.
+//! websocket on one port. The other roles are each service crate's own `run`; the operator
+//! commands are in `commands`.
+
+pub mod commands;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +37,8 @@ pub enum Role {
     Gateway(threadline_gateway::Settings),
     /// All three in one process, with the HTTP API and the websocket on one port.
     All(AllSettings),
+    #[command(flatten)]
+    Operator(commands::Command),
 }
 
 /// Everything the `all` role needs.
@@ -63,6 +68,10 @@ pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> 
         Role::Projector(settings) => threadline_projector::run(settings, shutdown).await,
         Role::Gateway(settings) => threadline_gateway::run(settings, shutdown).await,
         Role::All(settings) => run_all(settings, shutdown).await,
+        Role::Operator(command) => match commands::run(command, shutdown).await {
+            code if code == std::process::ExitCode::SUCCESS => Ok(()),
+            _ => Err(anyhow::anyhow!("the command failed")),
+        },
     }
 }
 
@@ -108,9 +117,14 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
 /// Logs to standard error at the level RUST_LOG sets (default info), in colour only on a
 /// terminal.
 pub fn init_logging() {
+    init_logging_at("info");
+}
+
+/// Logs as `init_logging` does, at `default` when RUST_LOG is not set.
+pub fn init_logging_at(default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

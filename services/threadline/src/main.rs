@@ -1,12 +1,19 @@
-//! `threadline <role>`: parses the settings and runs one role (or `all`).
+//! `threadline <role>`: parses the settings and runs one role (or `all`), or an operator
+//! command.
 
 use clap::Parser;
 use std::process::ExitCode;
-use threadline::{init_logging, run, shutdown_on_signals, Cli};
+use threadline::{commands, init_logging, init_logging_at, run, shutdown_on_signals, Cli, Role};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Role::Operator(command) = cli.role {
+        // Operator commands print their results on standard output; their logs say only
+        // what an operator needs (progress, warnings).
+        init_logging_at(commands::DEFAULT_LOG);
+        return commands::run(command, shutdown_on_signals()).await;
+    }
     init_logging();
     let shutdown = shutdown_on_signals();
     match run(cli.role, shutdown).await {

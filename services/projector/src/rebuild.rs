@@ -1,0 +1,234 @@
+//! `threadline rebuild`: a new read model, folded from the first event of the stream beside
+//! the serving one, then put in its place in one transaction.
+//!
+//! 1. The new tables are created in schema `threadline_rebuild`, shaped like the serving ones
+//!    but without indexes; the events up to the stream's last sequence at the start are folded
+//!    and loaded with `COPY`; then the indexes and keys are built.
+//! 2. Catch-up: the events appended meanwhile are applied as the live projector applies them,
+//!    until few are left.
+//! 3. Switch-over, in one transaction: take the switch lock exclusively (every projector
+//!    transaction holds it shared, so none is in flight and the next ones name the new
+//!    tables), apply the events up to the stream's last sequence now, move the serving tables
+//!    out of the way and the new ones into the serving schema. Operators keep querying
+//!    `threads` and `messages`; the api's prepared statements are re-planned against the new
+//!    tables by PostgreSQL.
+//!
+//! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
+//! only `threadline_rebuild` has been written, and a new run drops it and starts over.
+
+use crate::progress::Progress;
+use crate::replay::{self, CopyWriter, Counts, EventReader, ReplayFold};
+use crate::tables::{self, quote};
+use crate::ProjectorError;
+use clap::Args;
+use sqlx::{Connection, PgConnection};
+use std::time::{Duration, Instant};
+use threadline_infra::{
+    apply_rows, DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel, SWITCH_LOCK,
+};
+
+/// Where the new read model is built.
+pub const BUILD_SCHEMA: &str = "threadline_rebuild";
+/// Where `--keep-old` keeps the replaced read model.
+pub const RETIRED_SCHEMA: &str = "threadline_retired";
+/// Held for the whole run, so two rebuilds never build at once.
+const REBUILD_LOCK: i64 = 0x7468_7265_6164_6c72; // "threadlr"
+/// The switch-over waits until at most this many events are left to apply under its lock.
+const SWITCH_GAP: u64 = 2_000;
+/// Events per statement while catching up.
+const CATCH_UP_BATCH: usize = 5_000;
+
+/// What `threadline rebuild` needs.
+#[derive(Debug, Clone, Args)]
+pub struct RebuildSettings {
+    /// Keep the replaced read model in schema `threadline_retired` (dropped by the next
+    /// rebuild) instead of dropping it.
+    #[arg(long)]
+    pub keep_old: bool,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub counts: Counts,
+    /// The stream sequence through which the new read model was built at the switch-over.
+    pub through: u64,
+    /// Events loaded in bulk, before the catch-up.
+    pub bulk_events: u64,
+    /// From the start to the switch-over.
+    pub elapsed: Duration,
+    /// The bulk load alone (COPY and index build).
+    pub bulk_elapsed: Duration,
+}
+
+/// Rebuilds the read model from the first event; see the module's documentation.
+pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorError> {
+    let started = Instant::now();
+    let log = JetStreamLog::connect(&settings.nats).await?;
+    // Creates the database and the serving tables if this is a fresh one.
+    PgReadModel::connect(&settings.database)
+        .await?
+        .pool()
+        .close()
+        .await;
+    let mut conn = replay::bulk_connection(&settings.database).await?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(REBUILD_LOCK)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(ProjectorError::database)?;
+    if !free {
+        return Err(ProjectorError::Busy);
+    }
+    let serving = tables::serving_schema(&mut conn).await?;
+    let indexes = tables::index_statements(&mut conn, BUILD_SCHEMA, &serving).await?;
+    execute(
+        &mut conn,
+        &format!("DROP SCHEMA IF EXISTS {BUILD_SCHEMA} CASCADE; CREATE SCHEMA {BUILD_SCHEMA}"),
+    )
+    .await?;
+    tables::create_like(&mut conn, BUILD_SCHEMA, &serving).await?;
+
+    let (first, last) = replay::stream_bounds(&log).await?;
+    let total = if last >= first { last - first + 1 } else { 0 };
+    let progress = Progress::new("rebuild", total);
+    tracing::info!(
+        first,
+        last,
+        "rebuilding the read model from events {first}..={last}"
+    );
+    let mut reader = EventReader::open(&log, first).await?;
+    let mut fold = ReplayFold::new(log.subjects().clone());
+    let writer = CopyWriter::start(conn, BUILD_SCHEMA);
+    let mut conn = replay::load(&mut reader, &mut fold, writer, last, &progress).await?;
+    let bulk_events = fold.counts.events;
+    progress.phase("building indexes");
+    for statement in &indexes {
+        execute(&mut conn, statement).await?;
+    }
+    execute(
+        &mut conn,
+        &format!("ANALYZE {BUILD_SCHEMA}.threads, {BUILD_SCHEMA}.messages"),
+    )
+    .await?;
+    let bulk_elapsed = started.elapsed();
+
+    // From here on the new tables are written as the live projector writes the serving ones.
+    execute(&mut conn, &format!("SET search_path = {BUILD_SCHEMA}")).await?;
+    progress.phase("catching up");
+    loop {
+        let (_, last) = replay::stream_bounds(&log).await?;
+        if last <= reader.last_seq + SWITCH_GAP {
+            break;
+        }
+        apply_through(&mut conn, &mut reader, &mut fold, last, &progress).await?;
+    }
+
+    progress.phase("switching over");
+    let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SWITCH_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(ProjectorError::database)?;
+    // Every event the live projector has applied is in the stream by now.
+    let (_, through) = replay::stream_bounds(&log).await?;
+    apply_through(&mut tx, &mut reader, &mut fold, through, &progress).await?;
+    let serving_q = quote(&serving);
+    let mut switch =
+        format!("DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE; CREATE SCHEMA {RETIRED_SCHEMA};");
+    for table in tables::TABLES {
+        switch.push_str(&format!(
+            "ALTER TABLE {serving_q}.{table} SET SCHEMA {RETIRED_SCHEMA};\
+             ALTER TABLE {BUILD_SCHEMA}.{table} SET SCHEMA {serving_q};"
+        ));
+    }
+    switch.push_str(&format!("DROP SCHEMA {BUILD_SCHEMA};"));
+    if !settings.keep_old {
+        switch.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
+    }
+    execute(&mut tx, &switch).await?;
+    tx.commit().await.map_err(ProjectorError::database)?;
+    progress.finish();
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(REBUILD_LOCK)
+        .execute(&mut conn)
+        .await
+        .map_err(ProjectorError::database)?;
+    let _ = conn.close().await;
+    Ok(Summary {
+        counts: fold.counts,
+        through: reader.last_seq.max(through),
+        bulk_events,
+        elapsed: started.elapsed(),
+        bulk_elapsed,
+    })
+}
+
+/// Applies the events up to `through` to the tables the connection's search path names.
+async fn apply_through(
+    conn: &mut PgConnection,
+    reader: &mut EventReader,
+    fold: &mut ReplayFold,
+    through: u64,
+    progress: &Progress,
+) -> Result<(), ProjectorError> {
+    let mut threads = Vec::new();
+    let mut messages = Vec::new();
+    let mut events = 0;
+    loop {
+        let batch = reader.next_batch(through).await?;
+        let done = batch.is_none();
+        if let Some(batch) = batch {
+            let (t, m) = fold.fold(&batch);
+            threads.extend(t);
+            messages.extend(m);
+            events += batch.len();
+        }
+        if done || events >= CATCH_UP_BATCH {
+            apply_rows(conn, &threads, &messages).await?;
+            progress.advance(events as u64, reader.last_seq);
+            threads.clear();
+            messages.clear();
+            events = 0;
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+async fn execute(conn: &mut PgConnection, statements: &str) -> Result<(), ProjectorError> {
+    sqlx::raw_sql(statements)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(ProjectorError::database)
+}
+
+/// `threadline rebuild`: rebuilds and prints a summary.
+pub async fn run(settings: &RebuildSettings) -> Result<bool, ProjectorError> {
+    let summary = rebuild(settings).await?;
+    let seconds = summary.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "rebuilt the read model from {} events through sequence {} in {:.1} s ({:.0} events/s): \
+         {} threads, {} messages, {} events passed over (invalid or repeated); the previous read model was {}",
+        summary.counts.events,
+        summary.through,
+        seconds,
+        summary.counts.events as f64 / seconds,
+        summary.counts.threads,
+        summary.counts.messages,
+        summary.counts.skipped,
+        if settings.keep_old {
+            format!("kept in schema {RETIRED_SCHEMA}")
+        } else {
+            "dropped".to_owned()
+        }
+    );
+    Ok(true)
+}

@@ -1,0 +1,410 @@
+//! Replaying the event stream from its first event at bulk speed, shared by `rebuild` and
+//! `verify`: a reader that pulls large batches from JetStream, the fold of a replay (which
+//! keeps, across batches, what the live projector asks of the log), and a writer that loads
+//! the rows with `COPY` into tables without secondary indexes.
+
+use crate::fold::{self, Incoming, Verdict};
+use crate::ProjectorError;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use futures::StreamExt;
+use proto_events::Subjects;
+use sqlx::{Connection, PgConnection};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+use threadline_infra::{AppliedMessage, AppliedThread, JetStreamLog};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// Most events pulled from JetStream per request.
+const FETCH_BATCH: usize = 5_000;
+/// How long to wait for the next events before asking the server whether any are left.
+const IDLE_CHECK: Duration = Duration::from_secs(3);
+/// Bytes of COPY text gathered before they are handed to the writer.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// The stream's sequence bounds, as JetStream reports them now.
+pub async fn stream_bounds(log: &JetStreamLog) -> Result<(u64, u64), ProjectorError> {
+    let mut stream = log
+        .jetstream()
+        .get_stream(&log.settings().stream_name)
+        .await
+        .map_err(ProjectorError::nats)?;
+    let info = stream.info().await.map_err(ProjectorError::nats)?;
+    Ok((info.state.first_sequence, info.state.last_sequence))
+}
+
+/// Reads the event stream in order from a sequence, with an ephemeral consumer that needs no
+/// acknowledgements.
+pub struct EventReader {
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    messages: futures::stream::ReadyChunks<pull::Stream>,
+    /// Events read but past the bound asked for so far.
+    held: VecDeque<Incoming>,
+    last_consumer_seq: u64,
+    /// The stream sequence of the last event read.
+    pub last_seq: u64,
+}
+
+impl EventReader {
+    pub async fn open(log: &JetStreamLog, from_seq: u64) -> Result<Self, ProjectorError> {
+        let stream = log
+            .jetstream()
+            .get_stream(&log.settings().stream_name)
+            .await
+            .map_err(ProjectorError::nats)?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                description: Some("threadline replay".into()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq.max(1),
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(ProjectorError::nats)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(FETCH_BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(ProjectorError::nats)?
+            .ready_chunks(FETCH_BATCH);
+        Ok(Self {
+            consumer,
+            messages,
+            held: VecDeque::new(),
+            last_consumer_seq: 0,
+            last_seq: from_seq.max(1) - 1,
+        })
+    }
+
+    /// The next events of sequence `through` or lower, in stream order; `None` once every
+    /// event up to `through` has been returned.
+    pub async fn next_batch(
+        &mut self,
+        through: u64,
+    ) -> Result<Option<Vec<Incoming>>, ProjectorError> {
+        loop {
+            if !self.held.is_empty() {
+                let mut batch = Vec::new();
+                while let Some(event) = self.held.front() {
+                    if event.sequence > through {
+                        break;
+                    }
+                    batch.extend(self.held.pop_front());
+                }
+                if !batch.is_empty() {
+                    return Ok(Some(batch));
+                }
+                return Ok(None);
+            }
+            if self.last_seq >= through {
+                return Ok(None);
+            }
+            match tokio::time::timeout(IDLE_CHECK, self.messages.next()).await {
+                Ok(Some(chunk)) => {
+                    for item in chunk {
+                        let message = item.map_err(ProjectorError::nats)?;
+                        let info = message.info().map_err(ProjectorError::nats)?;
+                        if info.consumer_sequence != self.last_consumer_seq + 1 {
+                            return Err(ProjectorError::Replay(format!(
+                                "events were skipped while reading the stream (after sequence {}); run it again",
+                                self.last_seq
+                            )));
+                        }
+                        self.last_consumer_seq = info.consumer_sequence;
+                        self.last_seq = info.stream_sequence;
+                        if let Some(event) = crate::incoming(&message) {
+                            self.held.push_back(event);
+                        }
+                    }
+                }
+                Ok(None) => {
+                    return Err(ProjectorError::Replay(
+                        "the stream of events ended unexpectedly".into(),
+                    ))
+                }
+                Err(_) => {
+                    // Nothing arrives: either more is on its way, or the events up to
+                    // `through` are gone from the stream (deleted by hand).
+                    let info = self.consumer.info().await.map_err(ProjectorError::nats)?;
+                    if info.num_pending == 0 && info.delivered.stream_sequence <= self.last_seq {
+                        self.last_seq = self.last_seq.max(through);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many events a replay has folded into rows, and how many it passed over.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub events: u64,
+    pub threads: u64,
+    pub messages: u64,
+    /// Invalid events (the live projector set them aside) and repeats of an id.
+    pub skipped: u64,
+}
+
+/// The fold of a replay in stream order. It remembers every thread's creation and every
+/// message id across batches, so each row comes from the first valid event of its id and a
+/// message counts only if its thread was created before it: the rule the live projector
+/// follows by asking the log.
+pub struct ReplayFold {
+    subjects: Subjects,
+    created: HashMap<Uuid, u64>,
+    messages: HashSet<Uuid>,
+    pub counts: Counts,
+}
+
+impl ReplayFold {
+    pub fn new(subjects: Subjects) -> Self {
+        Self {
+            subjects,
+            created: HashMap::new(),
+            messages: HashSet::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The rows that a batch of events, next in stream order, adds.
+    pub fn fold(&mut self, batch: &[Incoming]) -> (Vec<AppliedThread>, Vec<AppliedMessage>) {
+        let mut threads = Vec::new();
+        let mut messages = Vec::new();
+        for event in batch {
+            self.counts.events += 1;
+            match fold::verdict(&self.subjects, event) {
+                Verdict::Thread(t) if !self.created.contains_key(&t.id) => {
+                    self.created.insert(t.id, t.stream_seq);
+                    threads.push(t);
+                }
+                Verdict::Message(m)
+                    if self
+                        .created
+                        .get(&m.thread)
+                        .is_some_and(|s| *s < m.stream_seq)
+                        && self.messages.insert(m.id) =>
+                {
+                    messages.push(m);
+                }
+                _ => self.counts.skipped += 1,
+            }
+        }
+        self.counts.threads += threads.len() as u64;
+        self.counts.messages += messages.len() as u64;
+        (threads, messages)
+    }
+}
+
+/// Rows in PostgreSQL's COPY text format, for the `threads` and `messages` tables.
+#[derive(Default)]
+pub struct CopyChunk {
+    pub threads: Vec<u8>,
+    pub messages: Vec<u8>,
+}
+
+/// The columns, in the order `CopyChunk` writes them.
+pub const THREAD_COLUMNS: &str = "id, user_json, created_at, stream_seq";
+pub const MESSAGE_COLUMNS: &str =
+    "id, thread_id, user_json, body, send_by_user, created_at, stream_seq";
+
+impl CopyChunk {
+    pub fn len(&self) -> usize {
+        self.threads.len() + self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push_thread(&mut self, t: &AppliedThread) {
+        let out = &mut self.threads;
+        push_field(
+            out,
+            t.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        );
+        out.push(b'\t');
+        push_field(out, t.user.get());
+        out.push(b'\t');
+        push_field(out, &t.timestamp.to_string());
+        out.push(b'\t');
+        push_field(out, &t.stream_seq.to_string());
+        out.push(b'\n');
+    }
+
+    pub fn push_message(&mut self, m: &AppliedMessage) {
+        let out = &mut self.messages;
+        push_field(
+            out,
+            m.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        );
+        out.push(b'\t');
+        push_field(
+            out,
+            m.thread
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer()),
+        );
+        out.push(b'\t');
+        push_field(out, m.user.get());
+        out.push(b'\t');
+        push_field(out, m.body.as_str());
+        out.push(b'\t');
+        out.push(if m.send_by_user { b't' } else { b'f' });
+        out.push(b'\t');
+        push_field(out, &m.timestamp.to_string());
+        out.push(b'\t');
+        push_field(out, &m.stream_seq.to_string());
+        out.push(b'\n');
+    }
+}
+
+/// Appends `text` escaped for COPY's text format (backslash, tab, newline, carriage return).
+fn push_field(out: &mut Vec<u8>, text: &str) {
+    for &b in text.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Loads COPY chunks into `<schema>.threads` and `<schema>.messages` on a task of its own, so
+/// that PostgreSQL writes one chunk while the next is folded. At most two chunks wait; the
+/// reader then waits for PostgreSQL.
+pub struct CopyWriter {
+    chunks: mpsc::Sender<CopyChunk>,
+    task: Option<tokio::task::JoinHandle<Result<PgConnection, ProjectorError>>>,
+    pending: CopyChunk,
+}
+
+impl CopyWriter {
+    pub fn start(mut conn: PgConnection, schema: &str) -> Self {
+        let (chunks, mut rx) = mpsc::channel::<CopyChunk>(2);
+        let threads_copy = format!("COPY {schema}.threads ({THREAD_COLUMNS}) FROM STDIN");
+        let messages_copy = format!("COPY {schema}.messages ({MESSAGE_COLUMNS}) FROM STDIN");
+        let task = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                for (statement, data) in [
+                    (&threads_copy, chunk.threads),
+                    (&messages_copy, chunk.messages),
+                ] {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let mut copy = conn
+                        .copy_in_raw(statement)
+                        .await
+                        .map_err(ProjectorError::database)?;
+                    copy.send(data).await.map_err(ProjectorError::database)?;
+                    copy.finish().await.map_err(ProjectorError::database)?;
+                }
+            }
+            Ok(conn)
+        });
+        Self {
+            chunks,
+            task: Some(task),
+            pending: CopyChunk::default(),
+        }
+    }
+
+    /// Adds rows; hands them to PostgreSQL once enough have gathered.
+    pub async fn write(
+        &mut self,
+        threads: &[AppliedThread],
+        messages: &[AppliedMessage],
+    ) -> Result<(), ProjectorError> {
+        for t in threads {
+            self.pending.push_thread(t);
+        }
+        for m in messages {
+            self.pending.push_message(m);
+        }
+        if self.pending.len() >= CHUNK_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ProjectorError> {
+        let chunk = std::mem::take(&mut self.pending);
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if self.chunks.send(chunk).await.is_err() {
+            // The writer stopped on an error: report it.
+            self.join().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and gives the connection back.
+    pub async fn finish(mut self) -> Result<PgConnection, ProjectorError> {
+        self.flush().await?;
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.chunks, closed));
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<PgConnection, ProjectorError> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| ProjectorError::Replay("the COPY writer has stopped".into()))?;
+        task.await
+            .map_err(|e| ProjectorError::Replay(format!("the COPY writer failed: {e}")))?
+    }
+}
+
+/// Opens a connection of its own for long statements (COPY, index builds): the pool's
+/// statement timeout, meant for requests, does not apply.
+pub async fn bulk_connection(
+    settings: &threadline_infra::DatabaseSettings,
+) -> Result<PgConnection, ProjectorError> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&settings.database_url)
+        .map_err(ProjectorError::database)?
+        .options([("statement_timeout", "0")]);
+    PgConnection::connect_with(&options)
+        .await
+        .map_err(ProjectorError::database)
+}
+
+/// Replays events up to `through` from `reader` into a writer; returns the connection.
+pub async fn load(
+    reader: &mut EventReader,
+    fold: &mut ReplayFold,
+    mut writer: CopyWriter,
+    through: u64,
+    progress: &crate::progress::Progress,
+) -> Result<PgConnection, ProjectorError> {
+    while let Some(batch) = reader.next_batch(through).await? {
+        let (threads, messages) = fold.fold(&batch);
+        writer.write(&threads, &messages).await?;
+        progress.advance(batch.len() as u64, reader.last_seq);
+    }
+    writer.finish().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_the_format_reserves() {
+        let mut out = Vec::new();
+        push_field(&mut out, "a\tb\nc\\d\re");
+        assert_eq!(out, b"a\\tb\\nc\\\\d\\re");
+    }
+}

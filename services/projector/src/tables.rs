@@ -1,0 +1,123 @@
+//! The read model's tables as a replay builds them: beside the serving ones, in the same
+//! shape (columns from the serving tables, so a migration is followed without a change here),
+//! with their indexes and keys added once the rows are in.
+
+use crate::ProjectorError;
+use sqlx::PgConnection;
+
+/// The tables of the read model.
+pub const TABLES: [&str; 2] = ["threads", "messages"];
+
+/// `name` quoted as an SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The schema that holds the serving tables: where `threads` resolves with the connection's
+/// default search path.
+pub async fn serving_schema(conn: &mut PgConnection) -> Result<String, ProjectorError> {
+    sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = 'threads'::regclass",
+    )
+    .fetch_one(conn)
+    .await
+    .map_err(ProjectorError::database)
+}
+
+/// Creates empty tables shaped like the serving ones in `schema` (`pg_temp` for temporary
+/// tables), without indexes or keys.
+pub async fn create_like(
+    conn: &mut PgConnection,
+    schema: &str,
+    serving: &str,
+) -> Result<(), ProjectorError> {
+    for table in TABLES {
+        let statement = format!(
+            "CREATE TABLE {schema}.{table} (LIKE {}.{table} INCLUDING DEFAULTS)",
+            quote(serving)
+        );
+        sqlx::raw_sql(&statement)
+            .execute(&mut *conn)
+            .await
+            .map_err(ProjectorError::database)?;
+    }
+    Ok(())
+}
+
+/// A serving table's index: table, index, its definition, and the constraint it backs.
+type IndexRow = (String, String, String, Option<String>, Option<String>);
+
+/// The statements that give the tables in `schema` the serving tables' keys and indexes,
+/// under the same names.
+pub async fn index_statements(
+    conn: &mut PgConnection,
+    schema: &str,
+    serving: &str,
+) -> Result<Vec<String>, ProjectorError> {
+    let rows: Vec<IndexRow> = sqlx::query_as(
+        "SELECT t.relname::text, i.relname::text, pg_get_indexdef(x.indexrelid), \
+                con.conname::text, pg_get_constraintdef(con.oid) \
+         FROM pg_index x \
+         JOIN pg_class t ON t.oid = x.indrelid \
+         JOIN pg_class i ON i.oid = x.indexrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = t.oid \
+         WHERE n.nspname = $1 AND t.relname = ANY($2) \
+         ORDER BY t.relname, i.relname",
+    )
+    .bind(serving)
+    .bind(TABLES.map(str::to_owned).to_vec())
+    .fetch_all(conn)
+    .await
+    .map_err(ProjectorError::database)?;
+    rows.into_iter()
+        .map(|(table, index, definition, constraint, constraint_def)| {
+            match (constraint, constraint_def) {
+                (Some(name), Some(def)) => Ok(format!(
+                    "ALTER TABLE {schema}.{table} ADD CONSTRAINT {} {def}",
+                    quote(&name)
+                )),
+                _ => retarget(&definition, serving, schema, &table).ok_or_else(|| {
+                    ProjectorError::Replay(format!(
+                        "cannot copy index {index} of the serving tables: {definition}"
+                    ))
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Moves an index definition from `serving.table` to `schema.table`.
+fn retarget(definition: &str, serving: &str, schema: &str, table: &str) -> Option<String> {
+    let on = [
+        format!(" ON {}.{table} ", quote(serving)),
+        format!(" ON {serving}.{table} "),
+        format!(" ON {table} "),
+    ];
+    let found = on.iter().find(|o| definition.contains(o.as_str()))?;
+    Some(definition.replacen(found.as_str(), &format!(" ON {schema}.{table} "), 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_definitions_move_to_the_new_schema() {
+        assert_eq!(
+            retarget(
+                "CREATE INDEX messages_thread_order ON public.messages USING btree (thread_id, stream_seq)",
+                "public",
+                "threadline_rebuild",
+                "messages"
+            )
+            .as_deref(),
+            Some("CREATE INDEX messages_thread_order ON threadline_rebuild.messages USING btree (thread_id, stream_seq)")
+        );
+        assert_eq!(
+            retarget("CREATE INDEX x ON other.t (a)", "public", "s", "messages"),
+            None
+        );
+    }
+}
