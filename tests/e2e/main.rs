@@ -16,6 +16,7 @@ mod health;
 mod idempotency;
 mod leader_load;
 mod messages;
+mod operations;
 mod outside_publisher;
 mod projector_crash;
 mod replicas;

@@ -5,6 +5,7 @@ pub mod client;
 pub mod ids;
 pub mod load;
 pub mod nats;
+pub mod operator;
 pub mod postgres;
 pub mod process;
 pub mod wait;

@@ -1,0 +1,222 @@
+//! Rebuild benchmark: fills a stream of its own with N events (default 1,000,000), rebuilds a
+//! read model of its own from it, and prints the rebuild's events/s beside PostgreSQL `COPY`
+//! of the same rows into tables of the same shape, in the same run, and the ratio.
+//!
+//! ```sh
+//! cargo run --release -p threadline-projector --example rebuild_bench -- --events 1000000
+//! ```
+//!
+//! It uses the NATS server at NATS_URL and the PostgreSQL server of DATABASE_URL, with the
+//! stream `THREADLINE_BENCH` (subjects `bench.…`) and the database `threadline_bench`, so it
+//! never touches a real read model. A stream that already holds N events is reused.
+
+use anyhow::Context;
+use async_nats::HeaderMap;
+use clap::Parser;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use proto_events::{headers, Event, MessageBody, MessagePosted, ThreadCreated, Timestamp};
+use proto_events::{new_id, UserJson};
+use sqlx::PgConnection;
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+use threadline_infra::{DatabaseSettings, JetStreamLog, NatsSettings};
+use threadline_projector::rebuild::{self, RebuildSettings};
+use threadline_projector::{replay, tables};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Events in the stream.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Events per thread (one ThreadCreated, the rest MessagePosted).
+    #[arg(long, default_value_t = 100)]
+    per_thread: u64,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// A PostgreSQL URL; its database name is replaced by `threadline_bench`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/threadline"
+    )]
+    database_url: String,
+}
+
+const COPY_SCHEMA: &str = "threadline_copy_bench";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let nats = NatsSettings {
+        nats_url: args.nats_url.clone(),
+        stream_name: "THREADLINE_BENCH".into(),
+        subject_prefix: "bench".into(),
+        dead_letter_stream: "THREADLINE_BENCH_DEAD_LETTERS".into(),
+        projector_consumer: "threadline-bench-projector".into(),
+        nats_timeout: Duration::from_secs(30),
+    };
+    let database_url = match args.database_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/threadline_bench"),
+        None => anyhow::bail!("DATABASE_URL {:?} has no database name", args.database_url),
+    };
+    let database = DatabaseSettings {
+        database_url,
+        database_max_connections: 4,
+        database_timeout: Duration::from_secs(30),
+    };
+
+    let log = JetStreamLog::connect(&nats).await?;
+    fill(&log, args.events, args.per_thread.max(1)).await?;
+
+    let settings = RebuildSettings {
+        keep_old: false,
+        nats,
+        database: database.clone(),
+    };
+    let summary = rebuild::rebuild(&settings).await?;
+    let seconds = summary.elapsed.as_secs_f64();
+    let rate = summary.counts.events as f64 / seconds;
+    println!(
+        "rebuild: {} events ({} threads, {} messages) in {:.2} s = {:.0} events/s \
+         (bulk load of {} events with index build: {:.2} s)",
+        summary.counts.events,
+        summary.counts.threads,
+        summary.counts.messages,
+        seconds,
+        rate,
+        summary.bulk_events,
+        summary.bulk_elapsed.as_secs_f64()
+    );
+
+    let (rows, copy, indexes) = copy_baseline(&database).await?;
+    let copy_rate = rows as f64 / copy.as_secs_f64();
+    let with_indexes = rows as f64 / (copy + indexes).as_secs_f64();
+    println!(
+        "COPY of the same {rows} rows into tables of the same shape: {:.2} s = {copy_rate:.0} rows/s \
+         (with the same indexes built after: {:.2} s = {with_indexes:.0} rows/s)",
+        copy.as_secs_f64(),
+        (copy + indexes).as_secs_f64()
+    );
+    println!(
+        "ratio rebuild / COPY: {:.2} (against COPY with indexes: {:.2})",
+        rate / copy_rate,
+        rate / with_indexes
+    );
+    Ok(())
+}
+
+/// Fills the stream with `events` events, unless it holds exactly that many already.
+async fn fill(log: &JetStreamLog, events: u64, per_thread: u64) -> anyhow::Result<()> {
+    let mut stream = log
+        .jetstream()
+        .get_stream(&log.settings().stream_name)
+        .await?;
+    if stream.info().await?.state.messages == events {
+        println!("stream holds {events} events already");
+        return Ok(());
+    }
+    stream.purge().await?;
+    let threads: Vec<uuid::Uuid> = (0..events.div_ceil(per_thread)).map(|_| new_id()).collect();
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let user = UserJson::from_json(r#"{"name":"Visitor","email":"visitor@example.com"}"#)?;
+    for i in 0..events {
+        // Threads first, then their messages round-robin, as many visitors talking at once.
+        let event = if (i as usize) < threads.len() {
+            Event::ThreadCreated(ThreadCreated {
+                id: threads[i as usize],
+                user: user.clone(),
+                timestamp: Timestamp::now(),
+            })
+        } else {
+            Event::MessagePosted(MessagePosted {
+                id: new_id(),
+                user: user.clone(),
+                timestamp: Timestamp::now(),
+                body: MessageBody::new(format!("Hello, this is message number {i}."))?,
+                send_by_user: i % 2 == 0,
+                thread: threads[i as usize % threads.len()],
+            })
+        };
+        let encoded = event.encode();
+        let mut map = HeaderMap::new();
+        map.insert(headers::MSG_ID, encoded.event().id().to_string().as_str());
+        let subject = log
+            .subjects()
+            .event(encoded.event().thread(), encoded.event().kind());
+        pending.push(
+            log.jetstream()
+                .publish_with_headers(subject, map, encoded.payload().clone())
+                .await?
+                .into_future(),
+        );
+        if pending.len() >= 4096 {
+            pending.next().await.context("ack")??;
+        }
+    }
+    while let Some(ack) = pending.next().await {
+        ack?;
+    }
+    println!(
+        "filled the stream with {events} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// COPYs the rebuilt rows, read back from the read model, into empty tables of the same
+/// shape; returns the rows, the COPY's time and the index build's time.
+async fn copy_baseline(database: &DatabaseSettings) -> anyhow::Result<(u64, Duration, Duration)> {
+    let mut conn = replay::bulk_connection(database).await?;
+    let serving = tables::serving_schema(&mut conn).await?;
+    let mut data = Vec::new();
+    for (table, columns) in [
+        ("threads", replay::THREAD_COLUMNS),
+        ("messages", replay::MESSAGE_COLUMNS),
+    ] {
+        data.push((table, columns, copy_out(&mut conn, table, columns).await?));
+    }
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA IF EXISTS {COPY_SCHEMA} CASCADE; CREATE SCHEMA {COPY_SCHEMA}"
+    ))
+    .execute(&mut conn)
+    .await?;
+    tables::create_like(&mut conn, COPY_SCHEMA, &serving).await?;
+    let indexes = tables::index_statements(&mut conn, COPY_SCHEMA, &serving).await?;
+
+    let started = Instant::now();
+    let mut rows = 0;
+    for (table, columns, text) in &data {
+        let mut copy = conn
+            .copy_in_raw(&format!(
+                "COPY {COPY_SCHEMA}.{table} ({columns}) FROM STDIN"
+            ))
+            .await?;
+        for chunk in text.chunks(4 << 20) {
+            copy.send(chunk).await?;
+        }
+        rows += copy.finish().await?;
+    }
+    let copied = started.elapsed();
+    let started = Instant::now();
+    for statement in &indexes {
+        sqlx::raw_sql(statement).execute(&mut conn).await?;
+    }
+    let indexed = started.elapsed();
+    sqlx::raw_sql(&format!("DROP SCHEMA {COPY_SCHEMA} CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    Ok((rows, copied, indexed))
+}
+
+async fn copy_out(conn: &mut PgConnection, table: &str, columns: &str) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut stream = conn
+        .copy_out_raw(&format!("COPY {table} ({columns}) TO STDOUT"))
+        .await?;
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
