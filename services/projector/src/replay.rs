@@ -400,6 +400,75 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    fn event(sequence: u64, subject_thread: &str, kind: &str, payload: String) -> Incoming {
+        Incoming {
+            subject: format!("chat.thread.{subject_thread}.{kind}"),
+            sequence,
+            event_header: None,
+            version_header: None,
+            payload: Bytes::from(payload),
+        }
+    }
+
+    fn created(sequence: u64, thread: &str, user: &str) -> Incoming {
+        let payload = format!(
+            r#"{{"id":"{thread}","user":"{user}","timestamp":"2026-11-24T03:22:40.123456Z"}}"#
+        );
+        event(sequence, thread, "created", payload)
+    }
+
+    fn message(sequence: u64, id: u128, thread: &str) -> Incoming {
+        let payload = format!(
+            r#"{{"id":"{}","user":"a","timestamp":"2026-11-24T03:22:41.000000Z","body":"hi","send_by_user":true,"thread":"{thread}"}}"#,
+            Uuid::from_u128(id)
+        );
+        event(sequence, thread, "message", payload)
+    }
+
+    const A: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
+    const B: &str = "5b0e1d4a-c9a6-11ee-8c90-0242ac120002";
+
+    #[test]
+    fn the_first_valid_event_of_an_id_wins_across_batches() {
+        let mut fold = ReplayFold::new(Subjects::default());
+        let (threads, messages) = fold.fold(&[created(1, A, "first"), message(2, 7, A)]);
+        assert_eq!((threads.len(), messages.len()), (1, 1));
+        let (threads, messages) = fold.fold(&[created(3, A, "second"), message(4, 7, A)]);
+        assert!(threads.is_empty() && messages.is_empty());
+        assert_eq!(fold.counts.skipped, 2);
+    }
+
+    #[test]
+    fn a_message_counts_only_after_its_threads_creation() {
+        let mut fold = ReplayFold::new(Subjects::default());
+        let (_, early) = fold.fold(&[message(1, 7, B)]);
+        assert!(early.is_empty());
+        let (_, late) = fold.fold(&[created(2, B, "v"), message(3, 7, B)]);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].stream_seq, 3);
+    }
+
+    #[test]
+    fn rows_become_copy_text_in_column_order() {
+        let mut fold = ReplayFold::new(Subjects::default());
+        let (threads, messages) = fold.fold(&[created(1, A, "tab\\there"), message(2, 7, A)]);
+        let mut chunk = CopyChunk::default();
+        chunk.push_thread(&threads[0]);
+        chunk.push_message(&messages[0]);
+        assert_eq!(
+            String::from_utf8(chunk.threads).unwrap(),
+            format!("{A}\t\"tab\\\\there\"\t2026-11-24T03:22:40.123456Z\t1\n")
+        );
+        assert_eq!(
+            String::from_utf8(chunk.messages).unwrap(),
+            format!(
+                "{}\t{A}\t\"a\"\thi\tt\t2026-11-24T03:22:41.000000Z\t2\n",
+                Uuid::from_u128(7)
+            )
+        );
+    }
 
     #[test]
     fn copy_text_escapes_what_the_format_reserves() {
