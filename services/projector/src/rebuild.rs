@@ -102,7 +102,7 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
         "rebuilding the read model from events {first}..={last}"
     );
     let mut reader = EventReader::open(&log, first).await?;
-    let mut fold = ReplayFold::new(log.subjects().clone());
+    let mut fold = ReplayFold::new();
     let writer = CopyWriter::start(conn, BUILD_SCHEMA);
     let mut conn = replay::load(&mut reader, &mut fold, writer, last, &progress).await?;
     let bulk_events = fold.counts.events;
@@ -184,10 +184,10 @@ async fn apply_through(
         let batch = reader.next_batch(through).await?;
         let done = batch.is_none();
         if let Some(batch) = batch {
-            let (t, m) = fold.fold(&batch);
+            events += batch.len();
+            let (t, m) = fold.fold(batch);
             threads.extend(t);
             messages.extend(m);
-            events += batch.len();
         }
         if done || events >= CATCH_UP_BATCH {
             apply_rows(conn, &threads, &messages).await?;

@@ -3,7 +3,7 @@
 //! keeps, across batches, what the live projector asks of the log), and a writer that loads
 //! the rows with `COPY` into tables without secondary indexes.
 
-use crate::fold::{self, Incoming, Verdict};
+use crate::fold::{self, Verdict};
 use crate::ProjectorError;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::StreamExt;
@@ -15,10 +15,11 @@ use threadline_infra::{AppliedMessage, AppliedThread, JetStreamLog};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// Most events pulled from JetStream per request.
-const FETCH_BATCH: usize = 5_000;
-/// How long to wait for the next events before asking the server whether any are left.
-const IDLE_CHECK: Duration = Duration::from_secs(3);
+/// Events fetched per block: one ephemeral consumer, one pull request.
+const BLOCK: u64 = 50_000;
+/// Blocks fetched at once, ahead of the fold. JetStream serves each consumer on its own, so
+/// several in flight keep the server busy while the fold and COPY work.
+const BLOCKS_AHEAD: usize = 2;
 /// Bytes of COPY text gathered before they are handed to the writer.
 const CHUNK_BYTES: usize = 4 << 20;
 
@@ -33,17 +34,21 @@ pub async fn stream_bounds(log: &JetStreamLog) -> Result<(u64, u64), ProjectorEr
     Ok((info.state.first_sequence, info.state.last_sequence))
 }
 
-/// Reads the event stream in order from a sequence, with an ephemeral consumer that needs no
-/// acknowledgements.
+/// Reads the event stream in order from a sequence: blocks of consecutive sequences are
+/// fetched a few at a time, each by an ephemeral consumer that needs no acknowledgements,
+/// decoded on the task that fetched them, and handed out in order as verdicts.
 pub struct EventReader {
-    consumer: async_nats::jetstream::consumer::PullConsumer,
-    messages: futures::stream::ReadyChunks<pull::Stream>,
-    /// Events read but past the bound asked for so far.
-    held: VecDeque<Incoming>,
-    last_consumer_seq: u64,
-    /// The stream sequence of the last event read.
+    stream: async_nats::jetstream::stream::Stream,
+    subjects: Subjects,
+    /// Blocks being fetched, in sequence order: the last sequence each covers, and the task.
+    fetching: VecDeque<(u64, FetchTask)>,
+    /// The first sequence no block covers yet.
+    next_start: u64,
+    /// The stream sequence up to which every event has been handed out.
     pub last_seq: u64,
 }
+
+type FetchTask = tokio::task::JoinHandle<Result<Vec<Verdict>, ProjectorError>>;
 
 impl EventReader {
     pub async fn open(log: &JetStreamLog, from_seq: u64) -> Result<Self, ProjectorError> {
@@ -52,95 +57,104 @@ impl EventReader {
             .get_stream(&log.settings().stream_name)
             .await
             .map_err(ProjectorError::nats)?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                description: Some("threadline replay".into()),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from_seq.max(1),
-                },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(60),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(ProjectorError::nats)?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(FETCH_BATCH)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(ProjectorError::nats)?
-            .ready_chunks(FETCH_BATCH);
+        let from = from_seq.max(1);
         Ok(Self {
-            consumer,
-            messages,
-            held: VecDeque::new(),
-            last_consumer_seq: 0,
-            last_seq: from_seq.max(1) - 1,
+            stream,
+            subjects: log.subjects().clone(),
+            fetching: VecDeque::new(),
+            next_start: from,
+            last_seq: from - 1,
         })
     }
 
-    /// The next events of sequence `through` or lower, in stream order; `None` once every
-    /// event up to `through` has been returned.
+    /// The verdicts on the next events of sequence `through` or lower, in stream order;
+    /// `None` once every event up to `through` has been handed out. `through` must be a
+    /// sequence the stream has reached (its last sequence, now or before).
     pub async fn next_batch(
         &mut self,
         through: u64,
-    ) -> Result<Option<Vec<Incoming>>, ProjectorError> {
-        loop {
-            if !self.held.is_empty() {
-                let mut batch = Vec::new();
-                while let Some(event) = self.held.front() {
-                    if event.sequence > through {
-                        break;
-                    }
-                    batch.extend(self.held.pop_front());
-                }
-                if !batch.is_empty() {
-                    return Ok(Some(batch));
-                }
-                return Ok(None);
+    ) -> Result<Option<Vec<Verdict>>, ProjectorError> {
+        while self.fetching.len() < BLOCKS_AHEAD && self.next_start <= through {
+            let end = (self.next_start + BLOCK - 1).min(through);
+            let task = tokio::spawn(fetch_block(
+                self.stream.clone(),
+                self.subjects.clone(),
+                self.next_start,
+                end,
+            ));
+            self.fetching.push_back((end, task));
+            self.next_start = end + 1;
+        }
+        if self.last_seq >= through {
+            return Ok(None);
+        }
+        let Some((end, task)) = self.fetching.pop_front() else {
+            return Ok(None);
+        };
+        let events = task
+            .await
+            .map_err(|e| ProjectorError::Replay(format!("reading the stream failed: {e}")))??;
+        self.last_seq = end;
+        Ok(Some(events))
+    }
+}
+
+/// The verdicts on every event from `start` to `end` (both included; the stream has reached
+/// `end`).
+async fn fetch_block(
+    stream: async_nats::jetstream::stream::Stream,
+    subjects: Subjects,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Verdict>, ProjectorError> {
+    let consumer = stream
+        .create_consumer(pull::Config {
+            description: Some("threadline replay".into()),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(ProjectorError::nats)?;
+    let mut events = Vec::with_capacity((end - start + 1) as usize);
+    let mut last = start - 1;
+    // A pull request may be answered short (a server limit); ask again until the block is
+    // complete or nothing is left (events deleted from the stream by hand).
+    while last < end {
+        let mut batch = consumer
+            .fetch()
+            .max_messages((end - last) as usize)
+            .messages()
+            .await
+            .map_err(ProjectorError::nats)?;
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(ProjectorError::nats)?;
+            let info = message.info().map_err(ProjectorError::nats)?;
+            got += 1;
+            last = info.stream_sequence;
+            if last > end {
+                break;
             }
-            if self.last_seq >= through {
-                return Ok(None);
-            }
-            match tokio::time::timeout(IDLE_CHECK, self.messages.next()).await {
-                Ok(Some(chunk)) => {
-                    for item in chunk {
-                        let message = item.map_err(ProjectorError::nats)?;
-                        let info = message.info().map_err(ProjectorError::nats)?;
-                        if info.consumer_sequence != self.last_consumer_seq + 1 {
-                            return Err(ProjectorError::Replay(format!(
-                                "events were skipped while reading the stream (after sequence {}); run it again",
-                                self.last_seq
-                            )));
-                        }
-                        self.last_consumer_seq = info.consumer_sequence;
-                        self.last_seq = info.stream_sequence;
-                        if let Some(event) = crate::incoming(&message) {
-                            self.held.push_back(event);
-                        }
-                    }
-                }
-                Ok(None) => {
-                    return Err(ProjectorError::Replay(
-                        "the stream of events ended unexpectedly".into(),
-                    ))
-                }
-                Err(_) => {
-                    // Nothing arrives: either more is on its way, or the events up to
-                    // `through` are gone from the stream (deleted by hand).
-                    let info = self.consumer.info().await.map_err(ProjectorError::nats)?;
-                    if info.num_pending == 0 && info.delivered.stream_sequence <= self.last_seq {
-                        self.last_seq = self.last_seq.max(through);
-                    }
-                }
+            if let Some(event) = crate::incoming(&message) {
+                events.push(fold::verdict(&subjects, &event));
             }
         }
+        if got == 0 {
+            break;
+        }
     }
+    let name = consumer.cached_info().name.clone();
+    tokio::spawn(async move {
+        // Otherwise it goes after `inactive_threshold`.
+        let _ = stream.delete_consumer(&name).await;
+    });
+    Ok(events)
 }
 
 /// How many events a replay has folded into rows, and how many it passed over.
@@ -158,29 +172,33 @@ pub struct Counts {
 /// message counts only if its thread was created before it: the rule the live projector
 /// follows by asking the log.
 pub struct ReplayFold {
-    subjects: Subjects,
     created: HashMap<Uuid, u64>,
     messages: HashSet<Uuid>,
     pub counts: Counts,
 }
 
+impl Default for ReplayFold {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ReplayFold {
-    pub fn new(subjects: Subjects) -> Self {
+    pub fn new() -> Self {
         Self {
-            subjects,
             created: HashMap::new(),
             messages: HashSet::new(),
             counts: Counts::default(),
         }
     }
 
-    /// The rows that a batch of events, next in stream order, adds.
-    pub fn fold(&mut self, batch: &[Incoming]) -> (Vec<AppliedThread>, Vec<AppliedMessage>) {
+    /// The rows that the verdicts on a batch of events, next in stream order, add.
+    pub fn fold(&mut self, batch: Vec<Verdict>) -> (Vec<AppliedThread>, Vec<AppliedMessage>) {
         let mut threads = Vec::new();
         let mut messages = Vec::new();
-        for event in batch {
+        for verdict in batch {
             self.counts.events += 1;
-            match fold::verdict(&self.subjects, event) {
+            match verdict {
                 Verdict::Thread(t) if !self.created.contains_key(&t.id) => {
                     self.created.insert(t.id, t.stream_seq);
                     threads.push(t);
@@ -233,9 +251,9 @@ impl CopyChunk {
         out.push(b'\t');
         push_field(out, t.user.get());
         out.push(b'\t');
-        push_field(out, &t.timestamp.to_string());
+        push_timestamp(out, &t.timestamp);
         out.push(b'\t');
-        push_field(out, &t.stream_seq.to_string());
+        push_number(out, t.stream_seq);
         out.push(b'\n');
     }
 
@@ -259,11 +277,25 @@ impl CopyChunk {
         out.push(b'\t');
         out.push(if m.send_by_user { b't' } else { b'f' });
         out.push(b'\t');
-        push_field(out, &m.timestamp.to_string());
+        push_timestamp(out, &m.timestamp);
         out.push(b'\t');
-        push_field(out, &m.stream_seq.to_string());
+        push_number(out, m.stream_seq);
         out.push(b'\n');
     }
+}
+
+/// Appends a timestamp as the events write it (microseconds, `Z`), which PostgreSQL reads.
+fn push_timestamp(out: &mut Vec<u8>, timestamp: &proto_events::Timestamp) {
+    let text = timestamp
+        .as_datetime()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn push_number(out: &mut Vec<u8>, value: u64) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{value}");
 }
 
 /// Appends `text` escaped for COPY's text format (backslash, tab, newline, carriage return).
@@ -390,9 +422,10 @@ pub async fn load(
     progress: &crate::progress::Progress,
 ) -> Result<PgConnection, ProjectorError> {
     while let Some(batch) = reader.next_batch(through).await? {
-        let (threads, messages) = fold.fold(&batch);
+        let events = batch.len() as u64;
+        let (threads, messages) = fold.fold(batch);
         writer.write(&threads, &messages).await?;
-        progress.advance(batch.len() as u64, reader.last_seq);
+        progress.advance(events, reader.last_seq);
     }
     writer.finish().await
 }
@@ -400,6 +433,7 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fold::Incoming;
     use bytes::Bytes;
 
     fn event(sequence: u64, subject_thread: &str, kind: &str, payload: String) -> Incoming {
@@ -430,30 +464,38 @@ mod tests {
     const A: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
     const B: &str = "5b0e1d4a-c9a6-11ee-8c90-0242ac120002";
 
+    fn verdicts(events: &[Incoming]) -> Vec<Verdict> {
+        events
+            .iter()
+            .map(|e| fold::verdict(&Subjects::default(), e))
+            .collect()
+    }
+
     #[test]
     fn the_first_valid_event_of_an_id_wins_across_batches() {
-        let mut fold = ReplayFold::new(Subjects::default());
-        let (threads, messages) = fold.fold(&[created(1, A, "first"), message(2, 7, A)]);
+        let mut fold = ReplayFold::new();
+        let (threads, messages) = fold.fold(verdicts(&[created(1, A, "first"), message(2, 7, A)]));
         assert_eq!((threads.len(), messages.len()), (1, 1));
-        let (threads, messages) = fold.fold(&[created(3, A, "second"), message(4, 7, A)]);
+        let (threads, messages) = fold.fold(verdicts(&[created(3, A, "second"), message(4, 7, A)]));
         assert!(threads.is_empty() && messages.is_empty());
         assert_eq!(fold.counts.skipped, 2);
     }
 
     #[test]
     fn a_message_counts_only_after_its_threads_creation() {
-        let mut fold = ReplayFold::new(Subjects::default());
-        let (_, early) = fold.fold(&[message(1, 7, B)]);
+        let mut fold = ReplayFold::new();
+        let (_, early) = fold.fold(verdicts(&[message(1, 7, B)]));
         assert!(early.is_empty());
-        let (_, late) = fold.fold(&[created(2, B, "v"), message(3, 7, B)]);
+        let (_, late) = fold.fold(verdicts(&[created(2, B, "v"), message(3, 7, B)]));
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].stream_seq, 3);
     }
 
     #[test]
     fn rows_become_copy_text_in_column_order() {
-        let mut fold = ReplayFold::new(Subjects::default());
-        let (threads, messages) = fold.fold(&[created(1, A, "tab\\there"), message(2, 7, A)]);
+        let mut fold = ReplayFold::new();
+        let (threads, messages) =
+            fold.fold(verdicts(&[created(1, A, "tab\\there"), message(2, 7, A)]));
         let mut chunk = CopyChunk::default();
         chunk.push_thread(&threads[0]);
         chunk.push_message(&messages[0]);

@@ -77,7 +77,7 @@ pub async fn verify(settings: &VerifySettings) -> Result<Report, ProjectorError>
     };
     let progress = Progress::new("verify", total);
     let mut reader = EventReader::open(&log, first).await?;
-    let mut fold = ReplayFold::new(log.subjects().clone());
+    let mut fold = ReplayFold::new();
     let writer = CopyWriter::start(conn, "pg_temp");
     let mut conn = replay::load(&mut reader, &mut fold, writer, through, &progress).await?;
     progress.phase("comparing");
