@@ -3,7 +3,7 @@
 //! back with `dead-letters retry`, `events tail` and `events publish`, and one clear line when
 //! a dependency is unreachable.
 
-use crate::harness::app::{REQUEST_TIMEOUT, STREAM};
+use crate::harness::client::{REQUEST_TIMEOUT, STREAM};
 use crate::harness::operator::{run_command, run_command_with, Running};
 use crate::harness::*;
 use async_nats::jetstream;
@@ -420,7 +420,8 @@ fn closed_port() -> u16 {
 
 #[tokio::test]
 async fn commands_say_in_one_line_when_a_dependency_is_unreachable() {
-    let nats = crate::harness::nats::NatsServer::start();
+    let nats =
+        crate::harness::nats::NatsServer::start_with_config(crate::harness::nats::DEFAULT_CONFIG);
     let dead_nats = vec![
         (
             "NATS_URL".to_owned(),

@@ -15,11 +15,13 @@ use threadline_infra::{AppliedMessage, AppliedThread, JetStreamLog};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// Events fetched per block: one ephemeral consumer, one pull request.
-const BLOCK: u64 = 50_000;
-/// Blocks fetched at once, ahead of the fold. JetStream serves each consumer on its own, so
-/// several in flight keep the server busy while the fold and COPY work.
-const BLOCKS_AHEAD: usize = 2;
+/// Most events asked of JetStream per pull request (below the client's per-subscription
+/// buffer of 65,536 messages, which an unacknowledged consumer must never overflow).
+const FETCH_BATCH: usize = 10_000;
+/// Decoded batches waiting for the fold; then the reader waits.
+const BATCHES_AHEAD: usize = 8;
+/// How long to wait for the next events before asking the server whether any are left.
+const IDLE_CHECK: Duration = Duration::from_secs(3);
 /// Bytes of COPY text gathered before they are handed to the writer.
 const CHUNK_BYTES: usize = 4 << 20;
 
@@ -34,35 +36,60 @@ pub async fn stream_bounds(log: &JetStreamLog) -> Result<(u64, u64), ProjectorEr
     Ok((info.state.first_sequence, info.state.last_sequence))
 }
 
-/// Reads the event stream in order from a sequence: blocks of consecutive sequences are
-/// fetched a few at a time, each by an ephemeral consumer that needs no acknowledgements,
-/// decoded on the task that fetched them, and handed out in order as verdicts.
+/// Reads the event stream in order from a sequence with an ephemeral consumer that needs no
+/// acknowledgements. A task of its own pulls and decodes the events while the fold and COPY
+/// work on the previous ones.
 pub struct EventReader {
-    stream: async_nats::jetstream::stream::Stream,
-    subjects: Subjects,
-    /// Blocks being fetched, in sequence order: the last sequence each covers, and the task.
-    fetching: VecDeque<(u64, FetchTask)>,
-    /// The first sequence no block covers yet.
-    next_start: u64,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    batches: mpsc::Receiver<Result<Vec<(u64, Verdict)>, ProjectorError>>,
+    task: tokio::task::JoinHandle<()>,
+    /// Decoded events past the bound asked for so far.
+    held: VecDeque<(u64, Verdict)>,
+    /// The stream sequence of the last event received.
+    received: u64,
     /// The stream sequence up to which every event has been handed out.
     pub last_seq: u64,
 }
 
-type FetchTask = tokio::task::JoinHandle<Result<Vec<Verdict>, ProjectorError>>;
-
 impl EventReader {
     pub async fn open(log: &JetStreamLog, from_seq: u64) -> Result<Self, ProjectorError> {
+        let from = from_seq.max(1);
         let stream = log
             .jetstream()
             .get_stream(&log.settings().stream_name)
             .await
             .map_err(ProjectorError::nats)?;
-        let from = from_seq.max(1);
+        let consumer = stream
+            .create_consumer(pull::Config {
+                description: Some("threadline replay".into()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(ProjectorError::nats)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(FETCH_BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(ProjectorError::nats)?
+            .ready_chunks(FETCH_BATCH);
+        let (tx, batches) = mpsc::channel(BATCHES_AHEAD);
+        let task = tokio::spawn(decode(messages, log.subjects().clone(), tx));
         Ok(Self {
-            stream,
-            subjects: log.subjects().clone(),
-            fetching: VecDeque::new(),
-            next_start: from,
+            consumer,
+            batches,
+            task,
+            held: VecDeque::new(),
+            received: from - 1,
             last_seq: from - 1,
         })
     }
@@ -74,87 +101,86 @@ impl EventReader {
         &mut self,
         through: u64,
     ) -> Result<Option<Vec<Verdict>>, ProjectorError> {
-        while self.fetching.len() < BLOCKS_AHEAD && self.next_start <= through {
-            let end = (self.next_start + BLOCK - 1).min(through);
-            let task = tokio::spawn(fetch_block(
-                self.stream.clone(),
-                self.subjects.clone(),
-                self.next_start,
-                end,
-            ));
-            self.fetching.push_back((end, task));
-            self.next_start = end + 1;
+        loop {
+            if self.held.front().is_some_and(|(seq, _)| *seq <= through) {
+                let mut batch = Vec::new();
+                while self.held.front().is_some_and(|(seq, _)| *seq <= through) {
+                    if let Some((seq, verdict)) = self.held.pop_front() {
+                        self.last_seq = seq;
+                        batch.push(verdict);
+                    }
+                }
+                return Ok(Some(batch));
+            }
+            if self.received >= through || self.last_seq >= through {
+                self.last_seq = self.last_seq.max(through);
+                return Ok(None);
+            }
+            match tokio::time::timeout(IDLE_CHECK, self.batches.recv()).await {
+                Ok(Some(batch)) => {
+                    let batch = batch?;
+                    if let Some((seq, _)) = batch.last() {
+                        self.received = *seq;
+                    }
+                    self.held.extend(batch);
+                }
+                Ok(None) => {
+                    return Err(ProjectorError::Replay(
+                        "the stream of events ended unexpectedly".into(),
+                    ))
+                }
+                Err(_) => {
+                    // Nothing arrives: either more is on its way, or the events up to
+                    // `through` are gone from the stream (deleted by hand).
+                    let info = self.consumer.info().await.map_err(ProjectorError::nats)?;
+                    if info.num_pending == 0 && info.delivered.stream_sequence <= self.received {
+                        self.received = self.received.max(through);
+                    }
+                }
+            }
         }
-        if self.last_seq >= through {
-            return Ok(None);
-        }
-        let Some((end, task)) = self.fetching.pop_front() else {
-            return Ok(None);
-        };
-        let events = task
-            .await
-            .map_err(|e| ProjectorError::Replay(format!("reading the stream failed: {e}")))??;
-        self.last_seq = end;
-        Ok(Some(events))
     }
 }
 
-/// The verdicts on every event from `start` to `end` (both included; the stream has reached
-/// `end`).
-async fn fetch_block(
-    stream: async_nats::jetstream::stream::Stream,
+impl Drop for EventReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Pulls events, checks that none was skipped, decodes them, and sends them on in batches.
+async fn decode(
+    mut messages: futures::stream::ReadyChunks<pull::Stream>,
     subjects: Subjects,
-    start: u64,
-    end: u64,
-) -> Result<Vec<Verdict>, ProjectorError> {
-    let consumer = stream
-        .create_consumer(pull::Config {
-            description: Some("threadline replay".into()),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            memory_storage: true,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(ProjectorError::nats)?;
-    let mut events = Vec::with_capacity((end - start + 1) as usize);
-    let mut last = start - 1;
-    // A pull request may be answered short (a server limit); ask again until the block is
-    // complete or nothing is left (events deleted from the stream by hand).
-    while last < end {
-        let mut batch = consumer
-            .fetch()
-            .max_messages((end - last) as usize)
-            .messages()
-            .await
-            .map_err(ProjectorError::nats)?;
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(ProjectorError::nats)?;
-            let info = message.info().map_err(ProjectorError::nats)?;
-            got += 1;
-            last = info.stream_sequence;
-            if last > end {
-                break;
-            }
-            if let Some(event) = crate::incoming(&message) {
-                events.push(fold::verdict(&subjects, &event));
+    batches: mpsc::Sender<Result<Vec<(u64, Verdict)>, ProjectorError>>,
+) {
+    let mut consumer_seq = 0;
+    while let Some(chunk) = messages.next().await {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let checked = item.map_err(ProjectorError::nats).and_then(|message| {
+                let info = message.info().map_err(ProjectorError::nats)?;
+                if info.consumer_sequence != consumer_seq + 1 {
+                    return Err(ProjectorError::Replay(
+                        "events were skipped while reading the stream; run it again".into(),
+                    ));
+                }
+                consumer_seq = info.consumer_sequence;
+                Ok((info.stream_sequence, crate::incoming(&message)))
+            });
+            match checked {
+                Ok((seq, Some(event))) => batch.push((seq, fold::verdict(&subjects, &event))),
+                Ok((_, None)) => {}
+                Err(e) => {
+                    let _ = batches.send(Err(e)).await;
+                    return;
+                }
             }
         }
-        if got == 0 {
-            break;
+        if batches.send(Ok(batch)).await.is_err() {
+            return;
         }
     }
-    let name = consumer.cached_info().name.clone();
-    tokio::spawn(async move {
-        // Otherwise it goes after `inactive_threshold`.
-        let _ = stream.delete_consumer(&name).await;
-    });
-    Ok(events)
 }
 
 /// How many events a replay has folded into rows, and how many it passed over.

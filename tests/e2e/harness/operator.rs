@@ -2,7 +2,7 @@
 //! operator runs them: the built binary, with the same settings as the app's services, its
 //! output captured.
 
-use super::app::{App, DEAD_LETTER_STREAM, STREAM, SUBJECT_PREFIX};
+use super::app::App;
 use super::process::die_with_parent;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -38,16 +38,7 @@ impl CommandOutput {
 
 /// The settings the app's services run with, as environment variables.
 pub fn app_env(app: &App) -> Vec<(String, String)> {
-    [
-        ("NATS_URL", app.nats.url()),
-        ("DATABASE_URL", app.database_url.clone()),
-        ("STREAM_NAME", STREAM.to_owned()),
-        ("SUBJECT_PREFIX", SUBJECT_PREFIX.to_owned()),
-        ("DEAD_LETTER_STREAM", DEAD_LETTER_STREAM.to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    app.env().to_vec()
 }
 
 /// `threadline <args>` with `env`, standard output and error piped.
