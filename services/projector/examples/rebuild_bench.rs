@@ -22,7 +22,7 @@ use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 use threadline_infra::{DatabaseSettings, JetStreamLog, NatsSettings};
 use threadline_projector::rebuild::{self, RebuildSettings};
-use threadline_projector::{replay, tables};
+use threadline_projector::{copy, tables};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -169,12 +169,12 @@ async fn fill(log: &JetStreamLog, events: u64, per_thread: u64) -> anyhow::Resul
 /// COPYs the rebuilt rows, read back from the read model, into empty tables of the same
 /// shape; returns the rows, the COPY's time and the index build's time.
 async fn copy_baseline(database: &DatabaseSettings) -> anyhow::Result<(u64, Duration, Duration)> {
-    let mut conn = replay::bulk_connection(database).await?;
+    let mut conn = copy::bulk_connection(database).await?;
     let serving = tables::serving_schema(&mut conn).await?;
     let mut data = Vec::new();
     for (table, columns) in [
-        ("threads", replay::THREAD_COLUMNS),
-        ("messages", replay::MESSAGE_COLUMNS),
+        ("threads", copy::THREAD_COLUMNS),
+        ("messages", copy::MESSAGE_COLUMNS),
     ] {
         data.push((table, columns, copy_out(&mut conn, table, columns).await?));
     }

@@ -3,6 +3,7 @@
 //! is committed, so a crash at any point loses nothing and a redelivery changes nothing.
 //! Invalid events are set aside on the dead-letter stream with their reason and never stop it.
 
+pub mod copy;
 pub mod error;
 pub mod fold;
 pub mod progress;

@@ -16,8 +16,9 @@
 //! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
 
+use crate::copy::{self, CopyWriter};
 use crate::progress::Progress;
-use crate::replay::{self, CopyWriter, Counts, EventReader, ReplayFold};
+use crate::replay::{self, Counts, EventReader, ReplayFold};
 use crate::tables::{self, quote};
 use crate::ProjectorError;
 use clap::Args;
@@ -75,7 +76,7 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
         .pool()
         .close()
         .await;
-    let mut conn = replay::bulk_connection(&settings.database).await?;
+    let mut conn = copy::bulk_connection(&settings.database).await?;
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(REBUILD_LOCK)
         .fetch_one(&mut conn)

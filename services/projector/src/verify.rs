@@ -6,8 +6,9 @@
 //! temporary tables of its own session, and ignores serving rows that came from events after
 //! L. Nothing it does is visible to anyone else.
 
+use crate::copy::{self, CopyWriter};
 use crate::progress::Progress;
-use crate::replay::{self, CopyWriter, Counts, EventReader, ReplayFold};
+use crate::replay::{self, Counts, EventReader, ReplayFold};
 use crate::tables;
 use crate::ProjectorError;
 use clap::Args;
@@ -67,7 +68,7 @@ pub async fn verify(settings: &VerifySettings) -> Result<Report, ProjectorError>
     let (first, through) = replay::stream_bounds(&log).await?;
     wait_for_projector(&log, through, settings.wait).await?;
 
-    let mut conn = replay::bulk_connection(&settings.database).await?;
+    let mut conn = copy::bulk_connection(&settings.database).await?;
     let serving = tables::serving_schema(&mut conn).await?;
     tables::create_like(&mut conn, "pg_temp", &serving).await?;
     let total = if through >= first {

@@ -1,0 +1,215 @@
+//! Rows into PostgreSQL at bulk speed: the COPY text format of the read model's rows, and a
+//! writer that loads them on a task of its own while the next ones are folded.
+
+use crate::ProjectorError;
+use sqlx::{Connection, PgConnection};
+use threadline_infra::{AppliedMessage, AppliedThread};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// Bytes of COPY text gathered before they are handed to the writer.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Rows in PostgreSQL's COPY text format, for the `threads` and `messages` tables.
+#[derive(Default)]
+pub struct CopyChunk {
+    pub threads: Vec<u8>,
+    pub messages: Vec<u8>,
+}
+
+/// The columns, in the order `CopyChunk` writes them.
+pub const THREAD_COLUMNS: &str = "id, user_json, created_at, stream_seq";
+pub const MESSAGE_COLUMNS: &str =
+    "id, thread_id, user_json, body, send_by_user, created_at, stream_seq";
+
+impl CopyChunk {
+    pub fn len(&self) -> usize {
+        self.threads.len() + self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push_thread(&mut self, t: &AppliedThread) {
+        let out = &mut self.threads;
+        push_field(
+            out,
+            t.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        );
+        out.push(b'\t');
+        push_field(out, t.user.get());
+        out.push(b'\t');
+        push_timestamp(out, &t.timestamp);
+        out.push(b'\t');
+        push_number(out, t.stream_seq);
+        out.push(b'\n');
+    }
+
+    pub fn push_message(&mut self, m: &AppliedMessage) {
+        let out = &mut self.messages;
+        push_field(
+            out,
+            m.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        );
+        out.push(b'\t');
+        push_field(
+            out,
+            m.thread
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer()),
+        );
+        out.push(b'\t');
+        push_field(out, m.user.get());
+        out.push(b'\t');
+        push_field(out, m.body.as_str());
+        out.push(b'\t');
+        out.push(if m.send_by_user { b't' } else { b'f' });
+        out.push(b'\t');
+        push_timestamp(out, &m.timestamp);
+        out.push(b'\t');
+        push_number(out, m.stream_seq);
+        out.push(b'\n');
+    }
+}
+
+/// Appends a timestamp as the events write it (microseconds, `Z`), which PostgreSQL reads.
+fn push_timestamp(out: &mut Vec<u8>, timestamp: &proto_events::Timestamp) {
+    let text = timestamp
+        .as_datetime()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn push_number(out: &mut Vec<u8>, value: u64) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{value}");
+}
+
+/// Appends `text` escaped for COPY's text format (backslash, tab, newline, carriage return).
+fn push_field(out: &mut Vec<u8>, text: &str) {
+    for &b in text.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Loads COPY chunks into `<schema>.threads` and `<schema>.messages` on a task of its own, so
+/// that PostgreSQL writes one chunk while the next is folded. At most two chunks wait; the
+/// reader then waits for PostgreSQL.
+pub struct CopyWriter {
+    chunks: mpsc::Sender<CopyChunk>,
+    task: Option<tokio::task::JoinHandle<Result<PgConnection, ProjectorError>>>,
+    pending: CopyChunk,
+}
+
+impl CopyWriter {
+    pub fn start(mut conn: PgConnection, schema: &str) -> Self {
+        let (chunks, mut rx) = mpsc::channel::<CopyChunk>(2);
+        let threads_copy = format!("COPY {schema}.threads ({THREAD_COLUMNS}) FROM STDIN");
+        let messages_copy = format!("COPY {schema}.messages ({MESSAGE_COLUMNS}) FROM STDIN");
+        let task = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                for (statement, data) in [
+                    (&threads_copy, chunk.threads),
+                    (&messages_copy, chunk.messages),
+                ] {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let mut copy = conn
+                        .copy_in_raw(statement)
+                        .await
+                        .map_err(ProjectorError::database)?;
+                    copy.send(data).await.map_err(ProjectorError::database)?;
+                    copy.finish().await.map_err(ProjectorError::database)?;
+                }
+            }
+            Ok(conn)
+        });
+        Self {
+            chunks,
+            task: Some(task),
+            pending: CopyChunk::default(),
+        }
+    }
+
+    /// Adds rows; hands them to PostgreSQL once enough have gathered.
+    pub async fn write(
+        &mut self,
+        threads: &[AppliedThread],
+        messages: &[AppliedMessage],
+    ) -> Result<(), ProjectorError> {
+        for t in threads {
+            self.pending.push_thread(t);
+        }
+        for m in messages {
+            self.pending.push_message(m);
+        }
+        if self.pending.len() >= CHUNK_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ProjectorError> {
+        let chunk = std::mem::take(&mut self.pending);
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if self.chunks.send(chunk).await.is_err() {
+            // The writer stopped on an error: report it.
+            self.join().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and gives the connection back.
+    pub async fn finish(mut self) -> Result<PgConnection, ProjectorError> {
+        self.flush().await?;
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.chunks, closed));
+        self.join().await
+    }
+
+    async fn join(&mut self) -> Result<PgConnection, ProjectorError> {
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| ProjectorError::Replay("the COPY writer has stopped".into()))?;
+        task.await
+            .map_err(|e| ProjectorError::Replay(format!("the COPY writer failed: {e}")))?
+    }
+}
+
+/// Opens a connection of its own for long statements (COPY, index builds): the pool's
+/// statement timeout, meant for requests, does not apply.
+pub async fn bulk_connection(
+    settings: &threadline_infra::DatabaseSettings,
+) -> Result<PgConnection, ProjectorError> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&settings.database_url)
+        .map_err(ProjectorError::database)?
+        .options([("statement_timeout", "0")]);
+    PgConnection::connect_with(&options)
+        .await
+        .map_err(ProjectorError::database)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_the_format_reserves() {
+        let mut out = Vec::new();
+        push_field(&mut out, "a\tb\nc\\d\re");
+        assert_eq!(out, b"a\\tb\\nc\\\\d\\re");
+    }
+}
