@@ -9,6 +9,7 @@ mod harness;
 mod all_in_one;
 mod consistency;
 mod degraded;
+mod deploy_settings;
 mod duplicates;
 mod errors;
 mod faults;

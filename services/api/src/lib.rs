@@ -153,6 +153,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings.listen_addr,
         &settings.nats,
         &settings.database,
+        &settings.http,
         &shutdown,
     )
     .await?
@@ -167,7 +168,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    let app = threadline_infra::server::finish(router(state).merge(health_router(vec![log, read])));
+    let app = threadline_infra::server::finish(
+        router(state).merge(health_router(vec![log, read])),
+        &settings.http,
+    );
     serve(listener, app, shutdown, settings.http.shutdown_timeout)
         .await
         .context("HTTP server failed")

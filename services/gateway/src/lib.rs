@@ -30,6 +30,7 @@ use threadline_infra::startup::{self, Started};
 use threadline_infra::{health_router, serve, EventLog, HttpSettings, JetStreamLog, NatsSettings};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// How the gateway treats its sockets.
@@ -186,30 +187,42 @@ async fn connect(
         Err(e) => return unavailable(e),
     };
     let sessions = gateway.sessions.clone();
+    // The socket's log lines carry the upgrade request's span (its request id) for its life.
+    let span = tracing::info_span!("socket");
     upgrade.on_upgrade(move |socket| {
-        sessions.track_future(async move {
-            let ended = session(
-                socket,
-                watch.receiver(),
-                gateway.limits,
-                gateway.shutdown.clone(),
-            )
-            .await;
-            tracing::debug!(%thread, ?ended, "websocket closed");
-        })
+        sessions.track_future(
+            async move {
+                let ended = session(
+                    socket,
+                    watch.receiver(),
+                    gateway.limits,
+                    gateway.shutdown.clone(),
+                )
+                .await;
+                tracing::debug!(%thread, ?ended, "websocket closed");
+            }
+            .instrument(span),
+        )
     })
 }
 
 /// Runs the `gateway` role until `shutdown` fires; open sockets get a going-away close frame.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some(Started { listener, log }) =
-        startup::start(settings.listen_addr, &settings.nats, &shutdown).await?
+    let Some(Started { listener, log }) = startup::start(
+        settings.listen_addr,
+        &settings.nats,
+        &settings.http,
+        &shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
     let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
-    let app =
-        threadline_infra::server::finish(router(gateway.clone()).merge(health_router(vec![log])));
+    let app = threadline_infra::server::finish(
+        router(gateway.clone()).merge(health_router(vec![log])),
+        &settings.http,
+    );
     let served = serve(listener, app, shutdown, settings.http.shutdown_timeout).await;
     gateway.drain(settings.http.shutdown_timeout).await;
     served.context("HTTP server failed")

@@ -69,10 +69,8 @@ impl JetStreamLog {
     /// Connects to NATS and creates (or checks) the event and dead-letter streams.
     pub async fn connect(settings: &NatsSettings) -> Result<Self, StoreError> {
         let subjects = Subjects::new(&settings.subject_prefix).map_err(StoreError::nats)?;
-        let client = async_nats::ConnectOptions::new()
-            .name("threadline")
-            .connection_timeout(settings.nats_timeout)
-            .request_timeout(Some(settings.nats_timeout))
+        let options = settings.connect_options().await.map_err(StoreError::nats)?;
+        let client = options
             .connect(settings.nats_url.as_str())
             .await
             .map_err(|e| {
@@ -89,6 +87,11 @@ impl JetStreamLog {
                 subjects: subjects.stream_subjects(),
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
+                num_replicas: settings.stream_replicas.into(),
+                max_age: settings.stream_max_age,
+                max_bytes: byte_limit(settings.stream_max_bytes),
+                // The source of truth: when full, refuse new events rather than lose old ones.
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             },
         )
@@ -100,6 +103,10 @@ impl JetStreamLog {
                 description: Some("threadline events set aside as invalid, with the reason".into()),
                 subjects: subjects.dead_letter_subjects(),
                 storage: stream::StorageType::File,
+                num_replicas: settings.stream_replicas.into(),
+                max_age: settings.dead_letter_max_age,
+                max_bytes: byte_limit(settings.dead_letter_max_bytes),
+                discard: stream::DiscardPolicy::Old,
                 ..Default::default()
             },
         )
@@ -272,6 +279,11 @@ async fn thread_last(
         .map(|m| m.sequence))
 }
 
+/// JetStream's `max_bytes`: -1 is no limit.
+fn byte_limit(size: crate::settings::ByteSize) -> i64 {
+    size.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX))
+}
+
 /// Header values may not hold line breaks.
 fn header_safe(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
@@ -303,7 +315,30 @@ async fn ensure_stream(
             ),
         });
     }
-    Ok(info)
+    let limits = |c: &stream::Config| (c.num_replicas, c.max_age, c.max_bytes, c.discard);
+    if limits(&info.config) == limits(&config) {
+        return Ok(info);
+    }
+    // The settings changed since the stream was made (more replicas, other limits): the
+    // stream follows them, keeping everything else of its configuration.
+    let mut wanted = info.config.clone();
+    (
+        wanted.num_replicas,
+        wanted.max_age,
+        wanted.max_bytes,
+        wanted.discard,
+    ) = limits(&config);
+    tracing::info!(
+        stream = %config.name,
+        replicas = wanted.num_replicas,
+        max_age = ?wanted.max_age,
+        max_bytes = wanted.max_bytes,
+        "updating the stream's replicas and limits to the settings"
+    );
+    jetstream
+        .update_stream(wanted)
+        .await
+        .map_err(|e| StoreError::nats(format!("cannot update stream {}: {e}", config.name)))
 }
 
 #[async_trait]

@@ -27,4 +27,4 @@ pub use read_model::{
     apply_rows, AppliedMessage, AppliedThread, PgReadModel, ReadModel, SWITCH_LOCK,
 };
 pub use server::serve;
-pub use settings::{DatabaseSettings, HttpSettings, NatsSettings};
+pub use settings::{DatabaseSettings, HttpSettings, LogSettings, NatsSettings};

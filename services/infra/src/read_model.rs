@@ -78,10 +78,22 @@ impl PgReadModel {
             })
     }
 
-    /// Connects, creating the database if it is missing, and runs the migrations.
+    /// Connects; with MIGRATE_ON_START (the default) it first creates the database if it is
+    /// missing and runs the migrations, as [`PgReadModel::migrate`] does.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
-        let options = Self::options(settings).map_err(StoreError::database)?;
+        if settings.migrate_on_start {
+            Self::migrate(settings).await?;
+        }
+        let pool = Self::pool_of(settings).await?;
+        Ok(Self { pool })
+    }
+
+    /// Creates the database if it is missing and brings its tables up to date: what
+    /// `threadline migrate` does, as the role that owns the tables. TLS and credentials come
+    /// from DATABASE_URL (`sslmode`, `sslrootcert`, user and password).
+    pub async fn migrate(settings: &DatabaseSettings) -> Result<(), StoreError> {
         let url = &settings.database_url;
+        let options = Self::options(settings).map_err(StoreError::database)?;
         let exists = Postgres::database_exists(url)
             .await
             .map_err(StoreError::database)?;
@@ -96,17 +108,23 @@ impl PgReadModel {
                 tracing::info!(database = options.get_database(), "created the database");
             }
         }
-        let pool = PgPoolOptions::new()
+        let pool = Self::pool_of(settings).await?;
+        let migrated = sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::database(format!("migrations failed: {e}")));
+        pool.close().await;
+        migrated
+    }
+
+    async fn pool_of(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+        let options = Self::options(settings).map_err(StoreError::database)?;
+        PgPoolOptions::new()
             .max_connections(settings.database_max_connections)
             .acquire_timeout(settings.database_timeout)
             .connect_with(options)
             .await
-            .map_err(StoreError::database)?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::database(format!("migrations failed: {e}")))?;
-        Ok(Self { pool })
+            .map_err(StoreError::database)
     }
 
     pub fn pool(&self) -> &PgPool {

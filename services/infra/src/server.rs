@@ -1,12 +1,20 @@
-//! Serving a router until shutdown: stop accepting, let in-flight requests finish (bounded).
+//! Serving a router until shutdown: stop accepting, let in-flight requests finish (bounded);
+//! and what every role's router gets: a JSON 404, a request id, request tracing and CORS.
 
-use axum::http::{Method, StatusCode};
+use crate::HttpSettings;
+use axum::http::{HeaderName, Method, Request, StatusCode};
 use axum::{Json, Router};
 use std::future::IntoFuture;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+
+/// The header that carries a request's id: kept when a proxy sent one, made otherwise, and
+/// returned in the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Serves `router` on `listener` until `shutdown` fires, then gives in-flight requests up to
 /// `grace` to finish.
@@ -40,10 +48,56 @@ pub async fn serve(
 /// The body DRF answers 404 with.
 pub const NOT_FOUND_DETAIL: &str = "Not found.";
 
-/// Completes a router of one or more roles for serving: a JSON 404 for unknown paths and
-/// request tracing.
-pub fn finish(router: Router) -> Router {
-    router.fallback(not_found).layer(TraceLayer::new_for_http())
+/// Completes a router of one or more roles for serving: a JSON 404 for unknown paths, a
+/// request id (`x-request-id`) in the response and on the span of every log line the
+/// request causes (a websocket's too, for its whole life), and CORS headers for the allowed
+/// origins (none by default). The origins were checked at start-up ([`crate::startup`]).
+pub fn finish(router: Router, http: &HttpSettings) -> Router {
+    let traced = router
+        .fallback(not_found)
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+    match cors(http) {
+        Some(cors) => traced.layer(cors),
+        None => traced,
+    }
+}
+
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        uri = %request.uri().path(),
+    )
+}
+
+/// The CORS layer for the allowed origins; `None` when none are set, so that the API answers
+/// exactly as without CORS.
+fn cors(http: &HttpSettings) -> Option<CorsLayer> {
+    let origins = http.cors_origins().unwrap_or_default();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([axum::http::header::CONTENT_TYPE, REQUEST_ID])
+            .expose_headers([REQUEST_ID])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> (StatusCode, Json<serde_json::Value>) {

@@ -6,7 +6,7 @@
 //! every other path 503. Once connected, the role's own server takes over the same socket;
 //! connections that arrive in between wait in the listen backlog.
 
-use crate::{retry, DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel};
+use crate::{retry, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings, PgReadModel};
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,9 +28,11 @@ pub struct Started {
 pub async fn start(
     listen_addr: SocketAddr,
     nats: &NatsSettings,
+    http: &HttpSettings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Started>> {
     nats.validate().map_err(anyhow::Error::msg)?;
+    http.cors_origins().map_err(anyhow::Error::msg)?;
     let waiting = Waiting::bind(listen_addr, &["nats"])?;
     let log = waiting.connect_nats(nats, shutdown).await;
     let listener = waiting.finish().await?;
@@ -43,10 +45,12 @@ pub async fn start_with_read_model(
     listen_addr: SocketAddr,
     nats: &NatsSettings,
     database: &DatabaseSettings,
+    http: &HttpSettings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Started, Arc<PgReadModel>)>> {
     nats.validate().map_err(anyhow::Error::msg)?;
     PgReadModel::options(database).map_err(anyhow::Error::msg)?;
+    http.cors_origins().map_err(anyhow::Error::msg)?;
     let waiting = Waiting::bind(listen_addr, &["nats", "database"])?;
     let Some(log) = waiting.connect_nats(nats, shutdown).await else {
         waiting.finish().await?;

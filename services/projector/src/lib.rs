@@ -265,13 +265,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings.listen_addr,
         &settings.nats,
         &settings.database,
+        &settings.http,
         &shutdown,
     )
     .await?
     else {
         return Ok(());
     };
-    let health = threadline_infra::server::finish(health_router(vec![log.clone(), read.clone()]));
+    let health = threadline_infra::server::finish(
+        health_router(vec![log.clone(), read.clone()]),
+        &settings.http,
+    );
     let projector = Projector::new(log, read, settings.projector);
     let server = serve(
         listener,

@@ -10,8 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use threadline_api::{ApiSettings, AppState};
 use threadline_gateway::{Gateway, GatewaySettings};
+use threadline_infra::settings::LogFormat;
 use threadline_infra::startup::{self, Started};
-use threadline_infra::{health_router, serve, DatabaseSettings, HttpSettings, NatsSettings};
+use threadline_infra::{
+    health_router, serve, DatabaseSettings, HttpSettings, LogSettings, NatsSettings, PgReadModel,
+};
 use threadline_projector::{Projector, ProjectorSettings};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Cli {
     #[command(subcommand)]
     pub role: Role,
+    #[command(flatten)]
+    pub log: LogSettings,
 }
 
 /// The role this process plays.
@@ -37,6 +42,9 @@ pub enum Role {
     Gateway(threadline_gateway::Settings),
     /// All three in one process, with the HTTP API and the websocket on one port.
     All(AllSettings),
+    /// Creates the database if missing and brings the read model's tables up to date, then
+    /// exits. Run it as the tables' owner before the roles start (with MIGRATE_ON_START=false).
+    Migrate(DatabaseSettings),
     #[command(flatten)]
     Operator(commands::Command),
 }
@@ -68,6 +76,14 @@ pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> 
         Role::Projector(settings) => threadline_projector::run(settings, shutdown).await,
         Role::Gateway(settings) => threadline_gateway::run(settings, shutdown).await,
         Role::All(settings) => run_all(settings, shutdown).await,
+        Role::Migrate(settings) => {
+            PgReadModel::options(&settings).map_err(anyhow::Error::msg)?;
+            PgReadModel::migrate(&settings)
+                .await
+                .context("migrating the read model")?;
+            tracing::info!("the read model's tables are up to date");
+            Ok(())
+        }
         Role::Operator(command) => match commands::run(command, shutdown).await {
             code if code == std::process::ExitCode::SUCCESS => Ok(()),
             _ => Err(anyhow::anyhow!("the command failed")),
@@ -82,6 +98,7 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
         settings.listen_addr,
         &settings.nats,
         &settings.database,
+        &settings.http,
         &shutdown,
     )
     .await?
@@ -101,6 +118,7 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
     let app = threadline_infra::server::finish(
         api.merge(threadline_gateway::router(gateway.clone()))
             .merge(health_router(vec![log.clone(), read.clone()])),
+        &settings.http,
     );
     let projector = Projector::new(log, read, settings.projector);
     let server = serve(
@@ -114,22 +132,24 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
     served.context("HTTP server failed")
 }
 
-/// Logs to standard error at the level RUST_LOG sets (default info), in colour only on a
-/// terminal.
-pub fn init_logging() {
-    init_logging_at("info");
+/// Logs to standard error at the level RUST_LOG sets (default info): as text, in colour only
+/// on a terminal, or as one JSON object per line with the fields of the current spans.
+pub fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
 }
 
 /// Logs as `init_logging` does, at `default` when RUST_LOG is not set.
-pub fn init_logging_at(default: &str) {
+pub fn init_logging_at(format: LogFormat, default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_span_list(true).init(),
+    }
 }
 
 /// A token that fires on SIGTERM or SIGINT.

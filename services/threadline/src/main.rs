@@ -11,10 +11,10 @@ async fn main() -> ExitCode {
     if let Role::Operator(command) = cli.role {
         // Operator commands print their results on standard output; their logs say only
         // what an operator needs (progress, warnings).
-        init_logging_at(commands::DEFAULT_LOG);
+        init_logging_at(cli.log.log_format, commands::DEFAULT_LOG);
         return commands::run(command, shutdown_on_signals()).await;
     }
-    init_logging();
+    init_logging(cli.log.log_format);
     let shutdown = shutdown_on_signals();
     match run(cli.role, shutdown).await {
         Ok(()) => {

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod client;
+pub mod deployment;
 pub mod ids;
 pub mod load;
 pub mod nats;
