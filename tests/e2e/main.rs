@@ -17,6 +17,7 @@ mod health;
 mod idempotency;
 mod leader_load;
 mod messages;
+mod metrics;
 mod operations;
 mod outside_publisher;
 mod projector_crash;

@@ -7,6 +7,7 @@ use futures::StreamExt;
 use proto_events::{headers, Event, EventKind, Subjects};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use threadline_infra::metrics::names;
 use threadline_infra::StoreError;
 use tokio::sync::{broadcast, OnceCell};
 use tokio_util::sync::CancellationToken;
@@ -74,12 +75,14 @@ impl Feeds {
                 subscribed: Arc::new(OnceCell::new()),
                 stop: CancellationToken::new(),
             });
-            (
+            let joined = (
                 feed.sender.subscribe(),
                 feed.subscribed.clone(),
                 feed.sender.clone(),
                 feed.stop.clone(),
-            )
+            );
+            metrics::gauge!(names::THREADS_WATCHED).set(feeds.len() as f64);
+            joined
         };
         let watch = Watch {
             thread,
@@ -127,6 +130,7 @@ impl Feeds {
             if feed.sender.receiver_count() == 0 {
                 feed.stop.cancel();
                 feeds.remove(&thread);
+                metrics::gauge!(names::THREADS_WATCHED).set(feeds.len() as f64);
                 tracing::debug!(%thread, "unsubscribed");
             }
         }

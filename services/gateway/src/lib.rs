@@ -192,6 +192,7 @@ async fn connect(
     upgrade.on_upgrade(move |socket| {
         sessions.track_future(
             async move {
+                let _open = OpenSocket::new();
                 let ended = session(
                     socket,
                     watch.receiver(),
@@ -204,6 +205,22 @@ async fn connect(
             .instrument(span),
         )
     })
+}
+
+/// Counts an open socket in the sockets-open gauge for as long as it lives.
+struct OpenSocket;
+
+impl OpenSocket {
+    fn new() -> Self {
+        metrics::gauge!(threadline_infra::metrics::names::SOCKETS_OPEN).increment(1.0);
+        OpenSocket
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        metrics::gauge!(threadline_infra::metrics::names::SOCKETS_OPEN).decrement(1.0);
+    }
 }
 
 /// Runs the `gateway` role until `shutdown` fires; open sockets get a going-away close frame.

@@ -4,6 +4,7 @@
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::time::Duration;
+use threadline_infra::metrics::names;
 use tokio::sync::broadcast;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -50,7 +51,7 @@ where
             frame = frames.recv() => match frame {
                 Ok(frame) => {
                     match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => metrics::counter!(names::FRAMES_SENT).increment(1),
                         Ok(Err(_)) => break (Ended::ClientClosed, None),
                         Err(_) => break (Ended::TooSlow, Some((close_code::AGAIN, "client too slow"))),
                     }
@@ -78,6 +79,9 @@ where
             }
         }
     };
+    if ended == Ended::TooSlow {
+        metrics::counter!(names::SLOW_CLIENT_CLOSES).increment(1);
+    }
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,

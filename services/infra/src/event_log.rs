@@ -279,6 +279,15 @@ async fn thread_last(
         .map(|m| m.sequence))
 }
 
+fn record_append(kind: EventKind, outcome: &'static str, started: std::time::Instant) {
+    metrics::histogram!(
+        crate::metrics::names::APPEND_DURATION,
+        "event" => kind.name(),
+        "outcome" => outcome
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
 /// JetStream's `max_bytes`: -1 is no limit.
 fn byte_limit(size: crate::settings::ByteSize) -> i64 {
     size.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX))
@@ -354,6 +363,7 @@ impl EventLog for JetStreamLog {
                 max,
             });
         }
+        let started = std::time::Instant::now();
         let subject = self.subjects.event(event.thread(), event.kind());
         let mut headers = HeaderMap::new();
         headers.insert(headers::MSG_ID, event.id().to_string().as_str());
@@ -366,6 +376,7 @@ impl EventLog for JetStreamLog {
         // after a reconnect, long after the caller was answered 503: publish nothing.
         let state = self.client.connection_state();
         if state != async_nats::connection::State::Connected {
+            record_append(event.kind(), "failed", started);
             return Err(StoreError::nats(format!("connection is {state}")));
         }
         // A lost acknowledgement is retried with the same Nats-Msg-Id (JetStream stores the
@@ -388,17 +399,17 @@ impl EventLog for JetStreamLog {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         };
-        let sequence = tokio::time::timeout(self.settings.nats_timeout, attempts)
-            .await
-            .map_err(|_| {
-                StoreError::nats(format!(
-                    "append not acknowledged within {:?}",
-                    self.settings.nats_timeout
-                ))
-            })?;
+        let Ok(sequence) = tokio::time::timeout(self.settings.nats_timeout, attempts).await else {
+            record_append(event.kind(), "failed", started);
+            return Err(StoreError::nats(format!(
+                "append not acknowledged within {:?}",
+                self.settings.nats_timeout
+            )));
+        };
         if event.kind() == EventKind::ThreadCreated {
             self.remember_thread(event.thread(), sequence);
         }
+        record_append(event.kind(), "stored", started);
         Ok(sequence)
     }
 

@@ -13,6 +13,7 @@ pub mod event_log;
 pub mod events;
 pub mod health;
 pub mod idempotency;
+pub mod metrics;
 pub mod read_model;
 pub mod retry;
 pub mod server;

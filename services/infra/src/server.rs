@@ -1,5 +1,6 @@
 //! Serving a router until shutdown: stop accepting, let in-flight requests finish (bounded);
-//! and what every role's router gets: a JSON 404, a request id, request tracing and CORS.
+//! and what every role's router gets: a JSON 404, `/metrics`, HTTP metrics, a request id,
+//! request tracing and CORS.
 
 use crate::HttpSettings;
 use axum::http::{HeaderName, Method, Request, StatusCode};
@@ -48,13 +49,16 @@ pub async fn serve(
 /// The body DRF answers 404 with.
 pub const NOT_FOUND_DETAIL: &str = "Not found.";
 
-/// Completes a router of one or more roles for serving: a JSON 404 for unknown paths, a
+/// Completes a router of one or more roles for serving: a JSON 404 for unknown paths,
+/// `GET /metrics` and request counts and latencies by route and status, a
 /// request id (`x-request-id`) in the response and on the span of every log line the
 /// request causes (a websocket's too, for its whole life), and CORS headers for the allowed
 /// origins (none by default). The origins were checked at start-up ([`crate::startup`]).
 pub fn finish(router: Router, http: &HttpSettings) -> Router {
     let traced = router
+        .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));

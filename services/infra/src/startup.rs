@@ -76,6 +76,8 @@ struct Waiting {
 
 impl Waiting {
     fn bind(listen_addr: SocketAddr, dependencies: &[&'static str]) -> anyhow::Result<Waiting> {
+        // Installed before anything is recorded.
+        crate::metrics::handle();
         let socket = std::net::TcpListener::bind(listen_addr)
             .with_context(|| format!("cannot listen on {listen_addr}"))?;
         socket

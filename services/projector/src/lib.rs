@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use threadline_infra::metrics::names;
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{
     health_router, retry, serve, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings,
@@ -154,6 +155,7 @@ impl Projector {
     #[tracing::instrument(skip_all, fields(first_seq, last_seq, events = messages.len()))]
     async fn project(&self, messages: Vec<Message>, shutdown: &CancellationToken) {
         let incoming: Vec<Incoming> = messages.iter().filter_map(incoming).collect();
+        record_lag(&messages);
         if let (Some(first), Some(last)) = (incoming.first(), incoming.last()) {
             tracing::Span::current().record("first_seq", first.sequence);
             tracing::Span::current().record("last_seq", last.sequence);
@@ -195,6 +197,7 @@ impl Projector {
             self.log.remember_thread(thread.id, thread.stream_seq);
         }
         for (event, reason) in &set_aside {
+            metrics::counter!(names::SET_ASIDE, "reason" => reason.code()).increment(1);
             tracing::warn!(
                 subject = %event.subject, sequence = event.sequence, reason = reason.code(),
                 "setting an invalid event aside: {reason}"
@@ -218,6 +221,8 @@ impl Projector {
                 tracing::warn!("acknowledging failed (the event will be applied again): {e}");
             }
         }
+        metrics::histogram!(names::PROJECTOR_BATCH_SIZE).record(messages.len() as f64);
+        metrics::counter!(names::PROJECTOR_EVENTS).increment(messages.len() as u64);
         tracing::debug!(
             threads = threads.len(),
             messages = rows.len(),
@@ -239,6 +244,20 @@ impl Projector {
         }
         Ok(created)
     }
+}
+
+/// The lag of the consumer as of the newest event of a batch: events still to come after it,
+/// and how long ago it was stored.
+fn record_lag(messages: &[Message]) {
+    let Some(info) = messages.iter().rev().find_map(|m| m.info().ok()) else {
+        return;
+    };
+    metrics::gauge!(names::PROJECTOR_LAG_EVENTS).set(info.pending as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let age = (now - info.published.unix_timestamp_nanos()).max(0) as f64 / 1e9;
+    metrics::gauge!(names::PROJECTOR_LAG_SECONDS).set(age);
 }
 
 pub(crate) fn incoming(message: &Message) -> Option<Incoming> {

@@ -1,0 +1,127 @@
+//! Prometheus metrics: the recorder every role installs once, `GET /metrics` that renders it,
+//! one tower layer that counts and times HTTP requests by route and status, and the names of
+//! the domain's metrics, so that every crate records under the one name the dashboard reads.
+//!
+//! The services record through the `metrics` facade (`metrics::counter!(names::X)`), which
+//! costs nothing where no recorder is installed (unit tests).
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The names of threadline's metrics (Prometheus adds `_bucket`, `_sum`, `_count` to
+/// histograms).
+pub mod names {
+    /// Counter: HTTP requests answered, by `method`, `route` and `status`.
+    pub const HTTP_REQUESTS: &str = "threadline_http_requests_total";
+    /// Histogram: seconds from request to response head, by `method`, `route` and `status`.
+    pub const HTTP_DURATION: &str = "threadline_http_request_duration_seconds";
+    /// Histogram: seconds an append to JetStream took until stored, by `event` and `outcome`.
+    pub const APPEND_DURATION: &str = "threadline_event_append_duration_seconds";
+    /// Gauge: events in the stream the projector has not yet been handed.
+    pub const PROJECTOR_LAG_EVENTS: &str = "threadline_projector_lag_events";
+    /// Gauge: age in seconds of the newest event of the last applied batch, when applied.
+    pub const PROJECTOR_LAG_SECONDS: &str = "threadline_projector_lag_seconds";
+    /// Histogram: events per applied batch.
+    pub const PROJECTOR_BATCH_SIZE: &str = "threadline_projector_batch_size";
+    /// Counter: events applied to the read model.
+    pub const PROJECTOR_EVENTS: &str = "threadline_projector_events_total";
+    /// Counter: invalid events set aside on the dead-letter stream, by `reason`.
+    pub const SET_ASIDE: &str = "threadline_events_set_aside_total";
+    /// Gauge: websockets open on this gateway.
+    pub const SOCKETS_OPEN: &str = "threadline_gateway_sockets_open";
+    /// Gauge: threads this gateway is subscribed to.
+    pub const THREADS_WATCHED: &str = "threadline_gateway_threads_watched";
+    /// Counter: message frames sent to websockets.
+    pub const FRAMES_SENT: &str = "threadline_gateway_frames_sent_total";
+    /// Counter: websockets closed because their client fell behind or stalled (1013).
+    pub const SLOW_CLIENT_CLOSES: &str = "threadline_gateway_slow_client_closes_total";
+}
+
+/// Latency buckets in seconds, from a fast local append to a timed-out request.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// The process's recorder, installed on first use. `None` if another recorder was installed
+/// first (then `/metrics` answers 503).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let installed = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::PROJECTOR_BATCH_SIZE.into()),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.install_recorder().map_err(|e| e.to_string()));
+            match installed {
+                Ok(handle) => {
+                    spawn_upkeep(handle.clone());
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::error!("cannot install the metrics recorder: {e}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Drains the histograms' samples now and then, so that they stay bounded between scrapes.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+}
+
+/// `GET /metrics`: every metric of this process in Prometheus' text format.
+pub async fn render() -> Response {
+    match handle() {
+        Some(handle) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+/// Middleware: counts and times every request by method, matched route (not the raw path,
+/// which holds ids) and status.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(names::HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    response
+}
