@@ -7,6 +7,7 @@
 mod harness;
 
 mod all_in_one;
+mod api_documents;
 mod consistency;
 mod degraded;
 mod deploy_settings;

@@ -3,7 +3,8 @@
 //!
 //! It never writes the read model; the projector does. Validation follows the original DRF
 //! service's texts (see `fields` and `request`), so existing clients cannot tell the
-//! difference.
+//! difference. The API's OpenAPI document is `openapi.json` beside this crate's sources,
+//! served at `/openapi.json`.
 
 pub mod error;
 pub mod fields;
@@ -126,7 +127,18 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/thread/{id}/", only(get(threads::get_thread)))
         .route("/chat/message", only(post(messages::post_message)))
         .route("/chat/message/", only(post(messages::post_message)))
+        .route(
+            "/openapi.json",
+            get(openapi).fallback(threadline_infra::server::method_not_allowed),
+        )
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of this API, committed as `services/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// A route that answers OPTIONS as DRF does and any other unserved method with 405.
@@ -175,4 +187,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     serve(listener, app, shutdown, settings.http.shutdown_timeout)
         .await
         .context("HTTP server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_is_openapi_3_1_with_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in ["/chat/thread/", "/chat/thread/{id}/", "/chat/message/"] {
+            assert!(doc["paths"][path].is_object(), "{path} is not documented");
+        }
+    }
 }
