@@ -23,6 +23,7 @@ mod operations;
 mod outside_publisher;
 mod projector_crash;
 mod replicas;
+mod secure_connections;
 mod shutdown;
 mod slow_client;
 mod startup;

@@ -3,6 +3,8 @@
 //! requests with headers of the test's choosing. Servers are the harness's own unless a test
 //! brings its own (TLS, credentials; see `secure`).
 
+pub mod secure;
+
 use super::nats::NatsServer;
 use super::postgres::Postgres;
 use super::process::{Logs, Service};
