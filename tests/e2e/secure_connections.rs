@@ -3,7 +3,7 @@
 //! PostgreSQL that accepts TLS connections only, reached with `sslmode=verify-full`.
 
 use crate::harness::deployment::secure::{require_tls, Attempt, NatsAuth, Pki, SecureNats};
-use crate::harness::deployment::{env, send, Env, Roles};
+use crate::harness::deployment::{env, send, servers, Env, Roles};
 use crate::harness::postgres::Postgres;
 use crate::harness::*;
 use futures::StreamExt;
@@ -150,7 +150,9 @@ async fn wrong_credentials_an_unknown_ca_or_no_client_certificate_are_refused() 
 
     // With everything right the same server is reached.
     let mut roles = Roles::default();
-    let gateway = roles.spawn("gateway", &with(tls, &[("NATS_TOKEN", "the-token")])).await;
+    let gateway = roles
+        .spawn("gateway", &with(tls, &[("NATS_TOKEN", "the-token")]))
+        .await;
     assert_eq!(send(gateway, "GET", "/readyz", &[], None).await.status, 200);
 }
 
@@ -161,10 +163,12 @@ async fn an_nkey_seed_authenticates_to_nats() {
     let nats = SecureNats::start(&pki, &NatsAuth::NKey(user.public_key()));
     let seed = user.seed().expect("the user's seed");
     let mut roles = Roles::default();
-    let gateway = roles.spawn(
-        "gateway",
-        &with(nats_tls(&nats, &pki), &[("NATS_NKEY_SEED", &seed)]),
-    ).await;
+    let gateway = roles
+        .spawn(
+            "gateway",
+            &with(nats_tls(&nats, &pki), &[("NATS_NKEY_SEED", &seed)]),
+        )
+        .await;
     assert_eq!(send(gateway, "GET", "/readyz", &[], None).await.status, 200);
 
     let stranger = nkeys::KeyPair::new_user().seed().expect("another seed");
@@ -178,9 +182,8 @@ async fn an_nkey_seed_authenticates_to_nats() {
 #[tokio::test]
 async fn a_database_url_without_tls_is_refused_by_a_tls_only_postgres() {
     let pki = Pki::new();
-    let pg = Postgres::start().await;
+    let (nats, pg) = servers().await;
     require_tls(&pg, &pki, "threadline").await;
-    let (nats, _) = (crate::harness::nats::NatsServer::start(), ());
     let plain = env(&[
         ("NATS_URL", &nats.url()),
         (

@@ -286,6 +286,7 @@ mod tests {
             database_url: url.to_owned(),
             database_max_connections: 1,
             database_timeout: std::time::Duration::from_secs(1),
+            migrate_on_start: true,
         };
         assert!(PgReadModel::options(&settings("mysql://localhost/x")).is_err());
         assert!(PgReadModel::options(&settings("postgres://u@localhost:5432/x")).is_ok());
