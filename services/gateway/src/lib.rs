@@ -186,24 +186,25 @@ async fn connect(
         Ok(watch) => watch,
         Err(e) => return unavailable(e),
     };
-    let sessions = gateway.sessions.clone();
+    // Counted from the 101 on, not from when the upgraded connection's task first runs: a
+    // shutdown in between still waits for this socket and sends it its going-away close.
+    let tracked = gateway.sessions.token();
     // The socket's log lines carry the upgrade request's span (its request id) for its life.
     let span = tracing::info_span!("socket");
     upgrade.on_upgrade(move |socket| {
-        sessions.track_future(
-            async move {
-                let _open = OpenSocket::new();
-                let ended = session(
-                    socket,
-                    watch.receiver(),
-                    gateway.limits,
-                    gateway.shutdown.clone(),
-                )
-                .await;
-                tracing::debug!(%thread, ?ended, "websocket closed");
-            }
-            .instrument(span),
-        )
+        async move {
+            let _tracked = tracked;
+            let _open = OpenSocket::new();
+            let ended = session(
+                socket,
+                watch.receiver(),
+                gateway.limits,
+                gateway.shutdown.clone(),
+            )
+            .await;
+            tracing::debug!(%thread, ?ended, "websocket closed");
+        }
+        .instrument(span)
     })
 }
 
