@@ -2,7 +2,10 @@
 //!
 //! - `<prefix>.thread.<thread_id>.created`: the thread's one `ThreadCreated` event;
 //! - `<prefix>.thread.<thread_id>.message`: its `MessagePosted` events;
-//! - `<prefix>.deadletter.<reason>`: events set aside by a consumer, outside the event stream.
+//! - `<prefix>.deadletter.<reason>`: events set aside by a consumer, outside the event stream;
+//! - `<prefix>.stored.<thread_id>.message`: each `MessagePosted` event once the event stream
+//!   has stored it, republished by the NATS server itself with its stream sequence (the
+//!   subjects websocket gateways listen on; only the server may publish there).
 //!
 //! The prefix is `chat` unless configured otherwise.
 
@@ -74,6 +77,25 @@ impl Subjects {
             .collect()
     }
 
+    /// The subject on which the NATS server republishes a thread's `MessagePosted` events
+    /// once the event stream has stored them.
+    pub fn stored_messages(&self, thread: Uuid) -> String {
+        format!("{}.stored.{}.message", self.prefix, thread.hyphenated())
+    }
+
+    /// The event stream's republish rule: the source subjects and the destination pattern
+    /// that yields [`Subjects::stored_messages`].
+    pub fn stored_republish(&self) -> (String, String) {
+        (
+            format!(
+                "{}.thread.*.{}",
+                self.prefix,
+                EventKind::MessagePosted.subject_token()
+            ),
+            format!("{}.stored.{{{{wildcard(1)}}}}.message", self.prefix),
+        )
+    }
+
     /// The subject a set-aside event is republished on.
     pub fn dead_letter(&self, reason_code: &str) -> String {
         format!("{}.deadletter.{}", self.prefix, reason_code)
@@ -134,6 +156,14 @@ mod tests {
             vec!["chat.thread.*.created", "chat.thread.*.message"]
         );
         assert_eq!(s.dead_letter("invalid"), "chat.deadletter.invalid");
+        assert_eq!(s.stored_messages(id), format!("chat.stored.{THREAD}.message"));
+        assert_eq!(
+            s.stored_republish(),
+            (
+                "chat.thread.*.message".to_owned(),
+                "chat.stored.{{wildcard(1)}}.message".to_owned()
+            )
+        );
     }
 
     #[test]

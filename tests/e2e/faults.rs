@@ -162,7 +162,7 @@ async fn a_socket_held_open_across_a_nats_restart_keeps_receiving() {
 
     app.nats.restart();
     // The gateway subscribes again once its connection is back.
-    let subject = app.message_subject(&thread);
+    let subject = crate::harness::gateway::stored_subject(&thread);
     eventually(
         "the gateway to subscribe to the thread again",
         PROJECTION_TIMEOUT,

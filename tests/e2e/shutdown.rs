@@ -1,4 +1,5 @@
-//! Graceful shutdown on SIGTERM: websockets get a going-away close frame, every role exits
+//! Graceful shutdown on SIGTERM: websockets get a service-restart close frame (1012, so that
+//! clients reconnect elsewhere with `since`), every role exits
 //! cleanly, and under load nothing accepted is lost: every 201 shows in `GET` afterwards,
 //! once, and a restarted projector applies every event exactly once.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
-async fn sigterm_closes_websockets_with_going_away_and_every_role_exits_cleanly() {
+async fn sigterm_closes_websockets_with_service_restart_and_every_role_exits_cleanly() {
     let mut app = spawn_app().await;
     let thread = app.new_thread().await;
     let mut ws = app.connect_ws(&thread).await;
@@ -18,8 +19,8 @@ async fn sigterm_closes_websockets_with_going_away_and_every_role_exits_cleanly(
     app.terminate("gateway", 0);
     assert_eq!(
         ws.next_close().await,
-        Some(1001),
-        "expected a going-away close frame"
+        Some(1012),
+        "expected a service-restart close frame"
     );
     let status = app.wait_exit("gateway", 0, SHUTDOWN_TIMEOUT).await;
     assert!(status.success(), "gateway exited with {status}");
@@ -31,8 +32,8 @@ async fn sigterm_closes_websockets_with_going_away_and_every_role_exits_cleanly(
     }
 }
 
-/// Posts continuously with a socket open, SIGTERMs `role` (its sockets get a going-away
-/// close), checks it exits cleanly, restarts it, posts some
+/// Posts continuously with a socket open, SIGTERMs `role` (its sockets get a
+/// service-restart close), checks it exits cleanly, restarts it, posts some
 /// more, then checks that every accepted message is in `GET` once and in the read model once.
 async fn sigterm_under_load(mut app: App, role: &str) {
     let thread = app.new_thread().await;
@@ -44,8 +45,8 @@ async fn sigterm_under_load(mut app: App, role: &str) {
     if role == "gateway" || role == "all" {
         assert_eq!(
             ws.next_close_after_frames().await,
-            Some(1001),
-            "{role}: expected a going-away close frame"
+            Some(1012),
+            "{role}: expected a service-restart close frame"
         );
     }
     let status = app.wait_exit(role, 0, SHUTDOWN_TIMEOUT).await;

@@ -205,7 +205,7 @@ async fn a_closed_socket_does_not_disturb_the_others() {
 
     // A socket opened after the last one closed is subscribed afresh.
     staying.close().await;
-    let subject = app.message_subject(&thread);
+    let subject = crate::harness::gateway::stored_subject(&thread);
     eventually(
         "the gateway to unsubscribe from the thread",
         PROJECTION_TIMEOUT,

@@ -1,45 +1,80 @@
-//! One NATS subscription per watched thread, shared by all of that thread's sockets in this
-//! process and dropped when the last one closes. Each event is checked once and its payload
-//! bytes are shared by every socket: serialise once, fan out shared bytes.
+//! One feed per watched thread, shared by all of that thread's sockets in this process and
+//! dropped when the last one closes. A feed shows only what the event stream stored: it
+//! listens on the subject where the NATS server republishes each stored message with its
+//! stream sequence and the thread's previous one (`Nats-Sequence`, `Nats-Last-Sequence`), so
+//! a message published but not stored never reaches a socket, and a missed one shows as a gap
+//! that the feed fills from the stream before going on. The same happens when the NATS
+//! connection comes back. Each message is checked once and its payload bytes are shared by
+//! every socket: serialise once, fan out shared bytes.
 
+use crate::history::{stored_after, ShownIds, StoredMessage};
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
-use proto_events::{headers, Event, EventKind, Subjects};
-use std::collections::{HashMap, HashSet, VecDeque};
+use proto_events::Subjects;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use threadline_infra::metrics::names;
-use threadline_infra::StoreError;
-use tokio::sync::{broadcast, OnceCell};
+use threadline_infra::{JetStreamLog, StoreError};
+use tokio::sync::{broadcast, watch, OnceCell};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How many recent message ids a feed remembers to drop duplicates (a publish retried by its
-/// publisher reaches core subscribers twice; JetStream stores it once).
-const RECENT_IDS: usize = 1024;
+/// How long a feed waits before trying again to fill a gap that it could not read.
+const REPAIR_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a socket cannot watch a thread.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("message {0} is not among the thread's remembered messages")]
+    UnknownSince(Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// The live feeds of this gateway process.
 pub struct Feeds {
-    client: async_nats::Client,
-    subjects: Subjects,
+    log: Arc<JetStreamLog>,
     /// Frames a socket may fall behind before it is closed as too slow.
     queue: usize,
     feeds: Mutex<HashMap<Uuid, Feed>>,
 }
 
 struct Feed {
-    sender: broadcast::Sender<Utf8Bytes>,
-    subscribed: Arc<OnceCell<()>>,
+    shared: Arc<Shared>,
+    ready: Arc<OnceCell<()>>,
     stop: CancellationToken,
 }
 
-/// A socket's place on a thread's feed. Dropping it leaves the feed.
+/// What a feed's task and its sockets share. `sender` is used only under `state`'s lock, so
+/// a socket that joins learns exactly which sequence its first live frame follows.
+struct Shared {
+    state: Mutex<State>,
+    sender: broadcast::Sender<Utf8Bytes>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last stream sequence of the thread's messages that this feed has handled.
+    last: u64,
+    shown: ShownIds,
+}
+
+/// A socket's place on a thread's feed: the frames it missed (when it resumed), then the live
+/// ones. Dropping it leaves the feed.
 pub struct Watch {
     thread: Uuid,
+    backlog: Vec<Utf8Bytes>,
     receiver: Option<broadcast::Receiver<Utf8Bytes>>,
     feeds: Arc<Feeds>,
 }
 
 impl Watch {
+    /// The frames to send before the live ones (empty without `since`).
+    pub fn take_backlog(&mut self) -> Vec<Utf8Bytes> {
+        std::mem::take(&mut self.backlog)
+    }
+
     pub fn receiver(&mut self) -> &mut broadcast::Receiver<Utf8Bytes> {
         self.receiver
             .as_mut()
@@ -55,182 +90,269 @@ impl Drop for Watch {
 }
 
 impl Feeds {
-    pub fn new(client: async_nats::Client, subjects: Subjects, queue: usize) -> Arc<Self> {
+    pub fn new(log: Arc<JetStreamLog>, queue: usize) -> Arc<Self> {
         Arc::new(Self {
-            client,
-            subjects,
+            log,
             queue: queue.max(1),
             feeds: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Joins a thread's feed, subscribing to its subject if this is the first socket on it.
-    /// When this returns, the subscription is registered at the server: every message published
-    /// afterwards reaches the returned watch.
-    pub async fn watch(self: &Arc<Self>, thread: Uuid) -> Result<Watch, StoreError> {
-        let (receiver, subscribed, sender, stop) = {
+    /// Joins a thread's feed, starting it if this is the first socket on it. Without `since`
+    /// the watch gets every message stored from now on; with it, first every message stored
+    /// after that one, then the live ones, with no gap and no repeat between them.
+    pub async fn watch(
+        self: &Arc<Self>,
+        thread: Uuid,
+        since: Option<Uuid>,
+    ) -> Result<Watch, WatchError> {
+        // A first receiver, taken under the lock, holds the feed open while it starts.
+        let (shared, ready, stop, receiver) = {
             let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
             let feed = feeds.entry(thread).or_insert_with(|| Feed {
-                sender: broadcast::channel(self.queue).0,
-                subscribed: Arc::new(OnceCell::new()),
+                shared: Arc::new(Shared {
+                    state: Mutex::new(State::default()),
+                    sender: broadcast::channel(self.queue).0,
+                }),
+                ready: Arc::new(OnceCell::new()),
                 stop: CancellationToken::new(),
             });
+            let receiver = feed.shared.sender.subscribe();
             let joined = (
-                feed.sender.subscribe(),
-                feed.subscribed.clone(),
-                feed.sender.clone(),
+                feed.shared.clone(),
+                feed.ready.clone(),
                 feed.stop.clone(),
+                receiver,
             );
             metrics::gauge!(names::THREADS_WATCHED).set(feeds.len() as f64);
             joined
         };
-        let watch = Watch {
+        let mut watch = Watch {
             thread,
+            backlog: Vec::new(),
             receiver: Some(receiver),
             feeds: self.clone(),
         };
-        subscribed
-            .get_or_try_init(|| self.subscribe(thread, sender, stop))
+        ready
+            .get_or_try_init(|| self.start(thread, shared.clone(), stop))
             .await?;
+        let (joined_at, since_sequence) = {
+            let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            watch.receiver = Some(shared.sender.subscribe());
+            let since_sequence = match since {
+                Some(id) => Some(
+                    state
+                        .shown
+                        .sequence_of(id)
+                        .ok_or(WatchError::UnknownSince(id))?,
+                ),
+                None => None,
+            };
+            (state.last, since_sequence)
+        };
+        if let Some(after) = since_sequence {
+            watch.backlog = self.backlog(thread, &shared, after, joined_at).await?;
+        }
         Ok(watch)
     }
 
-    /// How many threads this process is subscribed to.
+    /// How many threads this process is watching.
     pub fn watched_threads(&self) -> usize {
         self.feeds.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    async fn subscribe(
+    /// The frames stored after `after` up to `through` (where the socket's live frames start),
+    /// without repeats.
+    async fn backlog(
         &self,
         thread: Uuid,
-        sender: broadcast::Sender<Utf8Bytes>,
+        shared: &Shared,
+        after: u64,
+        through: u64,
+    ) -> Result<Vec<Utf8Bytes>, StoreError> {
+        if after >= through {
+            return Ok(Vec::new());
+        }
+        let subject = self.log.subjects().message_posted(thread);
+        let stored = stored_after(
+            self.log.jetstream(),
+            &self.log.settings().stream_name,
+            &subject,
+            after,
+            Some(through),
+        )
+        .await?;
+        let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_backlog = HashSet::new();
+        Ok(stored
+            .iter()
+            .filter_map(|message| {
+                let shown = message.check(self.log.subjects())?;
+                (state.shown.is_first(shown.id, message.sequence) && in_backlog.insert(shown.id))
+                    .then_some(shown.frame)
+            })
+            .collect())
+    }
+
+    /// Subscribes to the thread's stored messages, then reads what the stream already holds
+    /// (so the feed knows every id and sequence up to now), then hands over to a task that
+    /// follows the live ones. The server handles a connection's operations in order, so the
+    /// subscription is in place before the stream is read: nothing falls between the two.
+    async fn start(
+        &self,
+        thread: Uuid,
+        shared: Arc<Shared>,
         stop: CancellationToken,
     ) -> Result<(), StoreError> {
-        let subject = self.subjects.message_posted(thread);
         let subscriber = self
-            .client
-            .subscribe(subject.clone())
+            .log
+            .client()
+            .subscribe(self.log.subjects().stored_messages(thread))
             .await
             .map_err(StoreError::nats)?;
-        // The server handles a connection's operations in order: once it has answered a
-        // request sent after SUB, the subscription is in place.
-        match self.client.request("_threadline.sync", "".into()).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
-            Err(e) => return Err(StoreError::nats(e)),
-        }
-        tracing::debug!(%thread, "subscribed");
-        tokio::spawn(forward(subscriber, self.subjects.clone(), sender, stop));
+        let mut follower = Follower {
+            thread,
+            subject: self.log.subjects().message_posted(thread),
+            subjects: self.log.subjects().clone(),
+            log: self.log.clone(),
+            shared,
+        };
+        follower.catch_up(None).await?;
+        tracing::debug!(%thread, "watching");
+        let connections = self.log.connections();
+        tokio::spawn(follower.run(subscriber, connections, stop));
         Ok(())
     }
 
     fn leave(&self, thread: Uuid) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(feed) = feeds.get(&thread) {
-            if feed.sender.receiver_count() == 0 {
+            if feed.shared.sender.receiver_count() == 0 {
                 feed.stop.cancel();
                 feeds.remove(&thread);
                 metrics::gauge!(names::THREADS_WATCHED).set(feeds.len() as f64);
-                tracing::debug!(%thread, "unsubscribed");
+                tracing::debug!(%thread, "no longer watching");
             }
         }
     }
 }
 
-/// Forwards a thread's valid, not yet seen messages to its sockets until stopped.
-async fn forward(
-    mut subscriber: async_nats::Subscriber,
+/// The task behind a feed: follows the thread's stored messages in stream order.
+struct Follower {
+    thread: Uuid,
+    /// The thread's message subject in the event stream.
+    subject: String,
     subjects: Subjects,
-    sender: broadcast::Sender<Utf8Bytes>,
-    stop: CancellationToken,
-) {
-    let mut recent = RecentIds::default();
-    loop {
-        let message = tokio::select! {
-            _ = stop.cancelled() => break,
-            message = subscriber.next() => message,
-        };
-        let Some(message) = message else { break };
-        if let Some(frame) = check(&subjects, &message, &mut recent) {
-            // An error only means no socket is listening right now.
-            let _ = sender.send(frame);
-        }
-    }
-    // Dropping the subscriber unsubscribes.
+    log: Arc<JetStreamLog>,
+    shared: Arc<Shared>,
 }
 
-/// The frame for a message, or `None` if it is invalid or a duplicate.
-pub fn check(
-    subjects: &Subjects,
-    message: &async_nats::Message,
-    recent: &mut RecentIds,
-) -> Option<Utf8Bytes> {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str())
-    };
-    let event = match Event::decode(
-        subjects,
-        message.subject.as_str(),
-        header(headers::EVENT),
-        header(headers::SCHEMA_VERSION),
-        &message.payload,
+impl Follower {
+    async fn run(
+        mut self,
+        mut subscriber: async_nats::Subscriber,
+        mut connections: watch::Receiver<u64>,
+        stop: CancellationToken,
     ) {
-        Ok(event) if event.kind() == EventKind::MessagePosted => event,
-        Ok(_) => return None,
-        Err(e) => {
-            tracing::warn!(subject = %message.subject, "not pushing an invalid event: {e}");
-            return None;
-        }
-    };
-    if !recent.insert(event.id()) {
-        return None;
-    }
-    // A payload that decoded as JSON is valid UTF-8.
-    Utf8Bytes::try_from(message.payload.clone()).ok()
-}
-
-/// The last few message ids a feed has pushed.
-#[derive(Default)]
-pub struct RecentIds {
-    order: VecDeque<Uuid>,
-    set: HashSet<Uuid>,
-}
-
-impl RecentIds {
-    /// Remembers an id; false if it was already remembered.
-    pub fn insert(&mut self, id: Uuid) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > RECENT_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+        connections.mark_unchanged();
+        let mut gap = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                message = subscriber.next() => {
+                    let Some(message) = message else { break };
+                    gap = self.follow(message).await.is_err();
+                }
+                changed = connections.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    tracing::info!(thread = %self.thread, "NATS connection back: reading what the stream stored meanwhile");
+                    gap = self.catch_up(None).await.is_err();
+                }
+                _ = tokio::time::sleep(REPAIR_RETRY), if gap => {
+                    gap = self.catch_up(None).await.is_err();
+                }
             }
         }
-        true
+        // Dropping the subscriber unsubscribes.
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_ids_drop_duplicates_and_forget_old_ones() {
-        let mut recent = RecentIds::default();
-        assert!(recent.insert(Uuid::from_u128(1)));
-        assert!(!recent.insert(Uuid::from_u128(1)));
-        for i in 2..=(RECENT_IDS as u128 + 1) {
-            assert!(recent.insert(Uuid::from_u128(i)));
+    /// Handles one republished message; fills the gap first if the thread's previous
+    /// sequence is one this feed has not handled.
+    async fn follow(&mut self, message: async_nats::Message) -> Result<(), StoreError> {
+        use async_nats::header::{self, HeaderName};
+        let header = |name: HeaderName| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let sequence = header(header::NATS_SEQUENCE).and_then(|v| v.parse::<u64>().ok());
+        let previous = header(header::NATS_LAST_SEQUENCE).and_then(|v| v.parse::<u64>().ok());
+        let (Some(sequence), Some(previous), Some(subject)) =
+            (sequence, previous, header(header::NATS_SUBJECT))
+        else {
+            tracing::warn!(subject = %message.subject, "ignoring a message that the stream did not republish");
+            return Ok(());
+        };
+        let last = self.last();
+        if sequence <= last {
+            return Ok(());
         }
-        assert!(
-            recent.insert(Uuid::from_u128(1)),
-            "the oldest id is forgotten"
-        );
+        if previous > last {
+            tracing::info!(thread = %self.thread, last, previous, "filling a gap from the stream");
+            self.catch_up(Some(sequence - 1)).await?;
+        }
+        self.show(&StoredMessage {
+            sequence,
+            subject,
+            headers: message.headers,
+            payload: message.payload,
+        });
+        Ok(())
+    }
+
+    /// Reads and shows what the stream stored after the last handled sequence, up to
+    /// `through` (everything if `None`).
+    async fn catch_up(&mut self, through: Option<u64>) -> Result<(), StoreError> {
+        let stored = stored_after(
+            self.log.jetstream(),
+            &self.log.settings().stream_name,
+            &self.subject,
+            self.last(),
+            through,
+        )
+        .await
+        .inspect_err(|e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {e}"))?;
+        for message in &stored {
+            self.show(message);
+        }
+        Ok(())
+    }
+
+    fn last(&self) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last
+    }
+
+    /// Sends a stored message to the thread's sockets unless it is invalid or a repeat.
+    fn show(&self, message: &StoredMessage) {
+        let checked = message.check(&self.subjects);
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if message.sequence <= state.last {
+            return;
+        }
+        state.last = message.sequence;
+        if let Some(shown) = checked {
+            if state.shown.insert(shown.id, message.sequence) {
+                // An error only means no socket is listening right now.
+                let _ = self.shared.sender.send(shown.frame);
+            }
+        }
     }
 }

@@ -3,25 +3,29 @@
 //!
 //! Any number of gateways run side by side and keep no state another needs: each subscribes
 //! only to the threads its own sockets watch (see [`feeds`]), so NATS delivers a thread's
-//! messages to exactly the gateways that need them.
+//! messages to exactly the gateways that need them. A socket shows only what the event stream
+//! stored, and a client that reconnects with `?since=<message id>` gets what it missed first.
 
 pub mod feeds;
+pub mod history;
+pub mod limits;
 pub mod socket;
 
 use anyhow::Context;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use clap::Args;
-use feeds::Feeds;
+use feeds::{Feeds, WatchError};
+use limits::{Admission, TrustedProxy};
 use serde_json::json;
 use socket::{session, SessionLimits};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use threadline_infra::server::{method_not_allowed, NOT_FOUND_DETAIL};
@@ -49,9 +53,42 @@ pub struct GatewaySettings {
     pub ws_send_timeout: Duration,
 
     /// Messages a socket may fall behind its thread before it is closed as too slow (1013).
-    #[arg(long, env = "WS_CLIENT_QUEUE", default_value_t = 256)]
+    /// Each watched thread holds a queue of this many slots (about 40 bytes each).
+    #[arg(long, env = "WS_CLIENT_QUEUE", default_value_t = 64)]
     pub ws_client_queue: usize,
+
+    /// Most websockets this gateway holds at once (0: no limit); past it the upgrade gets 503.
+    /// Keep it below the process's open-file limit.
+    #[arg(long, env = "WS_MAX_SOCKETS", default_value_t = 15_000)]
+    pub ws_max_sockets: usize,
+
+    /// Most websockets from one client address at once (0: no limit); past it the upgrade
+    /// gets 429.
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_IP", default_value_t = 100)]
+    pub ws_max_sockets_per_ip: usize,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose forwarding header names the
+    /// client's address; from anyone else the header is ignored.
+    #[arg(long, env = "WS_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    pub ws_trusted_proxies: Vec<TrustedProxy>,
+
+    /// The header in which a trusted proxy forwards the client's address.
+    #[arg(long, env = "WS_FORWARDED_HEADER", default_value = "x-forwarded-for")]
+    pub ws_forwarded_header: HeaderName,
+
+    /// Largest frame or message (fragments together) a client may send; a larger one closes
+    /// the socket with 1009. Clients of the contract send nothing.
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub ws_max_message_bytes: usize,
+
+    /// Origins (`https://shop.example`, comma-separated) allowed to open a websocket; a
+    /// browser's upgrade from any other gets 403. Empty: every origin, as the contract does.
+    #[arg(long, env = "WS_ALLOWED_ORIGINS", value_delimiter = ',', num_args = 0..)]
+    pub ws_allowed_origins: Vec<String>,
 }
+
+/// Bytes the websocket reads from the network at a time; the buffer is kept per socket.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Everything the `gateway` role needs to run on its own.
 #[derive(Debug, Clone, Args)]
@@ -72,6 +109,8 @@ pub struct Settings {
 pub struct Gateway {
     log: Arc<dyn EventLog>,
     feeds: Arc<Feeds>,
+    admission: Arc<Admission>,
+    max_message_bytes: usize,
     limits: SessionLimits,
     sessions: TaskTracker,
     shutdown: CancellationToken,
@@ -83,14 +122,18 @@ impl Gateway {
         settings: &GatewaySettings,
         shutdown: CancellationToken,
     ) -> Self {
-        let feeds = Feeds::new(
-            log.client().clone(),
-            log.subjects().clone(),
-            settings.ws_client_queue,
-        );
+        let feeds = Feeds::new(log.clone(), settings.ws_client_queue);
         Self {
             log,
             feeds,
+            admission: Admission::new(
+                settings.ws_max_sockets,
+                settings.ws_max_sockets_per_ip,
+                settings.ws_trusted_proxies.clone(),
+                settings.ws_forwarded_header.clone(),
+                settings.ws_allowed_origins.clone(),
+            ),
+            max_message_bytes: settings.ws_max_message_bytes.max(125),
             limits: SessionLimits {
                 ping_interval: settings.ws_ping_interval,
                 idle_timeout: settings.ws_idle_timeout,
@@ -101,8 +144,10 @@ impl Gateway {
         }
     }
 
-    /// Waits, up to `grace`, for open sessions to close after shutdown.
+    /// Once shutdown fires, waits up to `grace` for the open sessions to close (each gets a
+    /// 1012 close frame). Runs beside the server's own drain, so both fit in one `grace`.
     pub async fn drain(&self, grace: Duration) {
+        self.shutdown.cancelled().await;
         self.sessions.close();
         if tokio::time::timeout(grace, self.sessions.wait())
             .await
@@ -163,9 +208,63 @@ fn unavailable(cause: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+fn bad_since(text: &str, why: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "since": [why.replace("{}", text)] })),
+    )
+        .into_response()
+}
+
+/// The `since` query parameter: `Ok(None)` when absent, the refusal when not a message id.
+fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, Response> {
+    let Some(value) = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(key, _)| *key == "since")
+        .map(|(_, value)| value)
+    else {
+        return Ok(None);
+    };
+    let value = percent_decode(value);
+    match Uuid::try_parse(&value) {
+        Ok(id) => Ok(Some(id)),
+        Err(_) => Err(bad_since(&value, "\u{201c}{}\u{201d} is not a valid UUID.")),
+    }
+}
+
+/// Decodes `%xx` escapes and `+`; a broken escape is kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tracing::instrument(skip_all, fields(thread_id))]
 async fn connect(
     State(gateway): State<Gateway>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
     thread: Result<Path<String>, PathRejection>,
     Upgrade(upgrade): Upgrade,
 ) -> Response {
@@ -173,6 +272,16 @@ async fn connect(
         return not_found();
     };
     tracing::Span::current().record("thread_id", tracing::field::display(thread));
+    let refused = |refusal: limits::Refusal| {
+        (refusal.status(), Json(json!({ "detail": refusal.detail() }))).into_response()
+    };
+    if let Err(refusal) = gateway.admission.check_origin(&headers) {
+        return refused(refusal);
+    }
+    let since = match parse_since(query.as_deref()) {
+        Ok(since) => since,
+        Err(response) => return response,
+    };
     match gateway.log.thread_exists(thread).await {
         Ok(true) => {}
         Ok(false) => return not_found(),
@@ -182,30 +291,47 @@ async fn connect(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection,
     };
-    let mut watch = match gateway.feeds.watch(thread).await {
+    let peer = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(ConnectInfo(a))| a.ip());
+    let address = gateway.admission.client_address(peer, &headers);
+    let permit = match gateway.admission.admit(address) {
+        Ok(permit) => permit,
+        Err(refusal) => return refused(refusal),
+    };
+    let mut watch = match gateway.feeds.watch(thread, since).await {
         Ok(watch) => watch,
-        Err(e) => return unavailable(e),
+        Err(WatchError::UnknownSince(id)) => {
+            return bad_since(&id.to_string(), "Message \"{}\" is not in this thread.")
+        }
+        Err(WatchError::Store(e)) => return unavailable(e),
     };
     // Counted from the 101 on, not from when the upgraded connection's task first runs: a
-    // shutdown in between still waits for this socket and sends it its going-away close.
+    // shutdown in between still waits for this socket and sends it its close frame.
     let tracked = gateway.sessions.token();
     // The socket's log lines carry the upgrade request's span (its request id) for its life.
     let span = tracing::info_span!("socket");
-    upgrade.on_upgrade(move |socket| {
-        async move {
-            let _tracked = tracked;
-            let _open = OpenSocket::new();
-            let ended = session(
-                socket,
-                watch.receiver(),
-                gateway.limits,
-                gateway.shutdown.clone(),
-            )
-            .await;
-            tracing::debug!(%thread, ?ended, "websocket closed");
-        }
-        .instrument(span)
-    })
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_frame_size(gateway.max_message_bytes)
+        .max_message_size(gateway.max_message_bytes)
+        .on_upgrade(move |socket| {
+            async move {
+                let _tracked = tracked;
+                let _open = OpenSocket::new();
+                let backlog = watch.take_backlog();
+                let ended = session(
+                    socket,
+                    backlog,
+                    watch.receiver(),
+                    gateway.limits,
+                    gateway.shutdown.clone(),
+                )
+                .await;
+                drop(permit);
+                tracing::debug!(%thread, ?ended, "websocket closed");
+            }
+            .instrument(span)
+        })
 }
 
 /// Counts an open socket in the sockets-open gauge for as long as it lives.
@@ -224,7 +350,8 @@ impl Drop for OpenSocket {
     }
 }
 
-/// Runs the `gateway` role until `shutdown` fires; open sockets get a going-away close frame.
+/// Runs the `gateway` role until `shutdown` fires: it stops accepting, and its open sockets
+/// get a 1012 close frame (service restart) so that their clients reconnect elsewhere.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let Some(Started { listener, log }) = startup::start(
         settings.listen_addr,
@@ -241,7 +368,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         router(gateway.clone()).merge(health_router(vec![log])),
         &settings.http,
     );
-    let served = serve(listener, app, shutdown, settings.http.shutdown_timeout).await;
-    gateway.drain(settings.http.shutdown_timeout).await;
+    let grace = settings.http.shutdown_timeout;
+    let (served, ()) = tokio::join!(serve(listener, app, shutdown, grace), gateway.drain(grace));
     served.context("HTTP server failed")
 }

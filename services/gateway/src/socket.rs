@@ -1,5 +1,7 @@
-//! One websocket session: push the thread's frames, ignore what the client sends, ping, and
-//! close on shutdown, on a stalled client or on a client that fell too far behind.
+//! One websocket session: push the frames the socket missed (when it resumed), then the
+//! thread's live frames; ignore what the client sends, ping, and close on shutdown (1012, so
+//! that the client reconnects elsewhere with `since`), on a stalled client, on a client that
+//! fell too far behind (1013) or sent a frame over the limit (1009).
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -28,12 +30,14 @@ pub enum Ended {
     TooSlow,
     Idle,
     FeedClosed,
+    ClientError,
 }
 
 /// Runs a session over any websocket-like sink and stream (an axum `WebSocket` in
 /// production), so that it can be tested without a network.
 pub async fn session<S, E>(
     socket: S,
+    backlog: Vec<Utf8Bytes>,
     frames: &mut broadcast::Receiver<Utf8Bytes>,
     limits: SessionLimits,
     shutdown: CancellationToken,
@@ -42,12 +46,19 @@ where
     S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
 {
     let (mut sink, mut incoming) = socket.split();
+    for frame in backlog {
+        match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ended::ClientClosed,
+            Err(_) => return Ended::TooSlow,
+        }
+    }
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     let mut last_heard = Instant::now();
     let (ended, close) = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break (Ended::ShuttingDown, Some((close_code::AWAY, "server shutting down"))),
+            _ = shutdown.cancelled() => break (Ended::ShuttingDown, Some((close_code::RESTART, "server restarting, reconnect with since"))),
             frame = frames.recv() => match frame {
                 Ok(frame) => {
                     match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
@@ -65,7 +76,10 @@ where
                 }
             },
             message = incoming.next() => match message {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break (Ended::ClientClosed, None),
+                None | Some(Ok(Message::Close(_))) => break (Ended::ClientClosed, None),
+                // A frame or message over the limit, or a broken frame; if the connection
+                // itself failed, the close frame goes nowhere.
+                Some(Err(_)) => break (Ended::ClientError, Some((close_code::SIZE, "frame too big or malformed"))),
                 // Frames from the client are ignored, whatever they hold; they prove it is alive.
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
@@ -159,7 +173,16 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
-            async move { session(socket, &mut rx, limits(), shutdown).await }
+            async move {
+                session(
+                    socket,
+                    vec![Utf8Bytes::from_static("{\"id\":0}")],
+                    &mut rx,
+                    limits(),
+                    shutdown,
+                )
+                .await
+            }
         });
         client
             .unbounded_send(Ok(Message::Text("garbage {".into())))
@@ -168,12 +191,13 @@ mod tests {
             .unbounded_send(Ok(Message::Binary(vec![1, 2, 3].into())))
             .unwrap();
         tx.send(Utf8Bytes::from_static("{\"id\":1}")).unwrap();
+        assert_eq!(sent.next().await, Some(Message::Text("{\"id\":0}".into())));
         assert_eq!(sent.next().await, Some(Message::Text("{\"id\":1}".into())));
         shutdown.cancel();
         assert_eq!(task.await.unwrap(), Ended::ShuttingDown);
         match sent.next().await {
-            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, close_code::AWAY),
-            other => panic!("expected a going-away close frame, got {other:?}"),
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, close_code::RESTART),
+            other => panic!("expected a service-restart close frame, got {other:?}"),
         }
     }
 
@@ -189,7 +213,7 @@ mod tests {
         for i in 0..5 {
             tx.send(Utf8Bytes::from(format!("{i}"))).unwrap();
         }
-        let ended = session(socket, &mut rx, limits(), CancellationToken::new()).await;
+        let ended = session(socket, Vec::new(), &mut rx, limits(), CancellationToken::new()).await;
         assert_eq!(ended, Ended::TooSlow);
         let mut last = None;
         while let Ok(Some(message)) =
@@ -209,7 +233,7 @@ mod tests {
             client: client_rx,
         };
         let (_tx, mut rx) = broadcast::channel::<Utf8Bytes>(2);
-        let ended = session(socket, &mut rx, limits(), CancellationToken::new()).await;
+        let ended = session(socket, Vec::new(), &mut rx, limits(), CancellationToken::new()).await;
         assert_eq!(ended, Ended::Idle);
     }
 }

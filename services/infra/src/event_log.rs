@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
 /// How many known-to-exist threads each process remembers, with the stream sequence of their
@@ -57,6 +57,7 @@ pub struct JetStreamLog {
     /// Bounds the distinct lookups this process sends at once, so that requests for many
     /// unknown ids wait their turn instead of multiplying the stream leader's work.
     lookups_allowed: Arc<Semaphore>,
+    connections: watch::Receiver<u64>,
 }
 
 /// The answer of a lookup in the stream, shared by every caller that waited for it.
@@ -69,8 +70,15 @@ impl JetStreamLog {
     /// Connects to NATS and creates (or checks) the event and dead-letter streams.
     pub async fn connect(settings: &NatsSettings) -> Result<Self, StoreError> {
         let subjects = Subjects::new(&settings.subject_prefix).map_err(StoreError::nats)?;
+        let (connected, connections) = watch::channel(0u64);
         let options = settings.connect_options().await.map_err(StoreError::nats)?;
         let client = options
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    connected.send_modify(|n| *n += 1);
+                }
+                std::future::ready(())
+            })
             .connect(settings.nats_url.as_str())
             .await
             .map_err(|e| {
@@ -79,23 +87,30 @@ impl JetStreamLog {
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.nats_timeout);
 
-        ensure_stream(
+        let (source, destination) = subjects.stored_republish();
+        let info = ensure_stream(
             &jetstream,
             stream::Config {
                 name: settings.stream_name.clone(),
                 description: Some("threadline events: the source of truth".into()),
                 subjects: subjects.stream_subjects(),
                 storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
+                duplicate_window: settings.duplicate_window,
                 num_replicas: settings.stream_replicas.into(),
                 max_age: settings.stream_max_age,
                 max_bytes: byte_limit(settings.stream_max_bytes),
                 // The source of truth: when full, refuse new events rather than lose old ones.
                 discard: stream::DiscardPolicy::New,
+                republish: Some(stream::Republish {
+                    source,
+                    destination,
+                    headers_only: false,
+                }),
                 ..Default::default()
             },
         )
         .await?;
+        update_stream_rules(&jetstream, info.config, settings, &subjects).await?;
         ensure_stream(
             &jetstream,
             stream::Config {
@@ -127,7 +142,14 @@ impl JetStreamLog {
             last_sequences_asked: Coalesce::default(),
             progress_asked: Coalesce::default(),
             lookups_allowed: Arc::new(Semaphore::new(LOOKUPS_AT_ONCE)),
+            connections,
         })
+    }
+
+    /// Counts the connections to NATS made so far; changes each time the client (re)connects,
+    /// so that a reader can catch up on what it missed while disconnected.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.connections.clone()
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -296,6 +318,33 @@ fn byte_limit(size: crate::settings::ByteSize) -> i64 {
 /// Header values may not hold line breaks.
 fn header_safe(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
+}
+
+/// Brings an existing event stream's duplicate window and republish rule (what gateways
+/// listen on) to this version's settings.
+async fn update_stream_rules(
+    jetstream: &jetstream::Context,
+    mut config: stream::Config,
+    settings: &NatsSettings,
+    subjects: &Subjects,
+) -> Result<(), StoreError> {
+    let (source, destination) = subjects.stored_republish();
+    let republish = stream::Republish {
+        source,
+        destination,
+        headers_only: false,
+    };
+    if config.duplicate_window == settings.duplicate_window
+        && config.republish.as_ref() == Some(&republish)
+    {
+        return Ok(());
+    }
+    config.duplicate_window = settings.duplicate_window;
+    config.republish = Some(republish);
+    jetstream.update_stream(&config).await.map_err(|e| {
+        StoreError::nats(format!("cannot update stream {}: {e}", config.name))
+    })?;
+    Ok(())
 }
 
 async fn ensure_stream(

@@ -28,7 +28,11 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr}");
     let stop = shutdown.clone();
-    let server = axum::serve(listener, router)
+    // The peer's address is known to handlers (the gateway counts sockets per client).
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
         .with_graceful_shutdown(async move {
             stop.cancelled().await;
         })

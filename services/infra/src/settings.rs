@@ -45,6 +45,12 @@ pub struct NatsSettings {
     )]
     pub projector_consumer: String,
 
+    /// How long the event stream remembers an event id (`Nats-Msg-Id`) to store a repeat once.
+    /// Slack redelivers an unacknowledged event after 1 and 5 minutes: keep it above that.
+    /// Every role applies it to the stream when it starts, so give all the same value.
+    #[arg(long, env = "DUPLICATE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+
     /// How long to wait for the broker to answer a request or acknowledge an append.
     #[arg(long, env = "NATS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub nats_timeout: Duration,

@@ -127,8 +127,11 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
         shutdown.clone(),
         settings.http.shutdown_timeout,
     );
-    let (served, ()) = tokio::join!(server, projector.run(shutdown.clone()));
-    gateway.drain(settings.http.shutdown_timeout).await;
+    let (served, (), ()) = tokio::join!(
+        server,
+        projector.run(shutdown.clone()),
+        gateway.drain(settings.http.shutdown_timeout)
+    );
     served.context("HTTP server failed")
 }
 

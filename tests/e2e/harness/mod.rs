@@ -3,12 +3,14 @@
 pub mod app;
 pub mod client;
 pub mod deployment;
+pub mod gateway;
 pub mod ids;
 pub mod load;
 pub mod nats;
 pub mod operator;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod wait;
 pub mod ws;
 

@@ -1,0 +1,107 @@
+//! No message missed when connections drop: a gateway whose NATS connection is cut and comes
+//! back fills its sockets' gap from the stream, and clients that resume with `since` through
+//! a rolling restart of every gateway end with every message exactly once, in order.
+
+use crate::harness::gateway::{frame_id, ResumingClient};
+use crate::harness::load::Load;
+use crate::harness::proxy::Proxy;
+use crate::harness::*;
+use std::time::Duration;
+
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ids `GET` lists for `thread` once every accepted message is there.
+async fn listed_ids(app: &App, thread: &str, accepted: &[serde_json::Value]) -> Vec<String> {
+    eventually("every accepted message in GET", PROJECTION_TIMEOUT, || async {
+        let listed = message_ids(&app.get_thread(thread).await);
+        accepted
+            .iter()
+            .all(|id| listed.contains(id))
+            .then(|| listed.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_cut_nats_connection_loses_a_socket_nothing() {
+    let mut app = options().replicas("gateway", 0).start().await;
+    let proxy = Proxy::in_front_of(&app.nats.url()).await;
+    let gateway = app
+        .start_replica("gateway", &[("NATS_URL", &proxy.nats_url())])
+        .await;
+    let client = app.client(0, gateway);
+    let thread = client.new_thread().await;
+    let mut ws = client.connect_ws(&thread).await;
+
+    let load = Load::start(&client, &thread, 2);
+    load.wait_for_more(30, PROJECTION_TIMEOUT).await;
+    proxy.cut();
+    load.wait_for_more(100, PROJECTION_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself, not a readiness wait
+    proxy.restore();
+    load.wait_for_more(30, PROJECTION_TIMEOUT).await;
+    let accepted = load.stop().await;
+    let marker = client.say(&thread, "marker").await.json();
+    let marker = marker["id"].as_str().expect("an id").to_owned();
+    let expected = listed_ids(&app, &thread, &accepted).await;
+    assert_eq!(expected.last(), Some(&marker), "the marker is last");
+
+    let mut got = Vec::new();
+    while got.last() != Some(&marker) {
+        got.push(frame_id(&ws.next_text().await));
+    }
+    assert!(
+        app.logs("gateway", gateway)
+            .contains("reading what the stream stored meanwhile"),
+        "the gateway's connection was meant to drop and come back"
+    );
+    // The socket got every message, in the stream's order, each once.
+    assert_eq!(got.len(), expected.len(), "frames vs messages in GET");
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn clients_resuming_through_a_rolling_restart_of_two_gateways_miss_and_repeat_nothing() {
+    let mut app = options().replicas("gateway", 2).start().await;
+    let thread = app.new_thread().await;
+    let first = app.say(&thread, "before the clients").await.json();
+    let since = first["id"].as_str().unwrap().to_owned();
+    let gateways = vec![app.addr("gateway", 0), app.addr("gateway", 1)];
+    let clients: Vec<ResumingClient> = (0..4)
+        .map(|i| ResumingClient::start(gateways.clone(), i, &thread, &since))
+        .collect();
+
+    let load = Load::start(&app, &thread, 1);
+    load.wait_for_more(100, PROJECTION_TIMEOUT).await;
+    for gateway in 0..2 {
+        app.terminate("gateway", gateway);
+        let status = app.wait_exit("gateway", gateway, SHUTDOWN_TIMEOUT).await;
+        assert!(status.success(), "gateway #{gateway} exited with {status}");
+        load.wait_for_more(100, PROJECTION_TIMEOUT).await;
+        app.restart("gateway", gateway).await;
+        load.wait_for_more(100, PROJECTION_TIMEOUT).await;
+    }
+    let accepted = load.stop().await;
+    let marker = app.say(&thread, "marker").await.json();
+    let marker = marker["id"].as_str().unwrap().to_owned();
+    let mut expected = listed_ids(&app, &thread, &accepted).await;
+    expected.retain(|id| *id != since);
+
+    for (n, client) in clients.iter().enumerate() {
+        let got = eventually(
+            &format!("client {n} to get the marker"),
+            PROJECTION_TIMEOUT,
+            || async {
+                let got = client.received();
+                got.contains(&marker).then_some(got)
+            },
+        )
+        .await;
+        assert!(
+            client.reconnects() >= 1,
+            "client {n} was meant to be closed by a restart"
+        );
+        assert_eq!(got.len(), expected.len(), "client {n}: frames vs GET");
+        assert_eq!(got, expected, "client {n}");
+    }
+}
