@@ -156,7 +156,10 @@ mod tests {
             vec!["chat.thread.*.created", "chat.thread.*.message"]
         );
         assert_eq!(s.dead_letter("invalid"), "chat.deadletter.invalid");
-        assert_eq!(s.stored_messages(id), format!("chat.stored.{THREAD}.message"));
+        assert_eq!(
+            s.stored_messages(id),
+            format!("chat.stored.{THREAD}.message")
+        );
         assert_eq!(
             s.stored_republish(),
             (

@@ -11,14 +11,20 @@ use std::time::Duration;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ids `GET` lists for `thread` once every accepted message is there.
-async fn listed_ids(app: &App, thread: &str, accepted: &[serde_json::Value]) -> Vec<String> {
-    eventually("every accepted message in GET", PROJECTION_TIMEOUT, || async {
-        let listed = message_ids(&app.get_thread(thread).await);
-        accepted
-            .iter()
-            .all(|id| listed.contains(id))
-            .then(|| listed.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
-    })
+async fn listed_ids(client: &Client, thread: &str, accepted: &[serde_json::Value]) -> Vec<String> {
+    eventually(
+        "every accepted message in GET",
+        PROJECTION_TIMEOUT,
+        || async {
+            let listed = message_ids(&client.get_thread(thread).await);
+            accepted.iter().all(|id| listed.contains(id)).then(|| {
+                listed
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect()
+            })
+        },
+    )
     .await
 }
 
@@ -43,7 +49,7 @@ async fn a_cut_nats_connection_loses_a_socket_nothing() {
     let accepted = load.stop().await;
     let marker = client.say(&thread, "marker").await.json();
     let marker = marker["id"].as_str().expect("an id").to_owned();
-    let expected = listed_ids(&app, &thread, &accepted).await;
+    let expected = listed_ids(&client, &thread, &accepted).await;
     assert_eq!(expected.last(), Some(&marker), "the marker is last");
 
     let mut got = Vec::new();

@@ -53,10 +53,14 @@ async fn sockets_past_the_per_address_and_per_gateway_limits_are_refused() {
         )
     );
     drop(a1);
-    eventually("a closed socket to free its place", PROJECTION_TIMEOUT, || {
-        let url = url.clone();
-        async move { connect_with(&url, &from("203.0.113.1")).await.ok() }
-    })
+    eventually(
+        "a closed socket to free its place",
+        PROJECTION_TIMEOUT,
+        || {
+            let url = url.clone();
+            async move { connect_with(&url, &from("203.0.113.1")).await.ok() }
+        },
+    )
     .await;
 }
 
@@ -89,7 +93,12 @@ async fn a_foreign_origin_is_refused_when_an_allow_list_is_set() {
     let posted = app.say(&thread, "from the shop").await;
     let frame = futures::StreamExt::next(&mut socket).await;
     assert_eq!(
-        frame.expect("a frame").expect("a frame").into_text().expect("text").as_str(),
+        frame
+            .expect("a frame")
+            .expect("a frame")
+            .into_text()
+            .expect("text")
+            .as_str(),
         posted.text
     );
 }

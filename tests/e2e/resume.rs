@@ -74,7 +74,10 @@ async fn a_malformed_or_unknown_since_is_refused_before_the_upgrade() {
     let other = app.new_thread().await;
     let elsewhere = id_of(&app.say(&other, "in another thread").await);
     let cases = [
-        ("nope".to_owned(), "\u{201c}nope\u{201d} is not a valid UUID.".to_owned()),
+        (
+            "nope".to_owned(),
+            "\u{201c}nope\u{201d} is not a valid UUID.".to_owned(),
+        ),
         (
             elsewhere.clone(),
             format!("Message \"{elsewhere}\" is not in this thread."),

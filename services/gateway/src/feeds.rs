@@ -23,6 +23,10 @@ use uuid::Uuid;
 /// How long a feed waits before trying again to fill a gap that it could not read.
 const REPAIR_RETRY: Duration = Duration::from_secs(1);
 
+/// Longest a feed filling a gap waits, per message, for its slowest socket to make room in
+/// the queue; past it, that socket falls behind and is closed as too slow (1013).
+const REPAIR_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Why a socket cannot watch a thread.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -212,6 +216,7 @@ impl Feeds {
             .map_err(StoreError::nats)?;
         let mut follower = Follower {
             thread,
+            queue: self.queue,
             subject: self.log.subjects().message_posted(thread),
             subjects: self.log.subjects().clone(),
             log: self.log.clone(),
@@ -240,6 +245,8 @@ impl Feeds {
 /// The task behind a feed: follows the thread's stored messages in stream order.
 struct Follower {
     thread: Uuid,
+    /// The sockets' queue length: a gap is filled no faster than the slowest socket reads.
+    queue: usize,
     /// The thread's message subject in the event stream.
     subject: String,
     subjects: Subjects,
@@ -325,8 +332,15 @@ impl Follower {
             through,
         )
         .await
-        .inspect_err(|e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {e}"))?;
+        .inspect_err(
+            |e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {e}"),
+        )?;
+        let room = (self.queue / 2).max(1);
         for message in &stored {
+            let patience = tokio::time::Instant::now() + REPAIR_PATIENCE;
+            while self.shared.sender.len() >= room && tokio::time::Instant::now() < patience {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             self.show(message);
         }
         Ok(())

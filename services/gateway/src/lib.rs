@@ -216,8 +216,9 @@ fn bad_since(text: &str, why: &str) -> Response {
         .into_response()
 }
 
-/// The `since` query parameter: `Ok(None)` when absent, the refusal when not a message id.
-fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, Response> {
+/// The `since` query parameter: `Ok(None)` when absent, the value as sent when it is not a
+/// message id.
+fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, String> {
     let Some(value) = query
         .unwrap_or_default()
         .split('&')
@@ -230,7 +231,7 @@ fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, Response> {
     let value = percent_decode(value);
     match Uuid::try_parse(&value) {
         Ok(id) => Ok(Some(id)),
-        Err(_) => Err(bad_since(&value, "\u{201c}{}\u{201d} is not a valid UUID.")),
+        Err(_) => Err(value),
     }
 }
 
@@ -273,14 +274,18 @@ async fn connect(
     };
     tracing::Span::current().record("thread_id", tracing::field::display(thread));
     let refused = |refusal: limits::Refusal| {
-        (refusal.status(), Json(json!({ "detail": refusal.detail() }))).into_response()
+        (
+            refusal.status(),
+            Json(json!({ "detail": refusal.detail() })),
+        )
+            .into_response()
     };
     if let Err(refusal) = gateway.admission.check_origin(&headers) {
         return refused(refusal);
     }
     let since = match parse_since(query.as_deref()) {
         Ok(since) => since,
-        Err(response) => return response,
+        Err(value) => return bad_since(&value, "\u{201c}{}\u{201d} is not a valid UUID."),
     };
     match gateway.log.thread_exists(thread).await {
         Ok(true) => {}
@@ -291,7 +296,10 @@ async fn connect(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection,
     };
-    let peer = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(ConnectInfo(a))| a.ip());
+    let peer = peer.map_or(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        |Extension(ConnectInfo(a))| a.ip(),
+    );
     let address = gateway.admission.client_address(peer, &headers);
     let permit = match gateway.admission.admit(address) {
         Ok(permit) => permit,
@@ -371,4 +379,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let grace = settings.http.shutdown_timeout;
     let (served, ()) = tokio::join!(serve(listener, app, shutdown, grace), gateway.drain(grace));
     served.context("HTTP server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_read_from_the_query() {
+        let id = "8ff637eb-e83c-11f1-84cb-7bba21cdf64d";
+        assert_eq!(parse_since(None), Ok(None));
+        assert_eq!(parse_since(Some("other=1")), Ok(None));
+        assert_eq!(
+            parse_since(Some(&format!("a=b&since={id}"))),
+            Ok(Some(Uuid::try_parse(id).unwrap()))
+        );
+        assert_eq!(parse_since(Some("since=")), Err(String::new()));
+        assert_eq!(parse_since(Some("since=n%C3%B6pe+x")), Err("nöpe x".into()));
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
 }

@@ -28,7 +28,11 @@ impl FromStr for TrustedProxy {
         let network: IpAddr = address.parse().map_err(|_| bad())?;
         let bits = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(bad)?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(bad)?,
             None => bits,
         };
         Ok(Self { network, prefix })
@@ -235,7 +239,10 @@ mod tests {
     fn forwarded_address_is_believed_only_from_trusted_proxies() {
         let a = admission(0, 0, &["10.0.0.0/8"]);
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.1.1.1".parse().unwrap());
+        headers.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 7.7.7.7, 10.1.1.1".parse().unwrap(),
+        );
         assert_eq!(a.client_address(ip("10.2.2.2"), &headers), ip("7.7.7.7"));
         assert_eq!(a.client_address(ip("8.8.8.8"), &headers), ip("8.8.8.8"));
         assert_eq!(

@@ -213,7 +213,14 @@ mod tests {
         for i in 0..5 {
             tx.send(Utf8Bytes::from(format!("{i}"))).unwrap();
         }
-        let ended = session(socket, Vec::new(), &mut rx, limits(), CancellationToken::new()).await;
+        let ended = session(
+            socket,
+            Vec::new(),
+            &mut rx,
+            limits(),
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(ended, Ended::TooSlow);
         let mut last = None;
         while let Ok(Some(message)) =
@@ -233,7 +240,14 @@ mod tests {
             client: client_rx,
         };
         let (_tx, mut rx) = broadcast::channel::<Utf8Bytes>(2);
-        let ended = session(socket, Vec::new(), &mut rx, limits(), CancellationToken::new()).await;
+        let ended = session(
+            socket,
+            Vec::new(),
+            &mut rx,
+            limits(),
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(ended, Ended::Idle);
     }
 }

@@ -341,9 +341,10 @@ async fn update_stream_rules(
     }
     config.duplicate_window = settings.duplicate_window;
     config.republish = Some(republish);
-    jetstream.update_stream(&config).await.map_err(|e| {
-        StoreError::nats(format!("cannot update stream {}: {e}", config.name))
-    })?;
+    jetstream
+        .update_stream(&config)
+        .await
+        .map_err(|e| StoreError::nats(format!("cannot update stream {}: {e}", config.name)))?;
     Ok(())
 }
 

@@ -33,10 +33,10 @@ pub async fn serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
-        })
-        .into_future();
+    .with_graceful_shutdown(async move {
+        stop.cancelled().await;
+    })
+    .into_future();
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result,
