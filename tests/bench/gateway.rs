@@ -214,6 +214,7 @@ impl Bench {
             stream_name: "THREADLINE".into(),
             subject_prefix: "chat".into(),
             dead_letter_stream: "THREADLINE_DEAD_LETTERS".into(),
+            idempotency_bucket: "THREADLINE_IDEMPOTENCY".into(),
             projector_consumer: "threadline-projector".into(),
             duplicate_window: Duration::from_secs(600),
             nats_timeout: Duration::from_secs(10),
