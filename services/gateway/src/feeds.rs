@@ -222,7 +222,7 @@ impl Feeds {
             log: self.log.clone(),
             shared,
         };
-        follower.catch_up(None).await?;
+        follower.learn_history().await?;
         tracing::debug!(%thread, "watching");
         let connections = self.log.connections();
         tokio::spawn(follower.run(subscriber, connections, stop));
@@ -318,6 +318,27 @@ impl Follower {
             headers: message.headers,
             payload: message.payload,
         });
+        Ok(())
+    }
+
+    /// Reads what the stream holds of the thread, before any socket watches it: its message
+    /// ids and last sequence, sent to no one.
+    async fn learn_history(&mut self) -> Result<(), StoreError> {
+        let stored = stored_after(
+            self.log.jetstream(),
+            &self.log.settings().stream_name,
+            &self.subject,
+            0,
+            None,
+        )
+        .await?;
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        for message in &stored {
+            if let Some(shown) = message.check(&self.subjects) {
+                state.shown.insert(shown.id, message.sequence);
+            }
+            state.last = state.last.max(message.sequence);
+        }
         Ok(())
     }
 

@@ -86,9 +86,10 @@ impl ResumingClient {
             loop {
                 let url = ws_url(gateways[turn % gateways.len()], &thread, Some(&last));
                 turn += 1;
-                let Ok(Ok((mut socket, _))) =
-                    tokio::time::timeout(FRAME_TIMEOUT, connect_async(url.as_str())).await
-                else {
+                let connected =
+                    tokio::time::timeout(FRAME_TIMEOUT, connect_async(url.as_str())).await;
+                let Ok(Ok((mut socket, _))) = connected else {
+                    eprintln!("resuming client: {url}: {connected:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
