@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         dead_letter_stream: "THREADLINE_BENCH_DEAD_LETTERS".into(),
         projector_consumer: "threadline-bench-projector".into(),
         idempotency_bucket: "THREADLINE_BENCH_IDEMPOTENCY".into(),
+        duplicate_window: Duration::from_secs(600),
         nats_timeout: Duration::from_secs(30),
     };
     let database_url = match args.database_url.rsplit_once('/') {
