@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use threadline_infra::settings::from_environment;
 use threadline_infra::{EventLog, JetStreamLog, NatsSettings};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -209,16 +210,9 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let settings = NatsSettings {
-            nats_url,
-            stream_name: "THREADLINE".into(),
-            subject_prefix: "chat".into(),
-            dead_letter_stream: "THREADLINE_DEAD_LETTERS".into(),
-            idempotency_bucket: "THREADLINE_IDEMPOTENCY".into(),
-            projector_consumer: "threadline-projector".into(),
-            duplicate_window: Duration::from_secs(600),
-            nats_timeout: Duration::from_secs(10),
-        };
+        let mut settings: NatsSettings = from_environment()?;
+        settings.nats_url = nats_url;
+        settings.nats_timeout = Duration::from_secs(10);
         let log = Arc::new(JetStreamLog::connect(&settings).await?);
         Ok(Bench {
             gateway,

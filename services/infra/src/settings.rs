@@ -346,6 +346,14 @@ pub fn parse_bytes(text: &str) -> Result<ByteSize, String> {
     Ok((bytes > 0).then_some(bytes))
 }
 
+/// Settings as their defaults and the environment give them, without a command line: for
+/// tools and benchmarks that start from the services' own settings and change a few.
+pub fn from_environment<T: clap::FromArgMatches + Args>() -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new("threadline"));
+    let matches = command.try_get_matches_from(["threadline"])?;
+    T::from_arg_matches(&matches)
+}
+
 /// Parses `250ms`, `5s`, `2m`, `12h`, `30d` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -20,6 +20,7 @@ use proto_events::{new_id, UserJson};
 use sqlx::PgConnection;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
+use threadline_infra::settings::from_environment;
 use threadline_infra::{DatabaseSettings, JetStreamLog, NatsSettings};
 use threadline_projector::rebuild::{self, RebuildSettings};
 use threadline_projector::{copy, tables};
@@ -48,25 +49,22 @@ const COPY_SCHEMA: &str = "threadline_copy_bench";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let nats = NatsSettings {
-        nats_url: args.nats_url.clone(),
-        stream_name: "THREADLINE_BENCH".into(),
-        subject_prefix: "bench".into(),
-        dead_letter_stream: "THREADLINE_BENCH_DEAD_LETTERS".into(),
-        projector_consumer: "threadline-bench-projector".into(),
-        idempotency_bucket: "THREADLINE_BENCH_IDEMPOTENCY".into(),
-        duplicate_window: Duration::from_secs(600),
-        nats_timeout: Duration::from_secs(30),
-    };
+    let mut nats: NatsSettings = from_environment()?;
+    nats.nats_url = args.nats_url.clone();
+    nats.stream_name = "THREADLINE_BENCH".into();
+    nats.subject_prefix = "bench".into();
+    nats.dead_letter_stream = "THREADLINE_BENCH_DEAD_LETTERS".into();
+    nats.projector_consumer = "threadline-bench-projector".into();
+    nats.idempotency_bucket = "THREADLINE_BENCH_IDEMPOTENCY".into();
+    nats.nats_timeout = Duration::from_secs(30);
     let database_url = match args.database_url.rsplit_once('/') {
         Some((server, _)) => format!("{server}/threadline_bench"),
         None => anyhow::bail!("DATABASE_URL {:?} has no database name", args.database_url),
     };
-    let database = DatabaseSettings {
-        database_url,
-        database_max_connections: 4,
-        database_timeout: Duration::from_secs(30),
-    };
+    let mut database: DatabaseSettings = from_environment()?;
+    database.database_url = database_url;
+    database.database_max_connections = 4;
+    database.database_timeout = Duration::from_secs(30);
 
     let log = JetStreamLog::connect(&nats).await?;
     fill(&log, args.events, args.per_thread.max(1)).await?;
