@@ -7,7 +7,7 @@
 //! connection comes back. Each message is checked once and its payload bytes are shared by
 //! every socket: serialise once, fan out shared bytes.
 
-use crate::history::{stored_after, ShownIds, StoredMessage};
+use crate::history::{stored_after, Shown, ShownIds, StoredMessage};
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use proto_events::Subjects;
@@ -61,7 +61,21 @@ struct Shared {
 struct State {
     /// The last stream sequence of the thread's messages that this feed has handled.
     last: u64,
+    /// The stream sequence of the thread's `ThreadCreated`: a message stored before it belongs
+    /// to no thread (the projector sets it aside), so it is never shown nor remembered; a
+    /// copy published again after the thread exists is a message of its own.
+    created: u64,
     shown: ShownIds,
+}
+
+impl State {
+    /// The message's id and frame if it may be shown: valid, and stored after its thread.
+    fn check(&self, message: &StoredMessage, subjects: &Subjects) -> Option<Shown> {
+        if message.sequence < self.created {
+            return None;
+        }
+        message.check(subjects)
+    }
 }
 
 /// A socket's place on a thread's feed: the frames it missed (when it resumed), then the live
@@ -191,7 +205,7 @@ impl Feeds {
         Ok(stored
             .iter()
             .filter_map(|message| {
-                let shown = message.check(self.log.subjects())?;
+                let shown = state.check(message, self.log.subjects())?;
                 (state.shown.is_first(shown.id, message.sequence) && in_backlog.insert(shown.id))
                     .then_some(shown.frame)
             })
@@ -214,6 +228,16 @@ impl Feeds {
             .subscribe(self.log.subjects().stored_messages(thread))
             .await
             .map_err(StoreError::nats)?;
+        let created = self
+            .log
+            .thread_created_at(thread)
+            .await?
+            .ok_or_else(|| StoreError::nats(format!("thread {thread} has no ThreadCreated")))?;
+        shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .created = created;
         let mut follower = Follower {
             thread,
             queue: self.queue,
@@ -334,7 +358,7 @@ impl Follower {
         .await?;
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         for message in &stored {
-            if let Some(shown) = message.check(&self.subjects) {
+            if let Some(shown) = state.check(message, &self.subjects) {
                 state.shown.insert(shown.id, message.sequence);
             }
             state.last = state.last.max(message.sequence);
@@ -377,12 +401,12 @@ impl Follower {
 
     /// Sends a stored message to the thread's sockets unless it is invalid or a repeat.
     fn show(&self, message: &StoredMessage) {
-        let checked = message.check(&self.subjects);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         if message.sequence <= state.last {
             return;
         }
         state.last = message.sequence;
+        let checked = state.check(message, &self.subjects);
         if let Some(shown) = checked {
             if state.shown.insert(shown.id, message.sequence) {
                 // An error only means no socket is listening right now.
