@@ -27,7 +27,7 @@ use threadline_infra::settings::parse_duration;
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{
     health_router, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog, KvIdempotency,
-    NatsSettings, ReadModel, StoreError,
+    NatsSettings, PgReadModel, ReadModel, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +94,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// As [`open`](Self::open), retried until NATS answers; `None` if shutdown fired first.
+    pub async fn open_until_ready(
+        log: &Arc<JetStreamLog>,
+        read: &Arc<PgReadModel>,
+        settings: &ApiSettings,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        threadline_infra::retry::until_ready("opening the idempotency bucket", shutdown, || {
+            Self::open(log.clone(), read.clone(), settings.clone())
+        })
+        .await
+    }
+
     /// The API's state on JetStream and PostgreSQL: opens (or creates) the idempotency bucket.
     pub async fn open(
         log: Arc<JetStreamLog>,
@@ -172,11 +185,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    let Some(state) =
-        threadline_infra::retry::until_ready("opening the idempotency bucket", &shutdown, || {
-            AppState::open(log.clone(), read.clone(), settings.api.clone())
-        })
-        .await
+    let Some(state) = AppState::open_until_ready(&log, &read, &settings.api, &shutdown).await
     else {
         return Ok(());
     };

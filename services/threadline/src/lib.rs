@@ -106,11 +106,7 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
         return Ok(());
     };
     let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
-    let Some(state) =
-        threadline_infra::retry::until_ready("opening the idempotency bucket", &shutdown, || {
-            AppState::open(log.clone(), read.clone(), settings.api.clone())
-        })
-        .await
+    let Some(state) = AppState::open_until_ready(&log, &read, &settings.api, &shutdown).await
     else {
         return Ok(());
     };

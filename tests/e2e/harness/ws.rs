@@ -117,6 +117,15 @@ impl Ws {
     /// or `None` if the connection ended without a close frame. Panics on a text or binary
     /// frame, or if nothing ends the socket within `FRAME_TIMEOUT`.
     pub async fn next_close(&mut self) -> Option<u16> {
+        self.read_until_close(false).await
+    }
+
+    /// As [`next_close`](Self::next_close), skipping any text frames that come first.
+    pub async fn next_close_after_frames(&mut self) -> Option<u16> {
+        self.read_until_close(true).await
+    }
+
+    async fn read_until_close(&mut self, skip_frames: bool) -> Option<u16> {
         let deadline = Instant::now() + FRAME_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -124,21 +133,8 @@ impl Ws {
                 Err(_) => panic!("{} was not closed within {FRAME_TIMEOUT:?}", self.url),
                 Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
                 Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                Ok(Some(Ok(_))) if skip_frames => {}
                 Ok(Some(Ok(other))) => panic!("unexpected frame on {}: {other:?}", self.url),
-                Ok(Some(Err(_)) | None) => return None,
-            }
-        }
-    }
-
-    /// As [`next_close`](Self::next_close), skipping any text frames that come first.
-    pub async fn next_close_after_frames(&mut self) -> Option<u16> {
-        let deadline = Instant::now() + FRAME_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.stream.next()).await {
-                Err(_) => panic!("{} was not closed within {FRAME_TIMEOUT:?}", self.url),
-                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
-                Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(_)) | None) => return None,
             }
         }
