@@ -19,6 +19,7 @@ mod gateway_limits;
 mod health;
 mod idempotency;
 mod leader_load;
+mod long_reads;
 mod messages;
 mod metrics;
 mod operations;

@@ -9,6 +9,9 @@ use threadline_infra::StoreError;
 /// Errors per field, in the order DRF reports them: `{"<field>": ["<message>", ...]}`.
 pub type FieldErrors = Map<String, Value>;
 
+/// What an overloaded API asks clients to wait before they retry.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -70,6 +73,16 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 json!({"detail": threadline_infra::server::NOT_FOUND_DETAIL}),
             ),
+            ApiError::Store(StoreError::Overloaded { .. }) => {
+                tracing::warn!("answering 503 (overloaded): {self}");
+                let body = json!({"detail": "Service temporarily unavailable, try again later."});
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS)],
+                    Json(body),
+                )
+                    .into_response();
+            }
             ApiError::Store(cause) => {
                 tracing::error!("answering 503: {cause}");
                 (

@@ -7,11 +7,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
 use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use threadline_infra::read_model::ThreadRead;
 use uuid::Uuid;
 
 /// Opens a thread: appends `ThreadCreated` and answers once the log has stored it.
@@ -54,16 +54,27 @@ pub async fn create_thread(
 }
 
 /// Answers a thread with its messages from the read model, once the read model has applied
-/// every event of that thread that the log holds (read-your-writes).
+/// every event of that thread that the log held when the request came (read-your-writes).
+/// When the projector has applied everything the log held, that is known without asking about
+/// the thread; a long thread is streamed.
 #[tracing::instrument(skip(state))]
 pub async fn get_thread(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<ThreadView>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound)?;
-    let caught_up = match state.log.thread_last_sequence(id).await {
-        Ok(None) => return Err(ApiError::NotFound),
-        Ok(Some(sequence)) => wait_until_applied(&state, sequence).await,
+    let caught_up = match state.log.applied_everything().await {
+        Ok(true) => true,
+        Ok(false) => match state.log.thread_last_sequence(id).await {
+            Ok(None) => return Err(ApiError::NotFound),
+            Ok(Some(sequence)) => wait_until_applied(&state, sequence).await,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot ask the event log ({e}); answering from the read model as it is"
+                );
+                false
+            }
+        },
         Err(e) => {
             tracing::warn!(
                 "cannot ask the event log ({e}); answering from the read model as it is"
@@ -72,7 +83,14 @@ pub async fn get_thread(
         }
     };
     match state.read.thread(id).await? {
-        Some(thread) => Ok(Json(thread)),
+        Some(ThreadRead::Whole(thread)) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], thread).into_response())
+        }
+        Some(ThreadRead::Streamed(pages)) => Ok((
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from_stream(pages),
+        )
+            .into_response()),
         None if caught_up => Err(ApiError::NotFound),
         None => Err(ApiError::ReadModelBehind),
     }

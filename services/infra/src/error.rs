@@ -10,6 +10,10 @@ pub enum StoreError {
     /// The event is larger than the broker accepts.
     #[error("event of {size} bytes exceeds the broker's maximum payload of {max} bytes")]
     TooLarge { size: usize, max: usize },
+    /// Too much asked at once (no connection free in the pool, no turn among long reads):
+    /// callers answer 503 with `Retry-After`; the dependency itself is fine.
+    #[error("{what} is busy: {cause}")]
+    Overloaded { what: &'static str, cause: String },
     /// An operator's input cannot be used (a payload that is not an event, an unknown
     /// sequence).
     #[error("{0}")]
@@ -21,6 +25,17 @@ impl StoreError {
         StoreError::Unavailable {
             what: "NATS JetStream",
             cause: cause.to_string(),
+        }
+    }
+
+    /// A query's failure: an exhausted pool is overload, anything else unavailability.
+    pub fn from_sqlx(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut => StoreError::Overloaded {
+                what: "PostgreSQL",
+                cause: "every connection of the pool is busy".into(),
+            },
+            other => StoreError::database(other),
         }
     }
 

@@ -38,6 +38,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// A sequence through which every event has been applied to the read model. Cheap when
     /// the last answer was already at least `wanted`.
     async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError>;
+
+    /// Whether the read model has applied every event the log held when this was called.
+    /// One request to the log serves every caller waiting at the same moment.
+    async fn applied_everything(&self) -> Result<bool, StoreError>;
 }
 
 /// The event log on NATS JetStream: one stream of events on per-thread subjects, and a
@@ -54,6 +58,7 @@ pub struct JetStreamLog {
     threads_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
     last_sequences_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
     progress_asked: Coalesce<(), Lookup<u64>>,
+    head_asked: Coalesce<(), Lookup<u64>>,
     /// Bounds the distinct lookups this process sends at once, so that requests for many
     /// unknown ids wait their turn instead of multiplying the stream leader's work.
     lookups_allowed: Arc<Semaphore>,
@@ -141,6 +146,7 @@ impl JetStreamLog {
             threads_asked: Coalesce::default(),
             last_sequences_asked: Coalesce::default(),
             progress_asked: Coalesce::default(),
+            head_asked: Coalesce::default(),
             lookups_allowed: Arc::new(Semaphore::new(LOOKUPS_AT_ONCE)),
             connections,
         })
@@ -506,5 +512,25 @@ impl EventLog for JetStreamLog {
             .applied_floor
             .fetch_max(floor, Ordering::Relaxed)
             .max(floor))
+    }
+
+    async fn applied_everything(&self) -> Result<bool, StoreError> {
+        // Fresh: the answer must include every event appended before this call.
+        let stream = self.stream.clone();
+        let head = self
+            .head_asked
+            .get_fresh((), move || {
+                let stream = stream.clone();
+                async move {
+                    stream
+                        .get_info()
+                        .await
+                        .map(|info| info.state.last_sequence)
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await
+            .map_err(StoreError::nats)?;
+        Ok(self.applied_through(head).await? >= head)
     }
 }

@@ -4,12 +4,17 @@ use crate::settings::DatabaseSettings;
 use crate::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use proto_events::{MessageBody, MessageView, ThreadView, Timestamp, UserJson};
+use futures::StreamExt;
+#[cfg(test)]
+use proto_events::MessageView;
+use proto_events::{MessageBody, ThreadView, Timestamp, UserJson};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 /// The advisory lock that orders the projector's writes against a rebuild's switch-over:
@@ -37,11 +42,35 @@ pub struct AppliedMessage {
     pub stream_seq: u64,
 }
 
+/// Threads up to this many messages are read whole, in one round trip.
+pub const WHOLE_READ_MESSAGES: i64 = 1_000;
+/// ... and up to this many bytes of bodies and users.
+pub const WHOLE_READ_BYTES: i64 = 1 << 20;
+/// Messages per page of a streamed thread.
+const PAGE_MESSAGES: i64 = 1_000;
+/// Pages a streamed thread reads ahead of its reader.
+const PAGES_AHEAD: usize = 2;
+/// How long a streamed thread waits for its reader to take a page before it gives up, freeing
+/// its connection.
+const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(30);
+/// Long reads waiting for a turn, at most; more are answered 503 at once. A turn always comes:
+/// a long read's pages are bounded by DATABASE_TIMEOUT each and by SLOW_READER for its reader.
+const LONG_READS_WAITING: usize = 64;
+
+/// A thread as `GET /chat/thread/:id/` answers it: the JSON of its [`ThreadView`].
+pub enum ThreadRead {
+    /// A short thread, read in one round trip.
+    Whole(bytes::Bytes),
+    /// A long one, in pages read from one snapshot as the reader takes them. An error ends
+    /// the body early.
+    Streamed(futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>),
+}
+
 /// What the domain needs from the read model.
 #[async_trait]
 pub trait ReadModel: Send + Sync + 'static {
     /// A thread with its messages in stream order, if the read model has it.
-    async fn thread(&self, id: Uuid) -> Result<Option<ThreadView>, StoreError>;
+    async fn thread(&self, id: Uuid) -> Result<Option<ThreadRead>, StoreError>;
 
     /// Writes a batch of rows in one transaction. Safe to repeat and to apply out of order:
     /// for each id, the row from the lowest stream sequence wins.
@@ -56,7 +85,32 @@ pub trait ReadModel: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct PgReadModel {
     pool: PgPool,
+    /// Turns among long reads: at most half the pool, so that they cannot take every
+    /// connection from short reads and writes.
+    long_reads: Arc<Semaphore>,
+    long_reads_waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// A row of a whole read: the thread, and the JSON of one of its messages if it has any, with
+/// how many messages and bytes the first ones have.
+type WholeRow = (
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// A page of a long thread: its messages' JSON joined by commas, the last one's sequence,
+/// how many.
+type PageRow = (Option<String>, Option<i64>, i64);
+
+/// A message as the public JSON of a thread's `messages` holds it, written by PostgreSQL byte
+/// for byte as `serde_json` writes a [`MessageView`]: ids and timestamps in the same form,
+/// `user` as stored, and the body escaped as JSON strings are (PostgreSQL's `to_json` and
+/// `serde_json` escape the same characters the same way). Rendering it there spares the API
+/// all per-message work: a long thread costs it a copy of bytes. It names the row `m`.
+const MESSAGE_JSON: &str = r#"concat('{"id":"', m.id, '","user":', m.user_json, ',"timestamp":"', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '","body":', to_json(m.body), ',"send_by_user":', CASE WHEN m.send_by_user THEN 'true' ELSE 'false' END, '}')"#;
 
 impl PgReadModel {
     /// Checks the URL; a malformed one is a configuration error, not worth retrying.
@@ -85,7 +139,12 @@ impl PgReadModel {
             Self::migrate(settings).await?;
         }
         let pool = Self::pool_of(settings).await?;
-        Ok(Self { pool })
+        let long_reads = (settings.database_max_connections / 2).max(1) as usize;
+        Ok(Self {
+            pool,
+            long_reads: Arc::new(Semaphore::new(long_reads)),
+            long_reads_waiting: Arc::default(),
+        })
     }
 
     /// Creates the database if it is missing and brings its tables up to date: what
@@ -130,6 +189,176 @@ impl PgReadModel {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// A long thread, streamed: waits for a turn among long reads, then reads it page by
+    /// page in one read-only snapshot, each page once the reader has taken the one before.
+    async fn stream_thread(&self, id: Uuid) -> Result<ThreadRead, StoreError> {
+        let turn = {
+            let waiting = WaitingGuard::join(&self.long_reads_waiting, LONG_READS_WAITING)
+                .ok_or_else(|| StoreError::Overloaded {
+                    what: "PostgreSQL",
+                    cause: format!("{LONG_READS_WAITING} long reads are waiting already"),
+                })?;
+            let turn = self.long_reads.clone().acquire_owned().await;
+            drop(waiting);
+            turn.map_err(StoreError::database)?
+        };
+        // Dropped unfinished, the transaction is rolled back before its connection is reused.
+        let mut conn = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let thread: Option<(String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT user_json, created_at FROM threads WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        let Some((user, created_at)) = thread else {
+            // Gone since the first read: only a rebuild's switch-over can do that.
+            return Err(StoreError::database(
+                "the thread left the read model while being read",
+            ));
+        };
+        // Each page continues an index scan in stream order (whatever the table's statistics
+        // say: a page must never sort the rest of the thread).
+        for setting in [
+            "SET LOCAL enable_sort = off",
+            "SET LOCAL enable_bitmapscan = off",
+        ] {
+            sqlx::query(setting)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        let mut body = ThreadBody::new(id, user, created_at)?;
+        let (pages, taken) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        tokio::spawn(async move {
+            let _turn = turn;
+            let started = std::time::Instant::now();
+            let send = |page| {
+                let pages = &pages;
+                async move {
+                    matches!(
+                        tokio::time::timeout(SLOW_READER, pages.send(page)).await,
+                        Ok(Ok(()))
+                    )
+                }
+            };
+            let mut after = -1i64;
+            loop {
+                // A page comes as one value: the API only copies its bytes.
+                let page: Result<PageRow, StoreError> = sqlx::query_as(&format!(
+                    "SELECT string_agg(json, ',' ORDER BY stream_seq), max(stream_seq), count(*) \
+                     FROM (SELECT {MESSAGE_JSON} AS json, stream_seq FROM messages m \
+                       WHERE thread_id = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3) page"
+                ))
+                .bind(id)
+                .bind(after)
+                .bind(PAGE_MESSAGES)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx);
+                let (messages, last, count) = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(thread_id = %id, "reading a long thread failed: {e}");
+                        send(Err(e)).await;
+                        return;
+                    }
+                };
+                let last_page = count < PAGE_MESSAGES;
+                if let (Some(messages), Some(last)) = (messages, last) {
+                    body.push(&messages);
+                    after = last;
+                }
+                let page = if last_page {
+                    body.finish()
+                } else {
+                    body.take()
+                };
+                if !send(Ok(page)).await || last_page {
+                    break;
+                }
+            }
+            if let Err(e) = conn.commit().await {
+                tracing::debug!("ending a long read: {e}");
+            }
+            tracing::debug!(thread_id = %id, elapsed = ?started.elapsed(), "long read done");
+        });
+        let pages = futures::stream::unfold(taken, |mut taken| async move {
+            taken.recv().await.map(|page| (page, taken))
+        });
+        Ok(ThreadRead::Streamed(pages.boxed()))
+    }
+}
+
+/// One place in a bounded queue, given up when dropped (also when the waiting request is).
+struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WaitingGuard<'a> {
+    fn join(waiting: &'a std::sync::atomic::AtomicUsize, most: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(waiting))
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The JSON of a [`ThreadView`] written piece by piece from its messages' JSON: the same
+/// bytes `serde_json` writes for the whole value.
+struct ThreadBody {
+    buffer: Vec<u8>,
+    messages: usize,
+}
+
+impl ThreadBody {
+    /// Starts with the thread's JSON up to the opening bracket of its messages.
+    fn new(id: Uuid, user: String, created_at: DateTime<Utc>) -> Result<Self, StoreError> {
+        let empty = ThreadView {
+            id,
+            user: UserJson::from_stored(user).map_err(StoreError::database)?,
+            timestamp: created_at.into(),
+            messages: Vec::new(),
+        };
+        let mut buffer = serde_json::to_vec(&empty).map_err(StoreError::database)?;
+        // `{..., "messages":[]}`: keep all but the closing `]}`.
+        if !buffer.ends_with(b"[]}") {
+            return Err(StoreError::database("unexpected thread JSON"));
+        }
+        buffer.truncate(buffer.len() - 2);
+        Ok(Self {
+            buffer,
+            messages: 0,
+        })
+    }
+
+    fn push(&mut self, message: &str) {
+        if self.messages > 0 {
+            self.buffer.push(b',');
+        }
+        self.messages += 1;
+        self.buffer.extend_from_slice(message.as_bytes());
+    }
+
+    fn take(&mut self) -> bytes::Bytes {
+        std::mem::take(&mut self.buffer).into()
+    }
+
+    fn finish(&mut self) -> bytes::Bytes {
+        self.buffer.extend_from_slice(b"]}");
+        self.take()
+    }
 }
 
 fn seq(value: u64) -> i64 {
@@ -154,42 +383,43 @@ fn lowest_per_id<T: Clone>(rows: &[T], id: impl Fn(&T) -> Uuid, seq: impl Fn(&T)
 
 #[async_trait]
 impl ReadModel for PgReadModel {
-    async fn thread(&self, id: Uuid) -> Result<Option<ThreadView>, StoreError> {
-        let thread: Option<(String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT user_json, created_at FROM threads WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::database)?;
-        let Some((user, created_at)) = thread else {
-            return Ok(None);
-        };
-        let rows: Vec<(Uuid, String, DateTime<Utc>, String, bool)> = sqlx::query_as(
-            "SELECT id, user_json, created_at, body, send_by_user FROM messages \
-             WHERE thread_id = $1 ORDER BY stream_seq",
-        )
+    async fn thread(&self, id: Uuid) -> Result<Option<ThreadRead>, StoreError> {
+        // One round trip: the thread and its first messages, up to a count. When they are
+        // too many or too large, they come without their JSON (their bodies are not even
+        // read), and the thread is streamed instead.
+        let rows: Vec<WholeRow> = sqlx::query_as(&format!(
+            "SELECT t.user_json, t.created_at, \
+               CASE WHEN m.count <= $3 AND m.bytes <= $4 THEN {MESSAGE_JSON} END, \
+               m.count, m.bytes \
+             FROM threads t LEFT JOIN LATERAL ( \
+               SELECT *, count(*) OVER () AS count, \
+                 sum(octet_length(body) + octet_length(user_json)) OVER () AS bytes \
+               FROM (SELECT * FROM messages WHERE thread_id = t.id \
+                     ORDER BY stream_seq LIMIT $2) first \
+             ) m ON true \
+             WHERE t.id = $1 \
+             ORDER BY m.stream_seq"
+        ))
         .bind(id)
+        .bind(WHOLE_READ_MESSAGES + 1)
+        .bind(WHOLE_READ_MESSAGES)
+        .bind(WHOLE_READ_BYTES)
         .fetch_all(&self.pool)
         .await
-        .map_err(StoreError::database)?;
-        let messages = rows
-            .into_iter()
-            .map(|(id, user, created_at, body, send_by_user)| {
-                Ok(MessageView {
-                    id,
-                    user: UserJson::from_stored(user).map_err(StoreError::database)?,
-                    timestamp: created_at.into(),
-                    body: MessageBody::from_stored(body),
-                    send_by_user,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(ThreadView {
-            id,
-            user: UserJson::from_stored(user).map_err(StoreError::database)?,
-            timestamp: created_at.into(),
-            messages,
-        }))
+        .map_err(StoreError::from_sqlx)?;
+        let Some((user, created_at, _, count, bytes)) = rows.first() else {
+            return Ok(None);
+        };
+        if count.unwrap_or(0) > WHOLE_READ_MESSAGES || bytes.unwrap_or(0) > WHOLE_READ_BYTES {
+            return self.stream_thread(id).await.map(Some);
+        }
+        let mut body = ThreadBody::new(id, user.clone(), *created_at)?;
+        for (_, _, message, _, _) in &rows {
+            if let Some(message) = message {
+                body.push(message);
+            }
+        }
+        Ok(Some(ThreadRead::Whole(body.finish())))
     }
 
     async fn apply(
@@ -291,6 +521,46 @@ mod tests {
         assert!(PgReadModel::options(&settings("mysql://localhost/x")).is_err());
         assert!(PgReadModel::options(&settings("postgres://u@localhost:5432/x")).is_ok());
         assert!(PgReadModel::options(&settings("postgresql://localhost/x")).is_ok());
+    }
+
+    #[test]
+    fn a_thread_written_in_pages_is_the_json_of_the_whole() {
+        let message = |n: u128, body: &str| MessageView {
+            id: Uuid::from_u128(n),
+            user: UserJson::from_stored(format!(r#"{{"b":1,"a":"é{n}"}}"#)).unwrap(),
+            timestamp: "2026-11-30T12:00:00.123456Z"
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+                .into(),
+            body: MessageBody::from_stored(body.to_owned()),
+            send_by_user: n % 2 == 0,
+        };
+        let created_at = "2026-11-30T11:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let user = r#"{"z":[1.50,"x"]}"#;
+        for count in [0, 1, 2, 5] {
+            let whole = ThreadView {
+                id: Uuid::from_u128(99),
+                user: UserJson::from_stored(user.into()).unwrap(),
+                timestamp: created_at.into(),
+                messages: (0..count)
+                    .map(|n| message(n, "a \"quoted\"\nline"))
+                    .collect(),
+            };
+            let mut body = ThreadBody::new(whole.id, user.into(), created_at).unwrap();
+            let mut written = Vec::new();
+            for (i, m) in whole.messages.iter().enumerate() {
+                body.push(&serde_json::to_string(m).unwrap());
+                if i % 2 == 0 {
+                    written.extend_from_slice(&body.take());
+                }
+            }
+            written.extend_from_slice(&body.finish());
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&whole).unwrap(),
+                "{count} messages"
+            );
+        }
     }
 
     #[test]

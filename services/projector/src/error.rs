@@ -43,6 +43,10 @@ impl From<threadline_infra::StoreError> for ProjectorError {
             threadline_infra::StoreError::Unavailable {
                 what: "PostgreSQL",
                 cause,
+            }
+            | threadline_infra::StoreError::Overloaded {
+                what: "PostgreSQL",
+                cause,
             } => ProjectorError::Database(cause),
             other => ProjectorError::Nats(other.to_string()),
         }
