@@ -16,6 +16,7 @@
 //! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
 
+use crate::batch::Split;
 use crate::copy::{self, CopyWriter};
 use crate::progress::Progress;
 use crate::replay::{self, Counts, EventReader, ReplayFold};
@@ -25,7 +26,8 @@ use clap::Args;
 use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
 use threadline_infra::{
-    apply_rows, DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel, SWITCH_LOCK,
+    apply_rows, AppliedMessage, AppliedThread, DatabaseSettings, JetStreamLog, NatsSettings,
+    PgReadModel, SWITCH_LOCK,
 };
 
 /// Where the new read model is built.
@@ -191,7 +193,8 @@ async fn apply_through(
             messages.extend(m);
         }
         if done || events >= CATCH_UP_BATCH {
-            apply_rows(conn, &threads, &messages).await?;
+            fold.counts.refused += write_rows(conn, &threads).await?;
+            fold.counts.refused += write_rows(conn, &messages).await?;
             progress.advance(events as u64, reader.last_seq);
             threads.clear();
             messages.clear();
@@ -201,6 +204,68 @@ async fn apply_through(
             return Ok(());
         }
     }
+}
+
+/// Rows of one table, as `apply_rows` writes them.
+trait Row {
+    fn stream_seq(&self) -> u64;
+    fn apply<'a>(
+        conn: &'a mut PgConnection,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>>
+    where
+        Self: Sized;
+}
+
+impl Row for AppliedThread {
+    fn stream_seq(&self) -> u64 {
+        self.stream_seq
+    }
+    fn apply<'a>(
+        conn: &'a mut PgConnection,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>> {
+        Box::pin(apply_rows(conn, rows, &[]))
+    }
+}
+
+impl Row for AppliedMessage {
+    fn stream_seq(&self) -> u64 {
+        self.stream_seq
+    }
+    fn apply<'a>(
+        conn: &'a mut PgConnection,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>> {
+        Box::pin(apply_rows(conn, &[], rows))
+    }
+}
+
+/// Writes rows as the live projector does, each part in a transaction of its own (a
+/// savepoint within the switch-over's), splitting them where PostgreSQL refuses some; how
+/// many rows it refused, which are passed over (the live projector set their events aside).
+async fn write_rows<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
+    let mut refused = 0;
+    let mut split = Split::new(rows.len());
+    while let Some(part) = split.next_part() {
+        let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
+        match R::apply(&mut tx, &rows[part.clone()]).await {
+            Ok(()) => tx.commit().await.map_err(ProjectorError::database)?,
+            Err(threadline_infra::StoreError::Refused { code, cause }) => {
+                tx.rollback().await.map_err(ProjectorError::database)?;
+                if split.refused(part.clone()) {
+                    refused += 1;
+                    tracing::warn!(
+                        sequence = rows[part.start].stream_seq(),
+                        "passing over a row PostgreSQL refuses ({code}: {cause}); \
+                         the live projector set its event aside"
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(refused)
 }
 
 async fn execute(conn: &mut PgConnection, statements: &str) -> Result<(), ProjectorError> {
@@ -217,7 +282,7 @@ pub async fn run(settings: &RebuildSettings) -> Result<bool, ProjectorError> {
     let seconds = summary.elapsed.as_secs_f64().max(1e-9);
     println!(
         "rebuilt the read model from {} events through sequence {} in {:.1} s ({:.0} events/s): \
-         {} threads, {} messages, {} events passed over (invalid or repeated); the previous read model was {}",
+         {} threads, {} messages, {} events passed over (invalid or repeated){}; the previous read model was {}",
         summary.counts.events,
         summary.through,
         seconds,
@@ -225,6 +290,10 @@ pub async fn run(settings: &RebuildSettings) -> Result<bool, ProjectorError> {
         summary.counts.threads,
         summary.counts.messages,
         summary.counts.skipped,
+        match summary.counts.refused {
+            0 => String::new(),
+            n => format!(", {n} rows refused by PostgreSQL and passed over"),
+        },
         if settings.keep_old {
             format!("kept in schema {RETIRED_SCHEMA}")
         } else {
