@@ -215,16 +215,20 @@ async fn large_events_queued_while_the_projector_was_down_are_applied_in_batches
 async fn a_row_postgresql_refuses_is_set_aside_and_the_rest_of_its_batch_is_applied() {
     const REFUSED: &str = "a body this database refuses";
     let mut app = spawn_app().await;
-    let thread = app.new_thread().await;
-    app.get_thread(&thread).await;
-    // A rule of this database only, which the events' own checks know nothing of.
+    // A rule of this database only, which the events' own checks know nothing of: a domain,
+    // so that the tables a rebuild or verify makes in the serving tables' shape have it too.
     let db = app.db().await;
-    sqlx::query(&format!(
-        "ALTER TABLE messages ADD CONSTRAINT test_refuses CHECK (body <> '{REFUSED}')"
+    sqlx::raw_sql(&format!(
+        "CREATE DOMAIN test_body AS text CHECK (VALUE <> '{REFUSED}'); \
+         ALTER TABLE messages ALTER COLUMN body TYPE test_body"
     ))
     .execute(&db)
     .await
-    .expect("adding the constraint");
+    .expect("adding the rule");
+    // (Before the api's first read: a column's type changed under a prepared statement fails
+    // it.)
+    let thread = app.new_thread().await;
+    app.get_thread(&thread).await;
 
     // Queued while the projector is down, so that they arrive as one batch.
     app.kill("projector", 0);
@@ -274,6 +278,16 @@ async fn a_row_postgresql_refuses_is_set_aside_and_the_rest_of_its_batch_is_appl
     app.say(&thread, "later").await;
     let stored = app.get_thread(&thread).await;
     assert_eq!(stored["messages"].as_array().unwrap().len(), 9, "{stored}");
+
+    // A rebuild and verify pass the refused row over rather than stop on it.
+    let rebuilt = run_command(&app, &["rebuild"]).await;
+    let summary = rebuilt.expect(0);
+    assert!(
+        summary.contains("1 rows refused by PostgreSQL and passed over"),
+        "{summary}"
+    );
+    assert_eq!(app.get_thread(&thread).await, stored);
+    run_command(&app, &["verify"]).await.expect(0);
 }
 
 /// Stuck means "cannot make progress": the messages table is locked by another session (as a

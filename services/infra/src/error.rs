@@ -63,14 +63,15 @@ impl StoreError {
 /// Whether an SQLSTATE says that PostgreSQL refused the data it was given, so that the same
 /// rows fail again however often they are sent. Every class is taken as such except those
 /// that describe the server, the session or the schema rather than the rows: connection
-/// (08), transaction state (25, e.g. a read-only replica), authorisation (28), missing
-/// database or schema (3D, 3F), rollbacks (40, serialization failures and deadlocks),
-/// privileges and undefined objects (42), resources (53, e.g. a full disk), locks and
-/// prerequisites (55), operator intervention (57, e.g. a statement timeout or a shutdown),
-/// system and configuration errors (58, F0) and internal errors (XX).
+/// (08), features and prepared statements (0A, e.g. a cached plan whose table changed, 26),
+/// transaction state (25, e.g. a read-only replica), authorisation (28), missing database or
+/// schema (3D, 3F), rollbacks (40, serialization failures and deadlocks), privileges and
+/// undefined objects (42), resources (53, e.g. a full disk), locks and prerequisites (55),
+/// operator intervention (57, e.g. a statement timeout or a shutdown), system and
+/// configuration errors (58, F0) and internal errors (XX).
 pub fn refused_by_data(sqlstate: &str) -> bool {
-    const SERVER_STATE: [&str; 13] = [
-        "08", "25", "28", "3D", "3F", "40", "42", "53", "55", "57", "58", "F0", "XX",
+    const SERVER_STATE: [&str; 15] = [
+        "08", "0A", "25", "26", "28", "3D", "3F", "40", "42", "53", "55", "57", "58", "F0", "XX",
     ];
     let class = sqlstate.get(..2).unwrap_or(sqlstate);
     sqlstate.len() == 5 && !SERVER_STATE.contains(&class)

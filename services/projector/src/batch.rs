@@ -17,34 +17,51 @@ pub struct Limits {
 /// Cuts `items`, in order, into batches within `limits`; `size` is an item's size in bytes.
 /// Every batch holds at least one item.
 pub fn cut<T>(items: Vec<T>, size: impl Fn(&T) -> usize, limits: Limits) -> Vec<Vec<T>> {
-    let mut batches = Vec::new();
-    let mut batch = Vec::new();
+    let mut items = items.into_iter();
+    ranges(&sizes_of(items.as_slice(), size), limits)
+        .into_iter()
+        .map(|range| items.by_ref().take(range.len()).collect())
+        .collect()
+}
+
+fn sizes_of<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<usize> {
+    items.iter().map(size).collect()
+}
+
+/// The ranges of consecutive items (of these sizes in bytes) that make batches within
+/// `limits`, in order; each holds at least one item.
+pub fn ranges(sizes: &[usize], limits: Limits) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
     let mut bytes = 0usize;
-    for item in items {
-        let item_size = size(&item);
-        let full = batch.len() >= limits.events.max(1)
-            || (!batch.is_empty() && bytes.saturating_add(item_size) > limits.bytes);
+    for (i, size) in sizes.iter().enumerate() {
+        let full = i - start >= limits.events.max(1)
+            || (i > start && bytes.saturating_add(*size) > limits.bytes);
         if full {
-            batches.push(std::mem::take(&mut batch));
+            out.push(start..i);
+            start = i;
             bytes = 0;
         }
-        bytes = bytes.saturating_add(item_size);
-        batch.push(item);
+        bytes = bytes.saturating_add(*size);
     }
-    if !batch.is_empty() {
-        batches.push(batch);
+    if start < sizes.len() {
+        out.push(start..sizes.len());
     }
-    batches
+    out
 }
 
 /// Room for the subject, the reply subject and the status line of a delivered message beside
 /// its headers and payload (which `max_payload` bounds together).
 const DELIVERY_OVERHEAD: usize = 8 << 10;
 
-/// The `max_bytes` of a pull request for batches of `batch_bytes`: never less than the largest
-/// message the server can deliver, since a pull that a message does not fit in is answered
-/// `409 Message Size Exceeds MaxBytes`, again and again, and that message would never come.
+/// The `max_bytes` of a pull request for batches of `batch_bytes` (`usize::MAX`: no bound,
+/// and then 0, which asks for none): never less than the largest message the server can
+/// deliver, since a pull that a message does not fit in is answered `409 Message Size
+/// Exceeds MaxBytes`, again and again, and that message would never come.
 pub fn pull_max_bytes(batch_bytes: usize, max_payload: usize) -> usize {
+    if batch_bytes >= i64::MAX as usize {
+        return 0;
+    }
     batch_bytes.max(max_payload.saturating_add(DELIVERY_OVERHEAD))
 }
 
@@ -68,9 +85,8 @@ pub struct Split {
 
 impl Split {
     pub fn new(len: usize) -> Self {
-        Self {
-            parts: vec![0..len],
-        }
+        let whole = 0..len;
+        Self { parts: vec![whole] }
     }
 
     /// The next part to write, if any is left.
@@ -269,11 +285,13 @@ mod tests {
         assert_eq!(sizes(vec![2, 30, 2, 2]), [vec![2], vec![30], vec![2, 2]]);
         assert_eq!(sizes(vec![10, 1]), [vec![10], vec![1]]);
         assert!(sizes(vec![]).is_empty());
+        assert_eq!(ranges(&[5, 5, 5], limits), [0..2, 2..3]);
     }
 
     #[test]
     fn a_pull_always_has_room_for_the_largest_message() {
         assert_eq!(pull_max_bytes(8 << 20, 1 << 20), 8 << 20);
         assert!(pull_max_bytes(3 << 20, 8_000_000) > 8_000_000);
+        assert_eq!(pull_max_bytes(usize::MAX, 1 << 20), 0);
     }
 }

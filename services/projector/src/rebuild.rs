@@ -16,7 +16,7 @@
 //! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
 
-use crate::batch::Split;
+use crate::batch::{ranges, Limits, Split};
 use crate::copy::{self, CopyWriter};
 use crate::progress::Progress;
 use crate::replay::{self, Counts, EventReader, ReplayFold};
@@ -40,6 +40,8 @@ const REBUILD_LOCK: i64 = 0x7468_7265_6164_6c72; // "threadlr"
 const SWITCH_GAP: u64 = 2_000;
 /// Events per statement while catching up.
 const CATCH_UP_BATCH: usize = 5_000;
+/// Most bytes of rows per statement while catching up.
+const CATCH_UP_BYTES: usize = 8 << 20;
 
 /// What `threadline rebuild` needs.
 #[derive(Debug, Clone, Args)]
@@ -183,22 +185,26 @@ async fn apply_through(
     let mut threads = Vec::new();
     let mut messages = Vec::new();
     let mut events = 0;
+    let mut bytes = 0;
     loop {
         let batch = reader.next_batch(through).await?;
         let done = batch.is_none();
         if let Some(batch) = batch {
             events += batch.len();
             let (t, m) = fold.fold(batch);
+            bytes += t.iter().map(Row::bytes).sum::<usize>();
+            bytes += m.iter().map(Row::bytes).sum::<usize>();
             threads.extend(t);
             messages.extend(m);
         }
-        if done || events >= CATCH_UP_BATCH {
+        if done || events >= CATCH_UP_BATCH || bytes >= CATCH_UP_BYTES {
             fold.counts.refused += write_rows(conn, &threads).await?;
             fold.counts.refused += write_rows(conn, &messages).await?;
             progress.advance(events as u64, reader.last_seq);
             threads.clear();
             messages.clear();
             events = 0;
+            bytes = 0;
         }
         if done {
             return Ok(());
@@ -209,6 +215,8 @@ async fn apply_through(
 /// Rows of one table, as `apply_rows` writes them.
 trait Row {
     fn stream_seq(&self) -> u64;
+    /// About how many bytes the row takes in a statement.
+    fn bytes(&self) -> usize;
     fn apply<'a>(
         conn: &'a mut PgConnection,
         rows: &'a [Self],
@@ -220,6 +228,9 @@ trait Row {
 impl Row for AppliedThread {
     fn stream_seq(&self) -> u64 {
         self.stream_seq
+    }
+    fn bytes(&self) -> usize {
+        self.user.get().len() + 64
     }
     fn apply<'a>(
         conn: &'a mut PgConnection,
@@ -233,6 +244,9 @@ impl Row for AppliedMessage {
     fn stream_seq(&self) -> u64 {
         self.stream_seq
     }
+    fn bytes(&self) -> usize {
+        self.user.get().len() + self.body.as_str().len() + 96
+    }
     fn apply<'a>(
         conn: &'a mut PgConnection,
         rows: &'a [Self],
@@ -241,10 +255,24 @@ impl Row for AppliedMessage {
     }
 }
 
-/// Writes rows as the live projector does, each part in a transaction of its own (a
-/// savepoint within the switch-over's), splitting them where PostgreSQL refuses some; how
-/// many rows it refused, which are passed over (the live projector set their events aside).
+/// Writes rows as the live projector does, in statements within the catch-up's bounds, each
+/// in a transaction of its own (a savepoint within the switch-over's), splitting them where
+/// PostgreSQL refuses some; how many rows it refused, which are passed over (the live
+/// projector set their events aside).
 async fn write_rows<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
+    let limits = Limits {
+        events: CATCH_UP_BATCH,
+        bytes: CATCH_UP_BYTES,
+    };
+    let sizes: Vec<usize> = rows.iter().map(Row::bytes).collect();
+    let mut refused = 0;
+    for range in ranges(&sizes, limits) {
+        refused += write_part(conn, &rows[range]).await?;
+    }
+    Ok(refused)
+}
+
+async fn write_part<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
     let mut refused = 0;
     let mut split = Split::new(rows.len());
     while let Some(part) = split.next_part() {
