@@ -213,6 +213,10 @@ pub enum EventError {
     ThreadMismatch { subject: Uuid, payload: Uuid },
     #[error("thread {0} does not exist")]
     UnknownThread(Uuid),
+    /// The event is valid, but PostgreSQL refused to store its row (a value its types or the
+    /// read model's constraints do not take); the SQLSTATE and PostgreSQL's message.
+    #[error("PostgreSQL refused its row: {0}")]
+    RefusedByDatabase(String),
 }
 
 impl EventError {
@@ -225,6 +229,7 @@ impl EventError {
             EventError::InvalidPayload(_) => "invalid_payload",
             EventError::ThreadMismatch { .. } => "thread_mismatch",
             EventError::UnknownThread(_) => "unknown_thread",
+            EventError::RefusedByDatabase(_) => "refused_by_database",
         }
     }
 }

@@ -16,3 +16,7 @@ pub const DEAD_LETTER_SUBJECT: &str = "Threadline-Dead-Letter-Subject";
 pub const DEAD_LETTER_SEQUENCE: &str = "Threadline-Dead-Letter-Sequence";
 /// On a set-aside event: the component that set it aside (`projector`).
 pub const DEAD_LETTER_BY: &str = "Threadline-Dead-Letter-By";
+/// On a set-aside event whose record would not fit in one NATS message with its payload: the
+/// payload's size in bytes. The record then has no payload; the event stays in the event
+/// stream at `Threadline-Dead-Letter-Sequence`.
+pub const DEAD_LETTER_PAYLOAD_OMITTED: &str = "Threadline-Dead-Letter-Payload-Omitted";

@@ -25,6 +25,7 @@ mod metrics;
 mod operations;
 mod outside_publisher;
 mod projector_crash;
+mod projector_progress;
 mod replicas;
 mod resume;
 mod secure_connections;

@@ -4,7 +4,7 @@
 //! a dependency is unreachable.
 
 use crate::harness::client::{REQUEST_TIMEOUT, STREAM};
-use crate::harness::operator::{run_command, run_command_with, Running};
+use crate::harness::operator::{dead_letters_on, run_command, run_command_with, Running};
 use crate::harness::*;
 use async_nats::jetstream;
 use futures::stream::FuturesUnordered;
@@ -241,18 +241,6 @@ async fn verify_names_a_deleted_and_a_changed_message_and_a_rebuild_repairs_them
     run_command(&app, &["rebuild"]).await.expect(0);
     run_command(&app, &["verify"]).await.expect(0);
     assert_eq!(app.get_thread(&thread).await, before);
-}
-
-/// The `dead-letters list --json` records of events published on `subject`.
-async fn dead_letters_on(app: &App, subject: &str) -> Vec<Value> {
-    let out = run_command(app, &["dead-letters", "list", "--json"]).await;
-    let all: Value = serde_json::from_str(out.expect(0)).expect("dead-letters list --json");
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["subject"] == subject)
-        .cloned()
-        .collect()
 }
 
 #[tokio::test]

@@ -59,7 +59,11 @@ pub struct DeadLetter {
     pub subject: String,
     /// Its sequence in the event stream.
     pub event_sequence: Option<u64>,
+    /// The payload, unless the record was too large to carry it (then empty).
     pub payload: Bytes,
+    /// The payload's size when the record goes without it: the event is in the event stream
+    /// at `event_sequence`.
+    pub payload_omitted: Option<u64>,
 }
 
 impl DeadLetter {
@@ -82,12 +86,21 @@ impl DeadLetter {
             reason: header(headers::DEAD_LETTER_REASON).unwrap_or_default(),
             subject: header(headers::DEAD_LETTER_SUBJECT).unwrap_or_default(),
             event_sequence: header(headers::DEAD_LETTER_SEQUENCE).and_then(|s| s.parse().ok()),
+            payload_omitted: header(headers::DEAD_LETTER_PAYLOAD_OMITTED)
+                .and_then(|s| s.parse().ok()),
             payload: message.payload,
         }
     }
 
-    /// The first characters of the payload, on one line.
+    /// The first characters of the payload, on one line; where the payload is when the
+    /// record goes without it.
     pub fn preview(&self, chars: usize) -> String {
+        if let Some(size) = self.payload_omitted {
+            let at = self
+                .event_sequence
+                .map_or_else(|| "?".to_owned(), |s| s.to_string());
+            return format!("({size} bytes, in the event stream at sequence {at})");
+        }
         let text = String::from_utf8_lossy(&self.payload);
         let mut out: String = text
             .chars()
@@ -108,7 +121,12 @@ impl DeadLetter {
             "detail": self.reason,
             "subject": self.subject,
             "event_sequence": self.event_sequence,
-            "payload": String::from_utf8_lossy(&self.payload),
+            "payload": match self.payload_omitted {
+                Some(_) => serde_json::Value::Null,
+                None => String::from_utf8_lossy(&self.payload).into(),
+            },
+            "payload_bytes": self.payload_omitted.unwrap_or(self.payload.len() as u64),
+            "payload_omitted": self.payload_omitted.is_some(),
         })
     }
 }
@@ -118,6 +136,40 @@ async fn dead_letter_stream(log: &JetStreamLog) -> Result<stream::Stream, StoreE
         .get_stream(&log.settings().dead_letter_stream)
         .await
         .map_err(StoreError::nats)
+}
+
+/// The payload to re-publish: the record's own, or, when the record went without it, the
+/// event's from the event stream. The inner error says why there is none.
+async fn original_payload(
+    log: &JetStreamLog,
+    letter: &DeadLetter,
+) -> Result<Result<Bytes, String>, StoreError> {
+    if letter.payload_omitted.is_none() {
+        return Ok(Ok(letter.payload.clone()));
+    }
+    let Some(sequence) = letter.event_sequence else {
+        return Ok(Err(
+            "the record has neither the payload nor its sequence".into()
+        ));
+    };
+    let stream = log
+        .jetstream()
+        .get_stream(&log.settings().stream_name)
+        .await
+        .map_err(StoreError::nats)?;
+    match stream.get_raw_message(sequence).await {
+        Ok(message) if message.subject.as_str() == letter.subject => Ok(Ok(message.payload)),
+        Ok(message) => Ok(Err(format!(
+            "sequence {sequence} of {} holds another event (on {})",
+            log.settings().stream_name,
+            message.subject
+        ))),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(Err(format!(
+            "its payload is no longer in {} (sequence {sequence})",
+            log.settings().stream_name
+        ))),
+        Err(e) => Err(StoreError::nats(e)),
+    }
 }
 
 /// Every set-aside event after dead-letter sequence `after`, oldest first.
@@ -216,6 +268,14 @@ pub async fn run_retry(settings: &RetrySettings) -> Result<bool, StoreError> {
             all_well = false;
             continue;
         }
+        let payload = match original_payload(&log, letter).await? {
+            Ok(payload) => payload,
+            Err(why) => {
+                println!("{}: not retried: {why}", letter.sequence);
+                all_well = false;
+                continue;
+            }
+        };
         let mut headers = HeaderMap::new();
         // Its own id: the event's own one may still be in the stream's duplicate window.
         headers.insert(
@@ -229,7 +289,7 @@ pub async fn run_retry(settings: &RetrySettings) -> Result<bool, StoreError> {
         );
         let ack = log
             .jetstream()
-            .publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
+            .publish_with_headers(letter.subject.clone(), headers, payload)
             .await
             .map_err(StoreError::nats)?
             .await

@@ -226,7 +226,12 @@ impl JetStreamLog {
     }
 
     /// Republishes an invalid event on the dead-letter stream, with why and where it came from,
-    /// and waits until that stream has stored it.
+    /// and waits until that stream has stored it. The record always fits in one NATS message:
+    /// the reason is cut to [`REASON_MAX_BYTES`], and when the payload and the headers together
+    /// would exceed the server's `max_payload`, the record goes without the payload and says
+    /// so in `Threadline-Dead-Letter-Payload-Omitted` (the event stays in the event stream at
+    /// its sequence, where `dead-letters retry` fetches it). Returns whether the payload was
+    /// left out.
     pub async fn set_aside(
         &self,
         subject: &str,
@@ -234,7 +239,7 @@ impl JetStreamLog {
         payload: bytes::Bytes,
         reason: &proto_events::EventError,
         by: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             headers::MSG_ID,
@@ -242,19 +247,71 @@ impl JetStreamLog {
         );
         headers.insert(
             headers::DEAD_LETTER_REASON,
-            header_safe(&reason.to_string()).as_str(),
+            bounded_text(&header_safe(&reason.to_string()), REASON_MAX_BYTES).as_str(),
         );
         headers.insert(headers::DEAD_LETTER_SUBJECT, subject);
         headers.insert(headers::DEAD_LETTER_SEQUENCE, sequence.to_string().as_str());
         headers.insert(headers::DEAD_LETTER_BY, by);
+        let omitted = !record_fits(
+            &headers,
+            payload.len(),
+            self.client.server_info().max_payload,
+        );
+        let payload = if omitted {
+            headers.insert(
+                headers::DEAD_LETTER_PAYLOAD_OMITTED,
+                payload.len().to_string().as_str(),
+            );
+            bytes::Bytes::new()
+        } else {
+            payload
+        };
         let ack = self
             .jetstream
             .publish_with_headers(self.subjects.dead_letter(reason.code()), headers, payload)
             .await
             .map_err(StoreError::nats)?;
         ack.await.map_err(StoreError::nats)?;
-        Ok(())
+        Ok(omitted)
     }
+}
+
+/// The most bytes of a set-aside event's reason kept in its record: a parser's message may
+/// quote the event at length.
+pub const REASON_MAX_BYTES: usize = 300;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` (within the bound)
+/// where it was cut.
+pub fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mark = if max >= "…".len() { "…" } else { "" };
+    let mut end = max - mark.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{mark}", &text[..end])
+}
+
+/// How many bytes `headers` take on the wire, as NATS counts them against `max_payload`.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    let fields: usize = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| AsRef::<[u8]>::as_ref(name).len() + 2 + value.as_str().len() + 2)
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + fields + 2
+}
+
+/// Whether a message with `headers` and a payload of `payload` bytes fits under the
+/// server's `max_payload` (0: unknown, taken as no limit), with room for one more header.
+fn record_fits(headers: &HeaderMap, payload: usize, max_payload: usize) -> bool {
+    const ROOM: usize = 128;
+    max_payload == 0 || header_bytes(headers) + ROOM + payload <= max_payload
 }
 
 /// The newest message on a subject of the event stream, if any. Asked of the stream's leader
@@ -322,7 +379,7 @@ fn byte_limit(size: crate::settings::ByteSize) -> i64 {
 }
 
 /// Header values may not hold line breaks.
-fn header_safe(text: &str) -> String {
+pub fn header_safe(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
 
@@ -532,5 +589,40 @@ impl EventLog for JetStreamLog {
             .await
             .map_err(StoreError::nats)?;
         Ok(self.applied_through(head).await? >= head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_text_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded_text("short", 300), "short");
+        let long = "é".repeat(400);
+        let cut = bounded_text(&long, 300);
+        assert!(cut.len() <= 300, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
+        for max in 0..12 {
+            assert!(bounded_text("aé€😀aé€😀", max).len() <= max);
+        }
+    }
+
+    #[test]
+    fn a_record_without_room_for_its_payload_is_sent_without_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            headers::DEAD_LETTER_REASON,
+            "x".repeat(REASON_MAX_BYTES).as_str(),
+        );
+        let wire = header_bytes(&headers);
+        assert_eq!(
+            wire,
+            "NATS/1.0\r\n".len() + headers::DEAD_LETTER_REASON.len() + 2 + 300 + 2 + 2
+        );
+        assert!(record_fits(&headers, 1_000, 1 << 20));
+        assert!(!record_fits(&headers, (1 << 20) - wire, 1 << 20));
+        assert!(record_fits(&headers, usize::MAX / 2, 0));
     }
 }

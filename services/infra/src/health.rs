@@ -11,11 +11,18 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
-/// Something a role needs in order to serve.
+/// Something a role needs in order to serve: a dependency that must answer, or a condition
+/// of the role's own work (the projector's progress).
 #[async_trait]
 pub trait Dependency: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// What `/readyz` shows for a failed check: `"unavailable"` (the cause goes to the log,
+    /// not to whoever asks), unless the check has something an operator should see there.
+    fn failure(&self, _error: &StoreError) -> Value {
+        Value::String("unavailable".to_owned())
+    }
 }
 
 #[async_trait]
@@ -66,14 +73,14 @@ async fn readyz(State(dependencies): State<Dependencies>) -> Response {
     let mut ready = true;
     for dependency in dependencies.iter() {
         let verdict = match dependency.check().await {
-            Ok(()) => "ok".to_owned(),
+            Ok(()) => Value::String("ok".to_owned()),
             Err(e) => {
                 ready = false;
                 tracing::warn!(dependency = dependency.name(), "not ready: {e}");
-                "unavailable".to_owned()
+                dependency.failure(&e)
             }
         };
-        checks.insert(dependency.name().to_owned(), Value::String(verdict));
+        checks.insert(dependency.name().to_owned(), verdict);
     }
     let (status, word) = if ready {
         (StatusCode::OK, "ready")

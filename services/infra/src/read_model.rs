@@ -73,7 +73,8 @@ pub trait ReadModel: Send + Sync + 'static {
     async fn thread(&self, id: Uuid) -> Result<Option<ThreadRead>, StoreError>;
 
     /// Writes a batch of rows in one transaction. Safe to repeat and to apply out of order:
-    /// for each id, the row from the lowest stream sequence wins.
+    /// for each id, the row from the lowest stream sequence wins. Rows PostgreSQL refuses
+    /// fail the whole batch with [`StoreError::Refused`].
     async fn apply(
         &self,
         threads: &[AppliedThread],
@@ -427,16 +428,16 @@ impl ReadModel for PgReadModel {
         threads: &[AppliedThread],
         messages: &[AppliedMessage],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::database)?;
+        let mut tx = self.pool.begin().await.map_err(StoreError::sql)?;
         // First, so that the statements after it name the serving tables as they are once
         // a rebuild's switch-over (which holds this lock exclusively) has committed.
         sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind(SWITCH_LOCK)
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::database)?;
+            .map_err(StoreError::sql)?;
         apply_rows(&mut tx, threads, messages).await?;
-        tx.commit().await.map_err(StoreError::database)
+        tx.commit().await.map_err(StoreError::sql)
     }
 }
 
@@ -479,7 +480,7 @@ pub async fn apply_rows(
         )
         .execute(&mut *conn)
         .await
-        .map_err(StoreError::database)?;
+        .map_err(StoreError::sql)?;
     }
     if !messages.is_empty() {
         sqlx::query(
@@ -501,7 +502,7 @@ pub async fn apply_rows(
         .bind(messages.iter().map(|m| seq(m.stream_seq)).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await
-        .map_err(StoreError::database)?;
+        .map_err(StoreError::sql)?;
     }
     Ok(())
 }

@@ -1,20 +1,24 @@
 //! Rows into PostgreSQL at bulk speed: the COPY text format of the read model's rows, and a
 //! writer that loads them on a task of its own while the next ones are folded.
 
+use crate::batch::Split;
 use crate::ProjectorError;
 use sqlx::{Connection, PgConnection};
-use threadline_infra::{AppliedMessage, AppliedThread};
+use threadline_infra::{AppliedMessage, AppliedThread, StoreError};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Bytes of COPY text gathered before they are handed to the writer.
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// Rows in PostgreSQL's COPY text format, for the `threads` and `messages` tables.
+/// Rows in PostgreSQL's COPY text format, for the `threads` and `messages` tables, with
+/// where each row ends (so that a chunk PostgreSQL refuses can be split).
 #[derive(Default)]
 pub struct CopyChunk {
     pub threads: Vec<u8>,
     pub messages: Vec<u8>,
+    thread_ends: Vec<usize>,
+    message_ends: Vec<usize>,
 }
 
 /// The columns, in the order `CopyChunk` writes them.
@@ -44,6 +48,7 @@ impl CopyChunk {
         out.push(b'\t');
         push_number(out, t.stream_seq);
         out.push(b'\n');
+        self.thread_ends.push(out.len());
     }
 
     pub fn push_message(&mut self, m: &AppliedMessage) {
@@ -70,6 +75,7 @@ impl CopyChunk {
         out.push(b'\t');
         push_number(out, m.stream_seq);
         out.push(b'\n');
+        self.message_ends.push(out.len());
     }
 }
 
@@ -102,10 +108,12 @@ fn push_field(out: &mut Vec<u8>, text: &str) {
 
 /// Loads COPY chunks into `<schema>.threads` and `<schema>.messages` on a task of its own, so
 /// that PostgreSQL writes one chunk while the next is folded. At most two chunks wait; the
-/// reader then waits for PostgreSQL.
+/// reader then waits for PostgreSQL. A chunk that PostgreSQL refuses is split in halves until
+/// the rows it refuses are found; those are passed over (the live projector set their events
+/// aside) and counted, the others loaded.
 pub struct CopyWriter {
     chunks: mpsc::Sender<CopyChunk>,
-    task: Option<tokio::task::JoinHandle<Result<PgConnection, ProjectorError>>>,
+    task: Option<tokio::task::JoinHandle<Result<(PgConnection, u64), ProjectorError>>>,
     pending: CopyChunk,
 }
 
@@ -115,23 +123,16 @@ impl CopyWriter {
         let threads_copy = format!("COPY {schema}.threads ({THREAD_COLUMNS}) FROM STDIN");
         let messages_copy = format!("COPY {schema}.messages ({MESSAGE_COLUMNS}) FROM STDIN");
         let task = tokio::spawn(async move {
+            let mut refused = 0;
             while let Some(chunk) = rx.recv().await {
-                for (statement, data) in [
-                    (&threads_copy, chunk.threads),
-                    (&messages_copy, chunk.messages),
+                for (statement, data, ends) in [
+                    (&threads_copy, chunk.threads, chunk.thread_ends),
+                    (&messages_copy, chunk.messages, chunk.message_ends),
                 ] {
-                    if data.is_empty() {
-                        continue;
-                    }
-                    let mut copy = conn
-                        .copy_in_raw(statement)
-                        .await
-                        .map_err(ProjectorError::database)?;
-                    copy.send(data).await.map_err(ProjectorError::database)?;
-                    copy.finish().await.map_err(ProjectorError::database)?;
+                    refused += copy_rows(&mut conn, statement, &data, &ends).await?;
                 }
             }
-            Ok(conn)
+            Ok((conn, refused))
         });
         Self {
             chunks,
@@ -140,7 +141,7 @@ impl CopyWriter {
         }
     }
 
-    /// Adds rows; hands them to PostgreSQL once enough have gathered.
+    /// Adds rows; hands them to PostgreSQL whenever enough have gathered.
     pub async fn write(
         &mut self,
         threads: &[AppliedThread],
@@ -148,12 +149,15 @@ impl CopyWriter {
     ) -> Result<(), ProjectorError> {
         for t in threads {
             self.pending.push_thread(t);
+            if self.pending.len() >= CHUNK_BYTES {
+                self.flush().await?;
+            }
         }
         for m in messages {
             self.pending.push_message(m);
-        }
-        if self.pending.len() >= CHUNK_BYTES {
-            self.flush().await?;
+            if self.pending.len() >= CHUNK_BYTES {
+                self.flush().await?;
+            }
         }
         Ok(())
     }
@@ -170,15 +174,16 @@ impl CopyWriter {
         Ok(())
     }
 
-    /// Writes what is left and gives the connection back.
-    pub async fn finish(mut self) -> Result<PgConnection, ProjectorError> {
+    /// Writes what is left and gives the connection back, with how many rows PostgreSQL
+    /// refused.
+    pub async fn finish(mut self) -> Result<(PgConnection, u64), ProjectorError> {
         self.flush().await?;
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.chunks, closed));
         self.join().await
     }
 
-    async fn join(&mut self) -> Result<PgConnection, ProjectorError> {
+    async fn join(&mut self) -> Result<(PgConnection, u64), ProjectorError> {
         let task = self
             .task
             .take()
@@ -186,6 +191,54 @@ impl CopyWriter {
         task.await
             .map_err(|e| ProjectorError::Replay(format!("the COPY writer failed: {e}")))?
     }
+}
+
+/// COPYs the rows of `data` (each ending at its offset in `ends`) with `statement`, splitting
+/// them where PostgreSQL refuses some; how many rows it refused.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    statement: &str,
+    data: &[u8],
+    ends: &[usize],
+) -> Result<u64, ProjectorError> {
+    let mut refused = 0;
+    let mut split = Split::new(ends.len());
+    while let Some(part) = split.next_part() {
+        let start = part.start.checked_sub(1).map_or(0, |i| ends[i]);
+        let rows = &data[start..ends[part.end - 1]];
+        match copy_in(conn, statement, rows).await {
+            Ok(()) => {}
+            Err(StoreError::Refused { code, cause }) => {
+                if split.refused(part) {
+                    refused += 1;
+                    tracing::warn!(
+                        sequence = row_sequence(rows),
+                        "passing over a row PostgreSQL refuses ({code}: {cause}); \
+                         the live projector set its event aside"
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(refused)
+}
+
+async fn copy_in(conn: &mut PgConnection, statement: &str, rows: &[u8]) -> Result<(), StoreError> {
+    let mut copy = conn.copy_in_raw(statement).await.map_err(StoreError::sql)?;
+    if let Err(e) = copy.send(rows).await {
+        // The server may still be waiting for the rest: end the COPY before going on.
+        let _ = copy.abort("the rows could not be sent").await;
+        return Err(StoreError::sql(e));
+    }
+    copy.finish().await.map(|_| ()).map_err(StoreError::sql)
+}
+
+/// The stream sequence of a COPY text row: its last column.
+fn row_sequence(row: &[u8]) -> Option<u64> {
+    let row = row.strip_suffix(b"\n").unwrap_or(row);
+    let start = row.iter().rposition(|b| *b == b'\t').map_or(0, |i| i + 1);
+    std::str::from_utf8(&row[start..]).ok()?.parse().ok()
 }
 
 /// Opens a connection of its own for long statements (COPY, index builds): the pool's
@@ -205,6 +258,13 @@ pub async fn bulk_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_row_is_named_by_its_sequence() {
+        assert_eq!(row_sequence(b"a\tb\t42\n"), Some(42));
+        assert_eq!(row_sequence(b"7"), Some(7));
+        assert_eq!(row_sequence(b"a\tb\\t\tx\n"), None);
+    }
 
     #[test]
     fn copy_text_escapes_what_the_format_reserves() {

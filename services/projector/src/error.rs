@@ -48,6 +48,9 @@ impl From<threadline_infra::StoreError> for ProjectorError {
                 what: "PostgreSQL",
                 cause,
             } => ProjectorError::Database(cause),
+            refused @ threadline_infra::StoreError::Refused { .. } => {
+                ProjectorError::Database(refused.to_string())
+            }
             other => ProjectorError::Nats(other.to_string()),
         }
     }

@@ -54,6 +54,22 @@ pub fn verdict(subjects: &Subjects, incoming: &Incoming) -> Verdict {
     }
 }
 
+/// The rows that `verdicts` write: the threads and the messages among them.
+pub fn rows<'a>(
+    verdicts: impl Iterator<Item = &'a Verdict>,
+) -> (Vec<AppliedThread>, Vec<AppliedMessage>) {
+    let mut threads = Vec::new();
+    let mut messages = Vec::new();
+    for verdict in verdicts {
+        match verdict {
+            Verdict::Thread(t) => threads.push(t.clone()),
+            Verdict::Message(m) => messages.push(m.clone()),
+            Verdict::SetAside(_) => {}
+        }
+    }
+    (threads, messages)
+}
+
 /// The lowest sequence at which the batch creates each thread.
 pub fn created_in(verdicts: &[Verdict]) -> HashMap<Uuid, u64> {
     let mut created = HashMap::new();

@@ -1,14 +1,19 @@
 //! The projector: the only writer of the read model. A durable JetStream consumer folds the
 //! event stream into PostgreSQL batch by batch; an event is acknowledged only after its batch
 //! is committed, so a crash at any point loses nothing and a redelivery changes nothing.
-//! Invalid events are set aside on the dead-letter stream with their reason and never stop it.
+//! Invalid events are set aside on the dead-letter stream with their reason and never stop it;
+//! so are events whose rows PostgreSQL refuses (found by splitting the batch, see `batch`).
+//! Batches are bounded by count and by bytes. A batch that keeps failing for another reason
+//! is retried until it succeeds, and after a while the projector says it is stuck (`stall`).
 
+pub mod batch;
 pub mod copy;
 pub mod error;
 pub mod fold;
 pub mod progress;
 pub mod rebuild;
 pub mod replay;
+pub mod stall;
 pub mod tables;
 pub mod verify;
 
@@ -20,12 +25,14 @@ use async_nats::jetstream::Message;
 use clap::Args;
 use fold::{Incoming, Verdict};
 use futures::StreamExt;
-use proto_events::headers;
+use proto_events::{headers, EventError};
+use stall::Stall;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use threadline_infra::metrics::names;
+use threadline_infra::settings::{parse_bytes, parse_duration};
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{
     health_router, retry, serve, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings,
@@ -37,8 +44,32 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Args)]
 pub struct ProjectorSettings {
     /// Most events written to PostgreSQL in one transaction.
-    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
+    /// Most bytes of events written to PostgreSQL in one transaction (`0`: no bound); an
+    /// event larger than this is written alone. Each pull from the broker asks for this
+    /// much, or for the server's max_payload if that is larger.
+    #[arg(long, env = "PROJECTOR_BATCH_BYTES", default_value = "8MiB", value_parser = batch_bytes)]
+    pub batch_bytes: usize,
+    /// How long a batch may keep failing before the projector reports that it cannot make
+    /// progress (an error log line, and /readyz 503 naming the event's sequence).
+    #[arg(long, env = "PROJECTOR_STUCK_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub stuck_after: Duration,
+}
+
+impl ProjectorSettings {
+    pub fn limits(&self) -> batch::Limits {
+        batch::Limits {
+            events: self.batch_size,
+            bytes: self.batch_bytes,
+        }
+    }
+}
+
+/// `PROJECTOR_BATCH_BYTES`: a size, `0` for no bound.
+fn batch_bytes(text: &str) -> Result<usize, String> {
+    Ok(parse_bytes(text)?.map_or(usize::MAX, |b| usize::try_from(b).unwrap_or(usize::MAX)))
 }
 
 /// Everything the `projector` role needs to run on its own.
@@ -62,6 +93,7 @@ pub struct Projector {
     log: Arc<JetStreamLog>,
     read: Arc<dyn ReadModel>,
     settings: ProjectorSettings,
+    stall: Arc<Stall>,
 }
 
 impl Projector {
@@ -70,11 +102,18 @@ impl Projector {
         read: Arc<dyn ReadModel>,
         settings: ProjectorSettings,
     ) -> Self {
+        let stall = Arc::new(Stall::new(settings.stuck_after));
         Self {
             log,
             read,
             settings,
+            stall,
         }
+    }
+
+    /// Whether the projector makes progress, as a check of `/readyz`.
+    pub fn stall(&self) -> Arc<Stall> {
+        self.stall.clone()
     }
 
     /// Consumes until `shutdown` fires; the batch in hand is finished and acknowledged first.
@@ -104,8 +143,11 @@ impl Projector {
                         Err(e) => tracing::warn!("consumer: {e}"),
                     }
                 }
-                if !received.is_empty() {
-                    self.project(received, &shutdown).await;
+                let limits = self.settings.limits();
+                for part in batch::cut(received, |m| m.length, limits) {
+                    if !self.project(part, &shutdown).await {
+                        return;
+                    }
                 }
             }
         }
@@ -139,9 +181,14 @@ impl Projector {
             )
             .await
             .context("cannot create or open the projector's consumer")?;
+        let max_bytes = batch::pull_max_bytes(
+            self.settings.batch_bytes,
+            self.log.client().server_info().max_payload,
+        );
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.settings.batch_size)
+            .max_bytes_per_batch(max_bytes)
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await
@@ -150,12 +197,15 @@ impl Projector {
     }
 
     /// Applies one batch: rows in one transaction, invalid events set aside, then every event
-    /// acknowledged. A failing database is retried until it answers or shutdown fires; then the
-    /// batch stays unacknowledged and is delivered again.
+    /// acknowledged. Rows that PostgreSQL refuses are found by splitting the batch and set
+    /// aside; any other failure (the database or the broker does not answer) is retried until
+    /// it succeeds or shutdown fires, and then the batch stays unacknowledged and is
+    /// delivered again. `false` if shutdown fired.
     #[tracing::instrument(skip_all, fields(first_seq, last_seq, events = messages.len()))]
-    async fn project(&self, messages: Vec<Message>, shutdown: &CancellationToken) {
+    async fn project(&self, messages: Vec<Message>, shutdown: &CancellationToken) -> bool {
         let incoming: Vec<Incoming> = messages.iter().filter_map(incoming).collect();
         record_lag(&messages);
+        let first_seq = incoming.first().map_or(0, |i| i.sequence);
         if let (Some(first), Some(last)) = (incoming.first(), incoming.last()) {
             tracing::Span::current().record("first_seq", first.sequence);
             tracing::Span::current().record("last_seq", last.sequence);
@@ -167,53 +217,77 @@ impl Projector {
             .collect();
         let Some(created) =
             retry::until_ready("checking threads against the event log", shutdown, || {
-                self.threads_created(&verdicts)
+                self.noting_failure(first_seq, self.threads_created(&verdicts))
             })
             .await
         else {
-            return;
+            return false;
         };
         fold::reject_unknown_threads(&mut verdicts, &created);
 
-        let mut threads = Vec::new();
-        let mut rows = Vec::new();
-        let mut set_aside = Vec::new();
-        for (event, verdict) in incoming.iter().zip(verdicts) {
+        // The events to write, in stream order, by their index in `incoming`.
+        let mut rows: Vec<(usize, Verdict)> = Vec::new();
+        let mut set_aside: Vec<(usize, EventError)> = Vec::new();
+        for (index, verdict) in verdicts.into_iter().enumerate() {
             match verdict {
-                Verdict::Thread(t) => threads.push(t),
-                Verdict::Message(m) => rows.push(m),
-                Verdict::SetAside(reason) => set_aside.push((event, reason)),
+                Verdict::SetAside(reason) => set_aside.push((index, reason)),
+                row => rows.push((index, row)),
             }
         }
-        if retry::until_ready("writing to the read model", shutdown, || {
-            self.read.apply(&threads, &rows)
+        let Some(refused) = retry::until_ready("writing to the read model", shutdown, || {
+            self.write(&rows, &incoming)
         })
         .await
-        .is_none()
-        {
-            return;
+        else {
+            return false;
+        };
+        let mut refused_rows = vec![false; rows.len()];
+        for (row, error) in refused {
+            refused_rows[row] = true;
+            let why = match error {
+                StoreError::Refused { code, cause } => format!("{code}: {cause}"),
+                other => other.to_string(),
+            };
+            set_aside.push((rows[row].0, EventError::RefusedByDatabase(why)));
         }
-        for thread in &threads {
-            self.log.remember_thread(thread.id, thread.stream_seq);
+        let (mut threads, mut messages_written) = (0usize, 0usize);
+        for ((_, verdict), refused) in rows.iter().zip(refused_rows) {
+            match verdict {
+                Verdict::Thread(thread) if !refused => {
+                    threads += 1;
+                    self.log.remember_thread(thread.id, thread.stream_seq);
+                }
+                Verdict::Message(_) if !refused => messages_written += 1,
+                _ => {}
+            }
         }
-        for (event, reason) in &set_aside {
+        set_aside.sort_by_key(|(index, _)| *index);
+        for (index, reason) in &set_aside {
+            let event = &incoming[*index];
             metrics::counter!(names::SET_ASIDE, "reason" => reason.code()).increment(1);
             tracing::warn!(
                 subject = %event.subject, sequence = event.sequence, reason = reason.code(),
-                "setting an invalid event aside: {reason}"
+                "setting an invalid event aside: {}",
+                threadline_infra::event_log::bounded_text(
+                    &reason.to_string(),
+                    threadline_infra::event_log::REASON_MAX_BYTES
+                )
             );
             let stored = retry::until_ready("setting an invalid event aside", shutdown, || {
-                self.log.set_aside(
-                    &event.subject,
+                self.noting_failure(
                     event.sequence,
-                    event.payload.clone(),
-                    reason,
-                    "projector",
+                    self.log.set_aside(
+                        &event.subject,
+                        event.sequence,
+                        event.payload.clone(),
+                        reason,
+                        "projector",
+                    ),
                 )
             })
             .await;
             if stored.is_none() {
-                return;
+                return false;
             }
         }
         for message in &messages {
@@ -221,13 +295,50 @@ impl Projector {
                 tracing::warn!("acknowledging failed (the event will be applied again): {e}");
             }
         }
+        self.stall.moved_on();
         metrics::histogram!(names::PROJECTOR_BATCH_SIZE).record(messages.len() as f64);
         metrics::counter!(names::PROJECTOR_EVENTS).increment(messages.len() as u64);
-        tracing::debug!(
-            threads = threads.len(),
-            messages = rows.len(),
-            "batch applied"
-        );
+        tracing::debug!(threads, messages = messages_written, "batch applied");
+        true
+    }
+
+    /// Writes the rows of a batch, splitting it where PostgreSQL refuses some; the rows
+    /// refused on their own (by their index in `rows`), with the refusal.
+    async fn write(
+        &self,
+        rows: &[(usize, Verdict)],
+        incoming: &[Incoming],
+    ) -> Result<Vec<(usize, StoreError)>, StoreError> {
+        let written = batch::isolate(
+            rows.len(),
+            |e| matches!(e, StoreError::Refused { .. }),
+            |part| {
+                let (threads, messages) = fold::rows(rows[part].iter().map(|(_, v)| v));
+                let read = self.read.clone();
+                async move { read.apply(&threads, &messages).await }
+            },
+        )
+        .await;
+        written.map_err(|failed| {
+            let sequence = rows
+                .get(failed.at)
+                .map_or(0, |(index, _)| incoming[*index].sequence);
+            self.stall.failed(sequence, &failed.error);
+            failed.error
+        })
+    }
+
+    /// `attempt`, with its failure noted against event `sequence` for the stall check.
+    async fn noting_failure<T, E: std::fmt::Display>(
+        &self,
+        sequence: u64,
+        attempt: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let result = attempt.await;
+        if let Err(e) = &result {
+            self.stall.failed(sequence, e);
+        }
+        result
     }
 
     /// Where each thread that the batch's messages name was created: in the batch itself,
@@ -291,11 +402,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
+    let projector = Projector::new(log.clone(), read.clone(), settings.projector);
     let health = threadline_infra::server::finish(
-        health_router(vec![log.clone(), read.clone()]),
+        health_router(vec![log, read, projector.stall()]),
         &settings.http,
     );
-    let projector = Projector::new(log, read, settings.projector);
     let server = serve(
         listener,
         health,

@@ -16,6 +16,7 @@
 //! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
 
+use crate::batch::{ranges, Limits, Split};
 use crate::copy::{self, CopyWriter};
 use crate::progress::Progress;
 use crate::replay::{self, Counts, EventReader, ReplayFold};
@@ -25,7 +26,8 @@ use clap::Args;
 use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
 use threadline_infra::{
-    apply_rows, DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel, SWITCH_LOCK,
+    apply_rows, AppliedMessage, AppliedThread, DatabaseSettings, JetStreamLog, NatsSettings,
+    PgReadModel, SWITCH_LOCK,
 };
 
 /// Where the new read model is built.
@@ -38,6 +40,8 @@ const REBUILD_LOCK: i64 = 0x7468_7265_6164_6c72; // "threadlr"
 const SWITCH_GAP: u64 = 2_000;
 /// Events per statement while catching up.
 const CATCH_UP_BATCH: usize = 5_000;
+/// Most bytes of rows per statement while catching up.
+const CATCH_UP_BYTES: usize = 8 << 20;
 
 /// What `threadline rebuild` needs.
 #[derive(Debug, Clone, Args)]
@@ -181,26 +185,115 @@ async fn apply_through(
     let mut threads = Vec::new();
     let mut messages = Vec::new();
     let mut events = 0;
+    let mut bytes = 0;
     loop {
         let batch = reader.next_batch(through).await?;
         let done = batch.is_none();
         if let Some(batch) = batch {
             events += batch.len();
             let (t, m) = fold.fold(batch);
+            bytes += t.iter().map(Row::bytes).sum::<usize>();
+            bytes += m.iter().map(Row::bytes).sum::<usize>();
             threads.extend(t);
             messages.extend(m);
         }
-        if done || events >= CATCH_UP_BATCH {
-            apply_rows(conn, &threads, &messages).await?;
+        if done || events >= CATCH_UP_BATCH || bytes >= CATCH_UP_BYTES {
+            fold.counts.refused += write_rows(conn, &threads).await?;
+            fold.counts.refused += write_rows(conn, &messages).await?;
             progress.advance(events as u64, reader.last_seq);
             threads.clear();
             messages.clear();
             events = 0;
+            bytes = 0;
         }
         if done {
             return Ok(());
         }
     }
+}
+
+/// Rows of one table, as `apply_rows` writes them.
+trait Row {
+    fn stream_seq(&self) -> u64;
+    /// About how many bytes the row takes in a statement.
+    fn bytes(&self) -> usize;
+    fn apply<'a>(
+        conn: &'a mut PgConnection,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>>
+    where
+        Self: Sized;
+}
+
+impl Row for AppliedThread {
+    fn stream_seq(&self) -> u64 {
+        self.stream_seq
+    }
+    fn bytes(&self) -> usize {
+        self.user.get().len() + 64
+    }
+    fn apply<'a>(
+        conn: &'a mut PgConnection,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>> {
+        Box::pin(apply_rows(conn, rows, &[]))
+    }
+}
+
+impl Row for AppliedMessage {
+    fn stream_seq(&self) -> u64 {
+        self.stream_seq
+    }
+    fn bytes(&self) -> usize {
+        self.user.get().len() + self.body.as_str().len() + 96
+    }
+    fn apply<'a>(
+        conn: &'a mut PgConnection,
+        rows: &'a [Self],
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>> {
+        Box::pin(apply_rows(conn, &[], rows))
+    }
+}
+
+/// Writes rows as the live projector does, in statements within the catch-up's bounds, each
+/// in a transaction of its own (a savepoint within the switch-over's), splitting them where
+/// PostgreSQL refuses some; how many rows it refused, which are passed over (the live
+/// projector set their events aside).
+async fn write_rows<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
+    let limits = Limits {
+        events: CATCH_UP_BATCH,
+        bytes: CATCH_UP_BYTES,
+    };
+    let sizes: Vec<usize> = rows.iter().map(Row::bytes).collect();
+    let mut refused = 0;
+    for range in ranges(&sizes, limits) {
+        refused += write_part(conn, &rows[range]).await?;
+    }
+    Ok(refused)
+}
+
+async fn write_part<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
+    let mut refused = 0;
+    let mut split = Split::new(rows.len());
+    while let Some(part) = split.next_part() {
+        let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
+        match R::apply(&mut tx, &rows[part.clone()]).await {
+            Ok(()) => tx.commit().await.map_err(ProjectorError::database)?,
+            Err(threadline_infra::StoreError::Refused { code, cause }) => {
+                tx.rollback().await.map_err(ProjectorError::database)?;
+                if split.refused(part.clone()) {
+                    refused += 1;
+                    tracing::warn!(
+                        sequence = rows[part.start].stream_seq(),
+                        "passing over a row PostgreSQL refuses ({code}: {cause}); \
+                         the live projector set its event aside"
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(refused)
 }
 
 async fn execute(conn: &mut PgConnection, statements: &str) -> Result<(), ProjectorError> {
@@ -217,7 +310,7 @@ pub async fn run(settings: &RebuildSettings) -> Result<bool, ProjectorError> {
     let seconds = summary.elapsed.as_secs_f64().max(1e-9);
     println!(
         "rebuilt the read model from {} events through sequence {} in {:.1} s ({:.0} events/s): \
-         {} threads, {} messages, {} events passed over (invalid or repeated); the previous read model was {}",
+         {} threads, {} messages, {} events passed over (invalid or repeated){}; the previous read model was {}",
         summary.counts.events,
         summary.through,
         seconds,
@@ -225,6 +318,10 @@ pub async fn run(settings: &RebuildSettings) -> Result<bool, ProjectorError> {
         summary.counts.threads,
         summary.counts.messages,
         summary.counts.skipped,
+        match summary.counts.refused {
+            0 => String::new(),
+            n => format!(", {n} rows refused by PostgreSQL and passed over"),
+        },
         if settings.keep_old {
             format!("kept in schema {RETIRED_SCHEMA}")
         } else {

@@ -19,6 +19,9 @@ use uuid::Uuid;
 /// Most events asked of JetStream per pull request (below the client's per-subscription
 /// buffer of 65,536 messages, which an unacknowledged consumer must never overflow).
 const FETCH_BATCH: usize = 10_000;
+/// Most bytes asked of JetStream per pull request (or the server's max_payload, if larger):
+/// with `BATCHES_AHEAD`, what bounds the reader's memory when events are large.
+const FETCH_BYTES: usize = 32 << 20;
 /// Decoded batches waiting for the fold; then the reader waits.
 const BATCHES_AHEAD: usize = 8;
 /// How long to wait for the next events before asking the server whether any are left.
@@ -72,9 +75,12 @@ impl EventReader {
             })
             .await
             .map_err(ProjectorError::nats)?;
+        let max_bytes =
+            crate::batch::pull_max_bytes(FETCH_BYTES, log.client().server_info().max_payload);
         let messages = consumer
             .stream()
             .max_messages_per_batch(FETCH_BATCH)
+            .max_bytes_per_batch(max_bytes)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -190,6 +196,9 @@ pub struct Counts {
     pub messages: u64,
     /// Invalid events (the live projector set them aside) and repeats of an id.
     pub skipped: u64,
+    /// Rows PostgreSQL refused (the live projector set their events aside too); counted
+    /// among `threads` and `messages` as well.
+    pub refused: u64,
 }
 
 /// The fold of a replay in stream order. It remembers every thread's creation and every
@@ -260,7 +269,9 @@ pub async fn load(
         writer.write(&threads, &messages).await?;
         progress.advance(events, reader.last_seq);
     }
-    writer.finish().await
+    let (conn, refused) = writer.finish().await?;
+    fold.counts.refused += refused;
+    Ok(conn)
 }
 
 #[cfg(test)]

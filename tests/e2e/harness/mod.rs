@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod gateway;
 pub mod ids;
 pub mod load;
+pub mod metrics;
 pub mod nats;
 pub mod operator;
 pub mod postgres;

@@ -82,6 +82,19 @@ pub async fn run_command_with(args: &[&str], env: &[(String, String)]) -> Comman
     }
 }
 
+/// The `dead-letters list --json` records of events published on `subject`.
+pub async fn dead_letters_on(app: &App, subject: &str) -> Vec<serde_json::Value> {
+    let out = run_command(app, &["dead-letters", "list", "--json"]).await;
+    let all: serde_json::Value =
+        serde_json::from_str(out.expect(0)).expect("dead-letters list --json");
+    all.as_array()
+        .expect("dead-letters list --json prints an array")
+        .iter()
+        .filter(|l| l["subject"] == subject)
+        .cloned()
+        .collect()
+}
+
 /// A command left running (`events tail`, a rebuild to be killed); killed on drop.
 pub struct Running {
     pub child: Child,

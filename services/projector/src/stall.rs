@@ -1,0 +1,170 @@
+//! Whether the projector makes progress. A batch that keeps failing (the database refuses
+//! every attempt in a way that is not the data's fault, a table is locked, the broker does not
+//! take a set-aside event) holds back every later event; after `PROJECTOR_STUCK_AFTER` the
+//! projector says so: one error log line naming the event's sequence, and `/readyz` answers
+//! 503 with the sequence and the error under the check `projection`, until it moves on.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use threadline_infra::event_log::bounded_text;
+use threadline_infra::{Dependency, StoreError};
+
+/// The most bytes of an error shown by `/readyz` and the log line.
+const CAUSE_MAX_BYTES: usize = 500;
+
+/// The projector's progress, as its batches report it.
+pub struct Stall {
+    after: Duration,
+    failing: Mutex<Option<Failing>>,
+}
+
+/// Since when the batch in hand has been failing.
+#[derive(Debug, Clone)]
+struct Failing {
+    /// The sequence of the (first) event of the part that failed last.
+    sequence: u64,
+    since: Instant,
+    attempts: u32,
+    cause: String,
+    /// Whether the projector has said it is stuck.
+    reported: bool,
+}
+
+impl Stall {
+    /// Stuck once a batch has failed for `after`.
+    pub fn new(after: Duration) -> Self {
+        Self {
+            after,
+            failing: Mutex::new(None),
+        }
+    }
+
+    /// An attempt at the batch in hand failed at event `sequence`.
+    pub fn failed(&self, sequence: u64, cause: &dyn std::fmt::Display) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let state = failing.get_or_insert_with(|| Failing {
+            sequence,
+            since: Instant::now(),
+            attempts: 0,
+            cause: String::new(),
+            reported: false,
+        });
+        state.sequence = sequence;
+        state.attempts += 1;
+        state.cause = bounded_text(&cause.to_string(), CAUSE_MAX_BYTES);
+        let failing_for = state.since.elapsed();
+        if !state.reported && failing_for >= self.after {
+            state.reported = true;
+            tracing::error!(
+                sequence,
+                attempts = state.attempts,
+                "the projector cannot make progress: event sequence {sequence} has failed for \
+                 {failing_for:?} ({} attempts), every later event waits: {}",
+                state.attempts,
+                state.cause
+            );
+        }
+    }
+
+    /// The batch in hand is done (applied or set aside).
+    pub fn moved_on(&self) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = failing.take() {
+            if state.reported {
+                tracing::info!(
+                    sequence = state.sequence,
+                    "the projector moves on past event sequence {} after {:?}",
+                    state.sequence,
+                    state.since.elapsed()
+                );
+            }
+        }
+    }
+
+    /// Why the projector is stuck, if it is.
+    pub fn stuck(&self) -> Option<StoreError> {
+        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let state = failing.as_ref()?;
+        let failing_for = state.since.elapsed();
+        (failing_for >= self.after).then(|| StoreError::Stuck {
+            sequence: state.sequence,
+            failing_for,
+            attempts: state.attempts,
+            cause: state.cause.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl Dependency for Stall {
+    fn name(&self) -> &'static str {
+        "projection"
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.stuck().map_or(Ok(()), Err)
+    }
+
+    fn failure(&self, error: &StoreError) -> Value {
+        match error {
+            StoreError::Stuck {
+                sequence,
+                failing_for,
+                attempts,
+                cause,
+            } => json!({
+                "status": "stuck",
+                "sequence": sequence,
+                "failing_for_seconds": failing_for.as_secs(),
+                "attempts": attempts,
+                "error": cause,
+            }),
+            other => json!({"status": "stuck", "error": other.to_string()}),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_failing_past_the_bound_is_stuck_until_it_moves_on() {
+        let stall = Stall::new(Duration::ZERO);
+        assert!(stall.stuck().is_none());
+        stall.failed(41, &"PostgreSQL is unavailable");
+        stall.failed(42, &"canceling statement due to statement timeout");
+        let Some(StoreError::Stuck {
+            sequence,
+            attempts,
+            cause,
+            ..
+        }) = stall.stuck()
+        else {
+            panic!("not stuck");
+        };
+        assert_eq!((sequence, attempts), (42, 2));
+        assert_eq!(cause, "canceling statement due to statement timeout");
+        stall.moved_on();
+        assert!(stall.stuck().is_none());
+    }
+
+    #[test]
+    fn a_failure_within_the_bound_is_not_stuck() {
+        let stall = Stall::new(Duration::from_secs(3600));
+        stall.failed(7, &"lost the connection");
+        assert!(stall.stuck().is_none());
+    }
+
+    #[test]
+    fn the_cause_shown_is_bounded() {
+        let stall = Stall::new(Duration::ZERO);
+        stall.failed(1, &"x".repeat(100_000));
+        let Some(StoreError::Stuck { cause, .. }) = stall.stuck() else {
+            panic!("not stuck");
+        };
+        assert!(cause.len() <= CAUSE_MAX_BYTES);
+    }
+}
