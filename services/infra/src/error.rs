@@ -40,17 +40,6 @@ impl StoreError {
         }
     }
 
-    /// A query's failure: an exhausted pool is overload, anything else unavailability.
-    pub fn from_sqlx(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut => StoreError::Overloaded {
-                what: "PostgreSQL",
-                cause: "every connection of the pool is busy".into(),
-            },
-            other => StoreError::database(other),
-        }
-    }
-
     pub fn database(cause: impl std::fmt::Display) -> Self {
         StoreError::Unavailable {
             what: "PostgreSQL",
@@ -59,10 +48,17 @@ impl StoreError {
     }
 
     /// A database error, told apart: [`StoreError::Refused`] when PostgreSQL refused the data
-    /// (see [`refused_by_data`]), [`StoreError::Unavailable`] for everything else (a lost
-    /// connection, a pool timeout, or an SQLSTATE that describes the server's state rather
-    /// than the rows), which is worth retrying unchanged.
+    /// (see [`refused_by_data`]), [`StoreError::Overloaded`] when every connection of the pool
+    /// is busy, [`StoreError::Unavailable`] for everything else (a lost connection or an
+    /// SQLSTATE that describes the server's state rather than the rows). All but the first
+    /// are worth retrying unchanged.
     pub fn sql(error: sqlx::Error) -> Self {
+        if let sqlx::Error::PoolTimedOut = error {
+            return StoreError::Overloaded {
+                what: "PostgreSQL",
+                cause: "every connection of the pool is busy".into(),
+            };
+        }
         if let sqlx::Error::Database(db) = &error {
             if let Some(code) = db.code().filter(|code| refused_by_data(code)) {
                 return StoreError::Refused {

@@ -205,17 +205,17 @@ impl PgReadModel {
             turn.map_err(StoreError::database)?
         };
         // Dropped unfinished, the transaction is rolled back before its connection is reused.
-        let mut conn = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut conn = self.pool.begin().await.map_err(StoreError::sql)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *conn)
             .await
-            .map_err(StoreError::from_sqlx)?;
+            .map_err(StoreError::sql)?;
         let thread: Option<(String, DateTime<Utc>)> =
             sqlx::query_as("SELECT user_json, created_at FROM threads WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await
-                .map_err(StoreError::from_sqlx)?;
+                .map_err(StoreError::sql)?;
         let Some((user, created_at)) = thread else {
             // Gone since the first read: only a rebuild's switch-over can do that.
             return Err(StoreError::database(
@@ -231,7 +231,7 @@ impl PgReadModel {
             sqlx::query(setting)
                 .execute(&mut *conn)
                 .await
-                .map_err(StoreError::from_sqlx)?;
+                .map_err(StoreError::sql)?;
         }
         let mut body = ThreadBody::new(id, user, created_at)?;
         let (pages, taken) = tokio::sync::mpsc::channel(PAGES_AHEAD);
@@ -260,7 +260,7 @@ impl PgReadModel {
                 .bind(PAGE_MESSAGES)
                 .fetch_one(&mut *conn)
                 .await
-                .map_err(StoreError::from_sqlx);
+                .map_err(StoreError::sql);
                 let (messages, last, count) = match page {
                     Ok(page) => page,
                     Err(e) => {
@@ -407,7 +407,7 @@ impl ReadModel for PgReadModel {
         .bind(WHOLE_READ_BYTES)
         .fetch_all(&self.pool)
         .await
-        .map_err(StoreError::from_sqlx)?;
+        .map_err(StoreError::sql)?;
         let Some((user, created_at, _, count, bytes)) = rows.first() else {
             return Ok(None);
         };
