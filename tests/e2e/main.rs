@@ -13,6 +13,7 @@ mod degraded;
 mod deploy_settings;
 mod duplicates;
 mod errors;
+mod existence;
 mod faults;
 mod gap_repair;
 mod gateway_limits;

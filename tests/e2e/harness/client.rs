@@ -19,6 +19,7 @@ pub const PROJECTION_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STREAM: &str = "THREADLINE";
 pub const DEAD_LETTER_STREAM: &str = "THREADLINE_DEAD_LETTERS";
 pub const SUBJECT_PREFIX: &str = "chat";
+pub const PROJECTOR_CONSUMER: &str = "threadline-projector";
 
 /// An HTTP answer: status, raw body text, and the body as JSON on demand.
 #[derive(Debug, Clone)]
@@ -271,6 +272,29 @@ impl Client {
     /// The subject of `thread`'s MessagePosted events.
     pub fn message_subject(&self, thread: &str) -> String {
         format!("{SUBJECT_PREFIX}.thread.{thread}.message")
+    }
+
+    /// The subject of `thread`'s ThreadCreated events.
+    pub fn created_subject(&self, thread: &str) -> String {
+        format!("{SUBJECT_PREFIX}.thread.{thread}.created")
+    }
+
+    /// Waits until the projector has applied (acknowledged) every event up to `sequence`.
+    pub async fn wait_applied(&self, sequence: u64) {
+        let js = self.jetstream().await;
+        eventually(
+            &format!("the projector to apply events up to {sequence}"),
+            Duration::from_secs(120),
+            || async {
+                let mut consumer: jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(PROJECTOR_CONSUMER, STREAM)
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.ack_floor.stream_sequence >= sequence).then_some(())
+            },
+        )
+        .await
     }
 
     /// Every event set aside so far.
