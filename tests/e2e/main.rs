@@ -22,6 +22,7 @@ mod idempotency;
 mod leader_load;
 mod messages;
 mod metrics;
+mod nats_permissions;
 mod operations;
 mod outside_publisher;
 mod projector_crash;

@@ -68,6 +68,17 @@ const LOOKUPS_AT_ONCE: usize = 32;
 impl JetStreamLog {
     /// Connects to NATS and creates (or checks) the event and dead-letter streams.
     pub async fn connect(settings: &NatsSettings) -> Result<Self, StoreError> {
+        Self::open(settings, StreamAccess::Manage).await
+    }
+
+    /// Connects to NATS and opens the event stream as it is, changing nothing: for a role
+    /// whose NATS user may only read (the gateway). Fails until a role that manages the
+    /// streams has created the event stream with this version's republish rule.
+    pub async fn connect_to_read(settings: &NatsSettings) -> Result<Self, StoreError> {
+        Self::open(settings, StreamAccess::Read).await
+    }
+
+    async fn open(settings: &NatsSettings, access: StreamAccess) -> Result<Self, StoreError> {
         let subjects = Subjects::new(&settings.subject_prefix).map_err(StoreError::nats)?;
         let (connected, connections) = watch::channel(0u64);
         let options = settings.connect_options().await.map_err(StoreError::nats)?;
@@ -86,49 +97,24 @@ impl JetStreamLog {
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.nats_timeout);
 
-        let (source, destination) = subjects.stored_republish();
-        let info = ensure_stream(
-            &jetstream,
-            stream::Config {
-                name: settings.stream_name.clone(),
-                description: Some("threadline events: the source of truth".into()),
-                subjects: subjects.stream_subjects(),
-                storage: stream::StorageType::File,
-                duplicate_window: settings.duplicate_window,
-                num_replicas: settings.stream_replicas.into(),
-                max_age: settings.stream_max_age,
-                max_bytes: byte_limit(settings.stream_max_bytes),
-                // The source of truth: when full, refuse new events rather than lose old ones.
-                discard: stream::DiscardPolicy::New,
-                republish: Some(stream::Republish {
-                    source,
-                    destination,
-                    headers_only: false,
-                }),
-                ..Default::default()
-            },
-        )
-        .await?;
-        update_stream_rules(&jetstream, info.config, settings, &subjects).await?;
-        ensure_stream(
-            &jetstream,
-            stream::Config {
-                name: settings.dead_letter_stream.clone(),
-                description: Some("threadline events set aside as invalid, with the reason".into()),
-                subjects: subjects.dead_letter_subjects(),
-                storage: stream::StorageType::File,
-                num_replicas: settings.stream_replicas.into(),
-                max_age: settings.dead_letter_max_age,
-                max_bytes: byte_limit(settings.dead_letter_max_bytes),
-                discard: stream::DiscardPolicy::Old,
-                ..Default::default()
-            },
-        )
-        .await?;
+        if access == StreamAccess::Manage {
+            manage_streams(&jetstream, settings, &subjects).await?;
+        }
         let stream = jetstream
             .get_stream(&settings.stream_name)
             .await
-            .map_err(StoreError::nats)?;
+            .map_err(|e| {
+                StoreError::nats(format!("cannot open stream {}: {e}", settings.stream_name))
+            })?;
+        if access == StreamAccess::Read
+            && stream.cached_info().config.republish != Some(republish_rule(&subjects))
+        {
+            return Err(StoreError::nats(format!(
+                "stream {} does not republish stored events as this version expects yet \
+                 (the api or the projector updates it when it starts)",
+                settings.stream_name
+            )));
+        }
         Ok(Self {
             client,
             jetstream,
@@ -266,6 +252,66 @@ async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Result<Optio
     }
 }
 
+/// Whether a process creates and updates the streams, or only reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamAccess {
+    Manage,
+    Read,
+}
+
+/// Creates the event and dead-letter streams, or brings them to the settings.
+async fn manage_streams(
+    jetstream: &jetstream::Context,
+    settings: &NatsSettings,
+    subjects: &Subjects,
+) -> Result<(), StoreError> {
+    let info = ensure_stream(
+        jetstream,
+        stream::Config {
+            name: settings.stream_name.clone(),
+            description: Some("threadline events: the source of truth".into()),
+            subjects: subjects.stream_subjects(),
+            storage: stream::StorageType::File,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.stream_replicas.into(),
+            max_age: settings.stream_max_age,
+            max_bytes: byte_limit(settings.stream_max_bytes),
+            // The source of truth: when full, refuse new events rather than lose old ones.
+            discard: stream::DiscardPolicy::New,
+            republish: Some(republish_rule(subjects)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    update_stream_rules(jetstream, info.config, settings, subjects).await?;
+    ensure_stream(
+        jetstream,
+        stream::Config {
+            name: settings.dead_letter_stream.clone(),
+            description: Some("threadline events set aside as invalid, with the reason".into()),
+            subjects: subjects.dead_letter_subjects(),
+            storage: stream::StorageType::File,
+            num_replicas: settings.stream_replicas.into(),
+            max_age: settings.dead_letter_max_age,
+            max_bytes: byte_limit(settings.dead_letter_max_bytes),
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where the stream republishes each stored message: what gateways listen on.
+fn republish_rule(subjects: &Subjects) -> stream::Republish {
+    let (source, destination) = subjects.stored_republish();
+    stream::Republish {
+        source,
+        destination,
+        headers_only: false,
+    }
+}
+
 fn record_append(kind: EventKind, outcome: &'static str, started: std::time::Instant) {
     metrics::histogram!(
         crate::metrics::names::APPEND_DURATION,
@@ -293,12 +339,7 @@ async fn update_stream_rules(
     settings: &NatsSettings,
     subjects: &Subjects,
 ) -> Result<(), StoreError> {
-    let (source, destination) = subjects.stored_republish();
-    let republish = stream::Republish {
-        source,
-        destination,
-        headers_only: false,
-    };
+    let republish = republish_rule(subjects);
     if config.duplicate_window == settings.duplicate_window
         && config.republish.as_ref() == Some(&republish)
     {
