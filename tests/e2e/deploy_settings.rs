@@ -297,8 +297,9 @@ async fn streams_take_their_replicas_and_limits_from_the_settings() {
         ("NATS_URL", &nats.url()),
         ("DATABASE_URL", &pg.url("threadline")),
     ]);
+    // The projector manages the streams (the gateway only opens them).
     let mut roles = Roles::default();
-    roles.spawn("gateway", &base).await;
+    roles.spawn("projector", &base).await;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
     let config = |name: &'static str| {
         let js = js.clone();
@@ -332,7 +333,7 @@ async fn streams_take_their_replicas_and_limits_from_the_settings() {
         ("DEAD_LETTER_MAX_BYTES", "5MB"),
         ("DEAD_LETTER_MAX_AGE", "12h"),
     ]));
-    roles.spawn("gateway", &changed).await;
+    roles.spawn("projector", &changed).await;
     assert_eq!(config("THREADLINE").await.max_bytes, 2 << 30);
     let dead = config("THREADLINE_DEAD_LETTERS").await;
     assert_eq!(dead.max_bytes, 5_000_000);

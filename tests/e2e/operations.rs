@@ -3,18 +3,15 @@
 //! back with `dead-letters retry`, `events tail` and `events publish`, and one clear line when
 //! a dependency is unreachable.
 
-use crate::harness::client::{REQUEST_TIMEOUT, STREAM};
+use crate::harness::client::REQUEST_TIMEOUT;
 use crate::harness::operator::{dead_letters_on, run_command, run_command_with, Running};
 use crate::harness::*;
-use async_nats::jetstream;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-const PROJECTOR_CONSUMER: &str = "threadline-projector";
 
 fn thread_created(id: &str) -> String {
     format!(
@@ -66,24 +63,6 @@ async fn seed(app: &App, threads: usize, per_thread: usize) -> (Vec<String>, u64
     (ids, last)
 }
 
-/// Waits until the live projector has applied every event up to `sequence`.
-async fn wait_applied(app: &App, sequence: u64) {
-    let js = app.jetstream().await;
-    eventually(
-        &format!("the projector to apply events up to {sequence}"),
-        Duration::from_secs(120),
-        || async {
-            let mut consumer: jetstream::consumer::PullConsumer = js
-                .get_consumer_from_stream(PROJECTOR_CONSUMER, STREAM)
-                .await
-                .ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.ack_floor.stream_sequence >= sequence).then_some(())
-        },
-    )
-    .await
-}
-
 async fn schema_table_exists(app: &mut App, table: &str) -> bool {
     let db = app.db().await;
     sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
@@ -97,7 +76,7 @@ async fn schema_table_exists(app: &mut App, table: &str) -> bool {
 async fn rebuild_under_reads_and_writes_keeps_every_get_complete_and_verify_passes() {
     let app = spawn_app().await;
     let (threads, last) = seed(&app, 200, 100).await;
-    wait_applied(&app, last).await;
+    app.wait_applied(last).await;
     let live = app.new_thread().await;
 
     let done = AtomicBool::new(false);
@@ -153,7 +132,7 @@ async fn rebuild_under_reads_and_writes_keeps_every_get_complete_and_verify_pass
 async fn a_rebuild_killed_halfway_leaves_the_serving_read_model_and_a_second_one_completes() {
     let mut app = spawn_app().await;
     let (threads, last) = seed(&app, 100, 100).await;
-    wait_applied(&app, last).await;
+    app.wait_applied(last).await;
 
     let db = app.db().await;
     let mut rebuild = Running::start(&app, &["rebuild"]);

@@ -3,7 +3,7 @@
 //! PostgreSQL that accepts TLS connections only, reached with `sslmode=verify-full`.
 
 use crate::harness::deployment::secure::{require_tls, Attempt, NatsAuth, Pki, SecureNats};
-use crate::harness::deployment::{env, send, servers, Env, Roles};
+use crate::harness::deployment::{create_streams, env, send, servers, Env, Roles};
 use crate::harness::postgres::Postgres;
 use crate::harness::*;
 use futures::StreamExt;
@@ -149,10 +149,10 @@ async fn wrong_credentials_an_unknown_ca_or_no_client_certificate_are_refused() 
     refused_with(&anonymous, &["BadCertificate", "CertificateRequired"]).await;
 
     // With everything right the same server is reached.
+    let settings = with(tls, &[("NATS_TOKEN", "the-token")]);
+    create_streams(&settings).await;
     let mut roles = Roles::default();
-    let gateway = roles
-        .spawn("gateway", &with(tls, &[("NATS_TOKEN", "the-token")]))
-        .await;
+    let gateway = roles.spawn("gateway", &settings).await;
     assert_eq!(send(gateway, "GET", "/readyz", &[], None).await.status, 200);
 }
 
@@ -162,13 +162,10 @@ async fn an_nkey_seed_authenticates_to_nats() {
     let user = nkeys::KeyPair::new_user();
     let nats = SecureNats::start(&pki, &NatsAuth::NKey(user.public_key()));
     let seed = user.seed().expect("the user's seed");
+    let settings = with(nats_tls(&nats, &pki), &[("NATS_NKEY_SEED", &seed)]);
+    create_streams(&settings).await;
     let mut roles = Roles::default();
-    let gateway = roles
-        .spawn(
-            "gateway",
-            &with(nats_tls(&nats, &pki), &[("NATS_NKEY_SEED", &seed)]),
-        )
-        .await;
+    let gateway = roles.spawn("gateway", &settings).await;
     assert_eq!(send(gateway, "GET", "/readyz", &[], None).await.status, 200);
 
     let stranger = nkeys::KeyPair::new_user().seed().expect("another seed");

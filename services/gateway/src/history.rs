@@ -3,15 +3,13 @@
 //! that resumes with `since` gets first. Also the memory of which message ids a thread has
 //! shown, so that a repeat stored twice (outside the stream's duplicate window) shows once.
 
-use async_nats::jetstream::{self, response::Response, stream::RawMessage};
+use async_nats::jetstream;
 use async_nats::HeaderMap;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use proto_events::{headers, Event, EventKind, Subjects};
-use serde::Deserialize;
-use serde_json::json;
 use std::collections::{HashMap, VecDeque};
-use threadline_infra::StoreError;
+use threadline_infra::{existence, StoreError};
 use uuid::Uuid;
 
 /// How many message ids of a thread a feed remembers, with their stream sequences: the window
@@ -67,14 +65,10 @@ impl StoredMessage {
     }
 }
 
-#[derive(Deserialize)]
-struct Got {
-    message: RawMessage,
-}
-
 /// The messages stored on `subject` after stream sequence `after`, up to `through` (all of
 /// them if `None`), oldest first. One request to the stream leader per message: a support
-/// thread holds tens of messages, and only what a reader missed is read.
+/// thread holds tens of messages, and only what a reader missed is read. A message whose
+/// stored copy cannot be read stands as an invalid one (never shown).
 pub async fn stored_after(
     jetstream: &jetstream::Context,
     stream: &str,
@@ -88,33 +82,27 @@ pub async fn stored_after(
         if through.is_some_and(|through| next > through) {
             return Ok(messages);
         }
-        let response: Response<Got> = jetstream
-            .request(
-                format!("STREAM.MSG.GET.{stream}"),
-                &json!({ "seq": next, "next_by_subj": subject }),
-            )
-            .await
-            .map_err(StoreError::nats)?;
-        let raw = match response {
-            Response::Ok(got) => got.message,
-            Response::Err { error }
-                if error.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND =>
-            {
-                return Ok(messages)
-            }
-            Response::Err { error } => return Err(StoreError::nats(error)),
+        let Some(stored) = existence::next_on_subject(jetstream, stream, subject, next).await?
+        else {
+            return Ok(messages);
         };
-        if through.is_some_and(|through| raw.sequence > through) {
+        if through.is_some_and(|through| stored.sequence > through) {
             return Ok(messages);
         }
-        let subject = raw.subject.clone();
-        let stored = jetstream::message::StreamMessage::try_from(raw).map_err(StoreError::nats)?;
         next = stored.sequence + 1;
-        messages.push(StoredMessage {
-            sequence: stored.sequence,
-            subject,
-            headers: Some(stored.headers),
-            payload: stored.payload,
+        messages.push(match stored.message {
+            Some(message) => StoredMessage {
+                sequence: stored.sequence,
+                subject: message.subject.to_string(),
+                headers: Some(message.headers),
+                payload: message.payload,
+            },
+            None => StoredMessage {
+                sequence: stored.sequence,
+                subject: subject.to_owned(),
+                headers: None,
+                payload: Bytes::new(),
+            },
         });
     }
 }

@@ -361,7 +361,7 @@ impl Drop for OpenSocket {
 /// Runs the `gateway` role until `shutdown` fires: it stops accepting, and its open sockets
 /// get a 1012 close frame (service restart) so that their clients reconnect elsewhere.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some(Started { listener, log }) = startup::start(
+    let Some(Started { listener, log }) = startup::start_reader(
         settings.listen_addr,
         &settings.nats,
         &settings.http,

@@ -1,23 +1,18 @@
 //! The event log: an interface for the domain, and its NATS JetStream implementation.
 
 use crate::coalesce::Coalesce;
+use crate::existence::{self, KnownThreads};
 use crate::settings::NatsSettings;
 use crate::StoreError;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
-use proto_events::{headers, EncodedEvent, Event, EventKind, Subjects};
-use std::collections::HashMap;
+use proto_events::{headers, EncodedEvent, EventKind, Subjects};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
-
-/// How many known-to-exist threads each process remembers, with the stream sequence of their
-/// `ThreadCreated`. Threads never disappear, so a remembered answer is never wrong; past this
-/// bound the memory is cleared and refilled.
-const KNOWN_THREADS_CAPACITY: usize = 100_000;
 
 /// How long an append waits before it publishes again after an error.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -29,10 +24,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// Appending the same event (same id) again stores it once.
     async fn append(&self, event: &EncodedEvent) -> Result<u64, StoreError>;
 
-    /// Whether the thread exists: its `ThreadCreated` event is in the log and valid.
+    /// Whether the thread exists: the log holds a valid `ThreadCreated` of it (see
+    /// [`existence`](crate::existence) for the one rule).
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError>;
 
-    /// The stream sequence of the thread's latest event; `None` if the log has none.
+    /// A stream sequence through which the read model holds everything of the thread that was
+    /// appended before this call: the later of its creation and its latest message. `None` if
+    /// the thread does not exist. Events stored on its `created` subject after its creation
+    /// do not count: they change nothing.
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError>;
 
     /// A sequence through which every event has been applied to the read model. Cheap when
@@ -52,7 +51,7 @@ pub struct JetStreamLog {
     stream: stream::Stream,
     subjects: Subjects,
     settings: NatsSettings,
-    known_threads: Mutex<HashMap<Uuid, u64>>,
+    known_threads: KnownThreads,
     applied_floor: AtomicU64,
     /// Lookups in flight, shared by every caller asking the same.
     threads_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
@@ -74,6 +73,17 @@ const LOOKUPS_AT_ONCE: usize = 32;
 impl JetStreamLog {
     /// Connects to NATS and creates (or checks) the event and dead-letter streams.
     pub async fn connect(settings: &NatsSettings) -> Result<Self, StoreError> {
+        Self::open(settings, StreamAccess::Manage).await
+    }
+
+    /// Connects to NATS and opens the event stream as it is, changing nothing: for a role
+    /// whose NATS user may only read (the gateway). Fails until a role that manages the
+    /// streams has created the event stream with this version's republish rule.
+    pub async fn connect_to_read(settings: &NatsSettings) -> Result<Self, StoreError> {
+        Self::open(settings, StreamAccess::Read).await
+    }
+
+    async fn open(settings: &NatsSettings, access: StreamAccess) -> Result<Self, StoreError> {
         let subjects = Subjects::new(&settings.subject_prefix).map_err(StoreError::nats)?;
         let (connected, connections) = watch::channel(0u64);
         let options = settings.connect_options().await.map_err(StoreError::nats)?;
@@ -92,56 +102,31 @@ impl JetStreamLog {
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.nats_timeout);
 
-        let (source, destination) = subjects.stored_republish();
-        let info = ensure_stream(
-            &jetstream,
-            stream::Config {
-                name: settings.stream_name.clone(),
-                description: Some("threadline events: the source of truth".into()),
-                subjects: subjects.stream_subjects(),
-                storage: stream::StorageType::File,
-                duplicate_window: settings.duplicate_window,
-                num_replicas: settings.stream_replicas.into(),
-                max_age: settings.stream_max_age,
-                max_bytes: byte_limit(settings.stream_max_bytes),
-                // The source of truth: when full, refuse new events rather than lose old ones.
-                discard: stream::DiscardPolicy::New,
-                republish: Some(stream::Republish {
-                    source,
-                    destination,
-                    headers_only: false,
-                }),
-                ..Default::default()
-            },
-        )
-        .await?;
-        update_stream_rules(&jetstream, info.config, settings, &subjects).await?;
-        ensure_stream(
-            &jetstream,
-            stream::Config {
-                name: settings.dead_letter_stream.clone(),
-                description: Some("threadline events set aside as invalid, with the reason".into()),
-                subjects: subjects.dead_letter_subjects(),
-                storage: stream::StorageType::File,
-                num_replicas: settings.stream_replicas.into(),
-                max_age: settings.dead_letter_max_age,
-                max_bytes: byte_limit(settings.dead_letter_max_bytes),
-                discard: stream::DiscardPolicy::Old,
-                ..Default::default()
-            },
-        )
-        .await?;
+        if access == StreamAccess::Manage {
+            manage_streams(&jetstream, settings, &subjects).await?;
+        }
         let stream = jetstream
             .get_stream(&settings.stream_name)
             .await
-            .map_err(StoreError::nats)?;
+            .map_err(|e| {
+                StoreError::nats(format!("cannot open stream {}: {e}", settings.stream_name))
+            })?;
+        if access == StreamAccess::Read
+            && stream.cached_info().config.republish != Some(republish_rule(&subjects))
+        {
+            return Err(StoreError::nats(format!(
+                "stream {} does not republish stored events as this version expects yet \
+                 (the api or the projector updates it when it starts)",
+                settings.stream_name
+            )));
+        }
         Ok(Self {
             client,
             jetstream,
             stream,
             subjects,
             settings: settings.clone(),
-            known_threads: Mutex::new(HashMap::new()),
+            known_threads: KnownThreads::default(),
             applied_floor: AtomicU64::new(0),
             threads_asked: Coalesce::default(),
             last_sequences_asked: Coalesce::default(),
@@ -174,35 +159,27 @@ impl JetStreamLog {
         &self.settings
     }
 
-    /// Remembers that a thread exists, created by the event at `sequence` (it was just
-    /// created, or its event was seen).
+    /// Notes a valid `ThreadCreated` of `thread` stored at `sequence` (just appended, or
+    /// folded by the projector). It proves that the thread exists; it may not be the first.
     pub fn remember_thread(&self, thread: Uuid, sequence: u64) {
-        let mut known = self.known_threads.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() >= KNOWN_THREADS_CAPACITY {
-            known.clear();
-        }
-        known
-            .entry(thread)
-            .and_modify(|s| *s = (*s).min(sequence))
-            .or_insert(sequence);
+        self.known_threads.seen(thread, sequence);
     }
 
-    fn known_thread(&self, thread: Uuid) -> Option<u64> {
-        let known = self.known_threads.lock().unwrap_or_else(|e| e.into_inner());
-        known.get(&thread).copied()
-    }
-
-    /// The stream sequence of the thread's valid `ThreadCreated` event, if the log holds one.
+    /// The stream sequence of the thread's first valid `ThreadCreated`, if the log holds one:
+    /// the one rule of existence (see [`existence`](crate::existence)).
     pub async fn thread_created_at(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
-        if let Some(sequence) = self.known_thread(thread) {
-            return Ok(Some(sequence));
+        if let Some(known) = self.known_threads.get(thread).filter(|k| k.first) {
+            return Ok(Some(known.sequence));
         }
         let ask = || {
-            let (stream, subjects) = (self.stream.clone(), self.subjects.clone());
+            let (jetstream, subjects) = (self.jetstream.clone(), self.subjects.clone());
+            let stream = self.settings.stream_name.clone();
             let limit = self.lookups_allowed.clone();
             async move {
                 let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
-                thread_created(stream, subjects, thread).await
+                existence::first_valid_creation(&jetstream, &stream, &subjects, thread)
+                    .await
+                    .map_err(|e| e.to_string())
             }
         };
         // A thread that exists always will: a shared yes is right. A shared no may come from a
@@ -220,9 +197,24 @@ impl JetStreamLog {
                 .map_err(StoreError::nats)?;
         }
         if let Some(sequence) = created {
-            self.remember_thread(thread, sequence);
+            self.known_threads.first(thread, sequence);
         }
         Ok(created)
+    }
+
+    /// A stream sequence `c` of a valid `ThreadCreated` of `thread` such that an event stored
+    /// at `from` or later comes after its thread's creation exactly when its sequence is above
+    /// `c`: a creation this process remembers before `from` (asking nothing), else the first
+    /// valid one. `None`: the thread does not exist.
+    pub async fn thread_created_for(
+        &self,
+        thread: Uuid,
+        from: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        match self.known_threads.get(thread) {
+            Some(known) if known.sequence < from => Ok(Some(known.sequence)),
+            _ => self.thread_created_at(thread).await,
+        }
     }
 
     /// Republishes an invalid event on the dead-letter stream, with why and where it came from,
@@ -314,54 +306,73 @@ fn record_fits(headers: &HeaderMap, payload: usize, max_payload: usize) -> bool 
     max_payload == 0 || header_bytes(headers) + ROOM + payload <= max_payload
 }
 
-/// The newest message on a subject of the event stream, if any. Asked of the stream's leader
-/// (not a direct get, which any replica may answer from behind), so that a thread created
-/// through one api replica is seen at once by every other.
-async fn last_on_subject(
-    stream: &stream::Stream,
-    subject: &str,
-) -> Result<Option<jetstream::message::StreamMessage>, String> {
+/// The newest event on a subject of the event stream, if any, asked of the stream's leader.
+async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Result<Option<u64>, String> {
     match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) => Ok(Some(message)),
+        Ok(message) => Ok(Some(message.sequence)),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// Whether the thread's `ThreadCreated` is in the stream and valid.
-async fn thread_created(
-    stream: stream::Stream,
-    subjects: Subjects,
-    thread: Uuid,
-) -> Lookup<Option<u64>> {
-    let subject = subjects.thread_created(thread);
-    let Some(message) = last_on_subject(&stream, &subject).await? else {
-        return Ok(None);
-    };
-    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
-    let valid = Event::decode(
-        &subjects,
-        &subject,
-        header(headers::EVENT).as_deref(),
-        header(headers::SCHEMA_VERSION).as_deref(),
-        &message.payload,
-    )
-    .is_ok();
-    Ok(valid.then_some(message.sequence))
+/// Whether a process creates and updates the streams, or only reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamAccess {
+    Manage,
+    Read,
 }
 
-/// The stream sequence of the thread's latest event, if it has any.
-async fn thread_last(
-    stream: stream::Stream,
-    subjects: Subjects,
-    thread: Uuid,
-) -> Lookup<Option<u64>> {
-    if let Some(message) = last_on_subject(&stream, &subjects.message_posted(thread)).await? {
-        return Ok(Some(message.sequence));
+/// Creates the event and dead-letter streams, or brings them to the settings.
+async fn manage_streams(
+    jetstream: &jetstream::Context,
+    settings: &NatsSettings,
+    subjects: &Subjects,
+) -> Result<(), StoreError> {
+    let info = ensure_stream(
+        jetstream,
+        stream::Config {
+            name: settings.stream_name.clone(),
+            description: Some("threadline events: the source of truth".into()),
+            subjects: subjects.stream_subjects(),
+            storage: stream::StorageType::File,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.stream_replicas.into(),
+            max_age: settings.stream_max_age,
+            max_bytes: byte_limit(settings.stream_max_bytes),
+            // The source of truth: when full, refuse new events rather than lose old ones.
+            discard: stream::DiscardPolicy::New,
+            republish: Some(republish_rule(subjects)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    update_stream_rules(jetstream, info.config, settings, subjects).await?;
+    ensure_stream(
+        jetstream,
+        stream::Config {
+            name: settings.dead_letter_stream.clone(),
+            description: Some("threadline events set aside as invalid, with the reason".into()),
+            subjects: subjects.dead_letter_subjects(),
+            storage: stream::StorageType::File,
+            num_replicas: settings.stream_replicas.into(),
+            max_age: settings.dead_letter_max_age,
+            max_bytes: byte_limit(settings.dead_letter_max_bytes),
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where the stream republishes each stored message: what gateways listen on.
+fn republish_rule(subjects: &Subjects) -> stream::Republish {
+    let (source, destination) = subjects.stored_republish();
+    stream::Republish {
+        source,
+        destination,
+        headers_only: false,
     }
-    Ok(last_on_subject(&stream, &subjects.thread_created(thread))
-        .await?
-        .map(|m| m.sequence))
 }
 
 fn record_append(kind: EventKind, outcome: &'static str, started: std::time::Instant) {
@@ -391,12 +402,7 @@ async fn update_stream_rules(
     settings: &NatsSettings,
     subjects: &Subjects,
 ) -> Result<(), StoreError> {
-    let (source, destination) = subjects.stored_republish();
-    let republish = stream::Republish {
-        source,
-        destination,
-        headers_only: false,
-    };
+    let republish = republish_rule(subjects);
     if config.duplicate_window == settings.duplicate_window
         && config.republish.as_ref() == Some(&republish)
     {
@@ -527,23 +533,31 @@ impl EventLog for JetStreamLog {
     }
 
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {
-        Ok(self.thread_created_at(thread).await?.is_some())
+        Ok(self.thread_created_for(thread, u64::MAX).await?.is_some())
     }
 
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
-        // Fresh: the answer must include every event appended before this call (read your
+        // Any valid creation this process knows of will do: the read model holds the thread
+        // once the projector has passed it.
+        let Some(created) = self.thread_created_for(thread, u64::MAX).await? else {
+            return Ok(None);
+        };
+        // Fresh: the answer must include every message appended before this call (read your
         // writes), so a request already in flight is not enough.
-        self.last_sequences_asked
+        let last_message = self
+            .last_sequences_asked
             .get_fresh(thread, || {
-                let (stream, subjects) = (self.stream.clone(), self.subjects.clone());
+                let stream = self.stream.clone();
+                let subject = self.subjects.message_posted(thread);
                 let limit = self.lookups_allowed.clone();
                 async move {
                     let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
-                    thread_last(stream, subjects, thread).await
+                    last_on_subject(&stream, &subject).await
                 }
             })
             .await
-            .map_err(StoreError::nats)
+            .map_err(StoreError::nats)?;
+        Ok(Some(last_message.map_or(created, |m| m.max(created))))
     }
 
     async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError> {

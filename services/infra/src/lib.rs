@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod event_log;
 pub mod events;
+pub mod existence;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;

@@ -99,6 +99,13 @@ pub struct NatsSettings {
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<Secret>,
 
+    /// First token of the subjects this process receives replies on (its requests to the
+    /// JetStream API, its publish acknowledgements). Give each NATS user its own
+    /// (`_INBOX_api`, …) and allow it to subscribe to that prefix only, so that no user
+    /// reads another's replies (deploy/nats/auth.conf).
+    #[arg(long, env = "NATS_INBOX_PREFIX", default_value = "_INBOX")]
+    pub nats_inbox_prefix: String,
+
     /// CA certificate (PEM) that the NATS server's certificate is checked against; setting
     /// it requires TLS, as a `tls://` NATS_URL does.
     #[arg(long, env = "NATS_TLS_CA")]
@@ -135,6 +142,17 @@ impl NatsSettings {
                     "{setting} {name:?} is not a valid JetStream name (no spaces, '.', '*', '>', '/', '\\')"
                 ));
             }
+        }
+        let inbox = &self.nats_inbox_prefix;
+        if inbox.is_empty()
+            || inbox.contains(|c: char| c.is_whitespace() || "*>".contains(c))
+            || inbox.starts_with('.')
+            || inbox.ends_with('.')
+            || inbox.contains("..")
+        {
+            return Err(format!(
+                "NATS_INBOX_PREFIX {inbox:?} is not a subject prefix (tokens separated by '.', no spaces, '*' or '>')"
+            ));
         }
         if self.stream_name == self.dead_letter_stream {
             return Err("STREAM_NAME and DEAD_LETTER_STREAM must differ".into());
@@ -181,7 +199,8 @@ impl NatsSettings {
         let mut options = async_nats::ConnectOptions::new()
             .name("threadline")
             .connection_timeout(self.nats_timeout)
-            .request_timeout(Some(self.nats_timeout));
+            .request_timeout(Some(self.nats_timeout))
+            .custom_inbox_prefix(&self.nats_inbox_prefix);
         if let Some(path) = &self.nats_creds_file {
             options = options
                 .credentials_file(path)

@@ -24,8 +24,10 @@ pub struct Started {
     pub log: Arc<JetStreamLog>,
 }
 
-/// Starts a role that needs the event log only. `None` if shutdown fired while waiting.
-pub async fn start(
+/// Starts a role that only reads the event log (the gateway): it opens the event stream as
+/// it is, waiting until a role that manages the streams has created it, and changes nothing
+/// (its NATS user may not). `None` if shutdown fired while waiting.
+pub async fn start_reader(
     listen_addr: SocketAddr,
     nats: &NatsSettings,
     http: &HttpSettings,
@@ -34,7 +36,7 @@ pub async fn start(
     nats.validate().map_err(anyhow::Error::msg)?;
     http.cors_origins().map_err(anyhow::Error::msg)?;
     let waiting = Waiting::bind(listen_addr, &["nats"])?;
-    let log = waiting.connect_nats(nats, shutdown).await;
+    let log = waiting.connect_nats(nats, false, shutdown).await;
     let listener = waiting.finish().await?;
     Ok(log.map(|log| Started { listener, log }))
 }
@@ -52,7 +54,7 @@ pub async fn start_with_read_model(
     PgReadModel::options(database).map_err(anyhow::Error::msg)?;
     http.cors_origins().map_err(anyhow::Error::msg)?;
     let waiting = Waiting::bind(listen_addr, &["nats", "database"])?;
-    let Some(log) = waiting.connect_nats(nats, shutdown).await else {
+    let Some(log) = waiting.connect_nats(nats, true, shutdown).await else {
         waiting.finish().await?;
         return Ok(None);
     };
@@ -119,13 +121,20 @@ impl Waiting {
         })
     }
 
+    /// Connects to the event log; `manage`: creates the streams or brings them to the
+    /// settings, else opens them as they are.
     async fn connect_nats(
         &self,
         nats: &NatsSettings,
+        manage: bool,
         shutdown: &CancellationToken,
     ) -> Option<Arc<JetStreamLog>> {
-        let log = retry::until_ready("connecting to NATS JetStream", shutdown, || {
-            JetStreamLog::connect(nats)
+        let log = retry::until_ready("connecting to NATS JetStream", shutdown, || async {
+            if manage {
+                JetStreamLog::connect(nats).await
+            } else {
+                JetStreamLog::connect_to_read(nats).await
+            }
         })
         .await?;
         let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());

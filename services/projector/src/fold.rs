@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use proto_events::{Event, EventError, Subjects};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use threadline_infra::{AppliedMessage, AppliedThread};
 use uuid::Uuid;
 
@@ -81,7 +81,8 @@ pub fn created_in(verdicts: &[Verdict]) -> HashMap<Uuid, u64> {
     created
 }
 
-/// Notes that `thread` was created at `sequence`; the first creation counts.
+/// Notes that `thread` was created at `sequence`; the first creation counts (the one rule of
+/// existence: the first valid `ThreadCreated` wins, see `threadline_infra::existence`).
 pub fn record_creation(created: &mut HashMap<Uuid, u64>, thread: Uuid, sequence: u64) {
     created
         .entry(thread)
@@ -90,16 +91,19 @@ pub fn record_creation(created: &mut HashMap<Uuid, u64>, thread: Uuid, sequence:
 }
 
 /// The threads whose creation must be asked of the log: those that messages of this batch
-/// name and that the batch does not create before them.
-pub fn threads_to_check(verdicts: &[Verdict]) -> HashSet<Uuid> {
+/// name and that the batch does not create before them, each with the lowest sequence of
+/// such a message.
+pub fn threads_to_check(verdicts: &[Verdict]) -> HashMap<Uuid, u64> {
     let created = created_in(verdicts);
-    verdicts
-        .iter()
-        .filter_map(|v| match v {
-            Verdict::Message(m) if !created_before(&created, m) => Some(m.thread),
-            _ => None,
-        })
-        .collect()
+    let mut check = HashMap::new();
+    for verdict in verdicts {
+        if let Verdict::Message(m) = verdict {
+            if !created_before(&created, m) {
+                record_creation(&mut check, m.thread, m.stream_seq);
+            }
+        }
+    }
+    check
 }
 
 fn created_before(created: &HashMap<Uuid, u64>, message: &AppliedMessage) -> bool {
@@ -189,7 +193,7 @@ mod tests {
             .map(|i| verdict(&s, i))
             .collect();
         let check = threads_to_check(&verdicts);
-        assert_eq!(check, HashSet::from([Uuid::parse_str(other).unwrap()]));
+        assert_eq!(check, HashMap::from([(Uuid::parse_str(other).unwrap(), 3)]));
     }
 
     #[test]
@@ -220,7 +224,7 @@ mod tests {
         let created = created_in(&verdicts);
         assert_eq!(
             threads_to_check(&verdicts),
-            HashSet::from([Uuid::parse_str(THREAD).unwrap()])
+            HashMap::from([(Uuid::parse_str(THREAD).unwrap(), 2)])
         );
         reject_unknown_threads(&mut verdicts, &created);
         assert!(matches!(

@@ -342,14 +342,14 @@ impl Projector {
     }
 
     /// Where each thread that the batch's messages name was created: in the batch itself,
-    /// or, asked of the log, before it.
+    /// or, asked of the log (the one rule of existence), before it.
     async fn threads_created(
         &self,
         verdicts: &[Verdict],
     ) -> Result<HashMap<uuid::Uuid, u64>, StoreError> {
         let mut created = fold::created_in(verdicts);
-        for thread in fold::threads_to_check(verdicts) {
-            if let Some(sequence) = self.log.thread_created_at(thread).await? {
+        for (thread, from) in fold::threads_to_check(verdicts) {
+            if let Some(sequence) = self.log.thread_created_for(thread, from).await? {
                 fold::record_creation(&mut created, thread, sequence);
             }
         }

@@ -203,8 +203,9 @@ pub struct Counts {
 
 /// The fold of a replay in stream order. It remembers every thread's creation and every
 /// message id across batches, so each row comes from the first valid event of its id and a
-/// message counts only if its thread was created before it: the rule the live projector
-/// follows by asking the log.
+/// message counts only if its thread was created before it. A thread's first valid
+/// `ThreadCreated` is the one it meets first: the one rule of existence that the live
+/// projector, the api and the gateway follow by asking the log (`threadline_infra::existence`).
 pub struct ReplayFold {
     created: HashMap<Uuid, u64>,
     messages: HashSet<Uuid>,
@@ -324,6 +325,22 @@ mod tests {
         let (threads, messages) = fold.fold(verdicts(&[created(3, A, "second"), message(4, 7, A)]));
         assert!(threads.is_empty() && messages.is_empty());
         assert_eq!(fold.counts.skipped, 2);
+    }
+
+    #[test]
+    fn an_invalid_thread_created_before_a_valid_one_does_not_count() {
+        let mut fold = ReplayFold::new();
+        let garbage = event(1, A, "created", "garbage".into());
+        let (threads, messages) = fold.fold(verdicts(&[
+            garbage,
+            message(2, 6, A),
+            created(3, A, "first valid"),
+            message(4, 7, A),
+            created(5, A, "later"),
+        ]));
+        assert_eq!(threads.len(), 1);
+        assert_eq!((threads[0].stream_seq, messages.len()), (3, 1));
+        assert_eq!(messages[0].stream_seq, 4);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::process::{Logs, Service, SERVICE_START_TIMEOUT};
 use super::wait::eventually;
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The separate roles, in the order they start and are listed.
@@ -24,8 +25,16 @@ pub struct Options {
     all_in_one: bool,
     replicas: Vec<(&'static str, usize)>,
     env: Vec<(String, String)>,
+    role_env: Vec<(String, String, String)>,
     nats_config: String,
+    nats_includes: Vec<PathBuf>,
+    nats_env: Vec<(String, String)>,
+    nats_logins: Vec<(String, String)>,
 }
+
+/// The NATS users of `deploy/nats/auth.conf`: threadline's roles, its operator commands and
+/// the Slack integration.
+pub const NATS_USERS: [&str; 5] = ["api", "projector", "gateway", "operator", "integration"];
 
 /// The default system (one replica of each role, separate processes), to adjust.
 pub fn options() -> Options {
@@ -33,7 +42,11 @@ pub fn options() -> Options {
         all_in_one: false,
         replicas: ROLES.iter().map(|role| (*role, 1)).collect(),
         env: Vec::new(),
+        role_env: Vec::new(),
         nats_config: DEFAULT_CONFIG.to_owned(),
+        nats_includes: Vec::new(),
+        nats_env: Vec::new(),
+        nats_logins: Vec::new(),
     }
 }
 
@@ -70,6 +83,39 @@ impl Options {
         self
     }
 
+    /// Sets an environment variable of every replica of `role` (`operator`: of the operator
+    /// commands run against the app).
+    pub fn role_env(mut self, role: &str, key: &str, value: impl Into<String>) -> Self {
+        self.role_env
+            .push((role.to_owned(), key.to_owned(), value.into()));
+        self
+    }
+
+    /// Runs nats-server with the users and permissions of `deploy/nats/auth.conf` (that very
+    /// file, included), each with a fresh password. Every role, the operator commands and
+    /// the test's own NATS client (as `operator`) connect as their own user, with their own
+    /// inbox prefix; [`App::nats_login`] gives a client any user's login.
+    pub fn deploy_nats_users(mut self) -> Self {
+        let auth = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/auth.conf");
+        self.nats_includes.push(auth);
+        for user in NATS_USERS {
+            let password = new_id();
+            self.nats_env.push((
+                format!("THREADLINE_NATS_{}_PASSWORD", user.to_uppercase()),
+                password.clone(),
+            ));
+            self.nats_logins.push((user.to_owned(), password.clone()));
+            for (key, value) in [
+                ("NATS_USER", user.to_owned()),
+                ("NATS_PASSWORD", password),
+                ("NATS_INBOX_PREFIX", format!("_INBOX_{user}")),
+            ] {
+                self = self.role_env(user, key, value);
+            }
+        }
+        self
+    }
+
     /// Runs nats-server with `config` as its configuration file instead of the harness's
     /// (which raises `max_payload`); `""` gives nats-server's own defaults.
     pub fn nats_config(mut self, config: &str) -> Self {
@@ -80,7 +126,7 @@ impl Options {
     /// Starts the servers, then every replica side by side (they race to create the
     /// database, as in production), and waits until each one answers `/readyz` with 200.
     pub async fn start(self) -> App {
-        let nats = NatsServer::start_with_config(&self.nats_config);
+        let nats = NatsServer::start(&self.nats_config, &self.nats_includes, &self.nats_env);
         let pg = Postgres::start().await;
         // A database that does not exist yet: the services create it.
         let database = format!("threadline_{}", new_id().replace('-', ""));
@@ -110,8 +156,11 @@ impl Options {
             pg,
             database_url,
             env,
+            role_env: self.role_env,
+            nats_logins: self.nats_logins,
             db: None,
         };
+        app.client = app.with_login(app.client.clone());
         for (role, n) in &self.replicas {
             for _ in 0..*n {
                 app.launch(role, &[]);
@@ -123,7 +172,7 @@ impl Options {
         let api = app.first_addr(&["api", "all"]);
         let gateway = app.first_addr(&["gateway", "all"]);
         if let (Some(api), Some(gateway)) = (api, gateway) {
-            app.client = Client::new(api, gateway, app.nats.url());
+            app.client = app.with_login(Client::new(api, gateway, app.nats.url()));
         }
         app
     }
@@ -166,6 +215,9 @@ pub struct App {
     pub pg: Postgres,
     pub database_url: String,
     env: Vec<(String, String)>,
+    role_env: Vec<(String, String, String)>,
+    /// Each NATS user's password, if the server has users.
+    nats_logins: Vec<(String, String)>,
     db: Option<sqlx::PgPool>,
 }
 
@@ -182,11 +234,28 @@ impl App {
 
     /// A client of api replica `api` and gateway replica `gateway`.
     pub fn client(&self, api: usize, gateway: usize) -> Client {
-        Client::new(
+        self.with_login(Client::new(
             self.addr("api", api),
             self.addr("gateway", gateway),
             self.nats.url(),
-        )
+        ))
+    }
+
+    /// `client`, connecting to NATS as the `operator` user if the server has users.
+    fn with_login(&self, client: Client) -> Client {
+        match self.nats_login("operator") {
+            Some((user, password)) => client.with_nats_login(&user, &password),
+            None => client,
+        }
+    }
+
+    /// The user name and password of a NATS user of `deploy/nats/auth.conf`, if the app's
+    /// server has its users ([`Options::deploy_nats_users`]).
+    pub fn nats_login(&self, user: &str) -> Option<(String, String)> {
+        self.nats_logins
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(u, p)| (u.clone(), p.clone()))
     }
 
     /// Every replica's name and address, in start order.
@@ -217,6 +286,15 @@ impl App {
         &self.env
     }
 
+    /// The environment replicas of `role` start with (`operator`: operator commands).
+    pub fn env_of(&self, role: &str) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        for (_, key, value) in self.role_env.iter().filter(|(r, _, _)| r == role) {
+            set(&mut env, key, value);
+        }
+        env
+    }
+
     // ----- services -----
 
     fn position(&self, role: &str, index: usize) -> usize {
@@ -244,7 +322,7 @@ impl App {
     /// for it to listen; its index.
     pub fn launch(&mut self, role: &str, overrides: &[(&str, &str)]) -> usize {
         let index = self.replica_count(role);
-        let mut env = self.env.clone();
+        let mut env = self.env_of(role);
         for (key, value) in overrides {
             set(&mut env, key, value);
         }

@@ -19,6 +19,7 @@ pub const PROJECTION_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STREAM: &str = "THREADLINE";
 pub const DEAD_LETTER_STREAM: &str = "THREADLINE_DEAD_LETTERS";
 pub const SUBJECT_PREFIX: &str = "chat";
+pub const PROJECTOR_CONSUMER: &str = "threadline-projector";
 
 /// An HTTP answer: status, raw body text, and the body as JSON on demand.
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ pub struct Client {
     /// Where the websocket gateway listens.
     pub ws_addr: SocketAddr,
     nats_url: String,
+    /// The NATS user and password this client connects as, if the server wants users.
+    nats_login: Option<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -71,8 +74,16 @@ impl Client {
             api_addr,
             ws_addr,
             nats_url,
+            nats_login: None,
             http: http_client(usize::MAX),
         }
+    }
+
+    /// This client, connecting to NATS as `user` with `password` (and, as threadline's
+    /// roles do, with the inbox prefix `_INBOX_<user>`, the only one the user may read).
+    pub fn with_nats_login(mut self, user: &str, password: &str) -> Client {
+        self.nats_login = Some((user.to_owned(), password.to_owned()));
+        self
     }
 
     // ----- HTTP -----
@@ -245,13 +256,27 @@ impl Client {
 
     /// A fresh NATS client of this app's server.
     pub async fn nats(&self) -> async_nats::Client {
+        self.try_nats(async_nats::ConnectOptions::new())
+            .await
+            .expect("connecting to nats-server")
+    }
+
+    /// A fresh NATS client of this app's server, with `options` and this client's login.
+    pub async fn try_nats(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        if let Some((user, password)) = &self.nats_login {
+            options = options
+                .user_and_password(user.clone(), password.clone())
+                .custom_inbox_prefix(format!("_INBOX_{user}"));
+        }
         within(
             "connecting to nats-server",
             REQUEST_TIMEOUT,
-            async_nats::connect(&self.nats_url),
+            options.connect(&self.nats_url),
         )
         .await
-        .expect("connecting to nats-server")
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
@@ -271,6 +296,29 @@ impl Client {
     /// The subject of `thread`'s MessagePosted events.
     pub fn message_subject(&self, thread: &str) -> String {
         format!("{SUBJECT_PREFIX}.thread.{thread}.message")
+    }
+
+    /// The subject of `thread`'s ThreadCreated events.
+    pub fn created_subject(&self, thread: &str) -> String {
+        format!("{SUBJECT_PREFIX}.thread.{thread}.created")
+    }
+
+    /// Waits until the projector has applied (acknowledged) every event up to `sequence`.
+    pub async fn wait_applied(&self, sequence: u64) {
+        let js = self.jetstream().await;
+        eventually(
+            &format!("the projector to apply events up to {sequence}"),
+            Duration::from_secs(120),
+            || async {
+                let mut consumer: jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(PROJECTOR_CONSUMER, STREAM)
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.ack_floor.stream_sequence >= sequence).then_some(())
+            },
+        )
+        .await
     }
 
     /// Every event set aside so far.

@@ -65,6 +65,18 @@ impl Drop for Roles {
     }
 }
 
+/// Creates threadline's streams with `settings`, as the api or the projector does when it
+/// starts (here through `threadline dead-letters list`): a gateway only opens them, and
+/// waits until they exist.
+pub async fn create_streams(settings: &Env) {
+    let output = run_threadline(&["dead-letters", "list"], settings).await;
+    assert!(
+        output.status.success(),
+        "creating the streams failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Runs `threadline <args>` to its end with exactly `settings`; its output.
 pub async fn run_threadline(args: &[&str], settings: &Env) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_threadline"));

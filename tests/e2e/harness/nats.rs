@@ -22,6 +22,7 @@ pub struct NatsServer {
     monitor_port: u16,
     dir: PathBuf,
     paused: bool,
+    env: Vec<(String, String)>,
     pub logs: Logs,
 }
 
@@ -30,14 +31,29 @@ impl NatsServer {
     /// tests; empty for nats-server's own defaults, such as its 1 MB `max_payload`) on a free
     /// port that it picks itself (`-p -1`).
     pub fn start_with_config(config: &str) -> NatsServer {
+        NatsServer::start(config, &[], &[])
+    }
+
+    /// Starts a server with `config`, followed by an `include` of each file of `includes`
+    /// (absolute paths: the files themselves are read, not copies), with `env` in its
+    /// environment (where a configuration's `$VARIABLE`s are looked up).
+    pub fn start(config: &str, includes: &[PathBuf], env: &[(String, String)]) -> NatsServer {
         let dir = temp_dir("nats");
-        std::fs::write(dir.join("nats.conf"), config).expect("writing nats.conf");
+        let mut text = config.to_owned();
+        for file in includes {
+            // nats-server resolves an include against the including file's directory.
+            let up = "../".repeat(dir.components().count().saturating_sub(1));
+            let target = file.strip_prefix("/").unwrap_or(file);
+            text.push_str(&format!("\ninclude \"{up}{}\"\n", target.display()));
+        }
+        std::fs::write(dir.join("nats.conf"), text).expect("writing nats.conf");
         let mut server = NatsServer {
             child: None,
             port: 0,
             monitor_port: 0,
             dir,
             paused: false,
+            env: env.to_vec(),
             logs: Logs::new("nats-server"),
         };
         server.launch();
@@ -60,6 +76,7 @@ impl NatsServer {
             .arg(self.dir.join("nats.conf"))
             .args(["-a", "127.0.0.1", "-p", &port, "-m", "-1", "-js", "-sd"])
             .arg(self.dir.join("store"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

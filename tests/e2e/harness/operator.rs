@@ -36,9 +36,10 @@ impl CommandOutput {
     }
 }
 
-/// The settings the app's services run with, as environment variables.
+/// The settings the app's services run with, as environment variables, and the operator's
+/// own (its NATS user, if the server has users).
 pub fn app_env(app: &App) -> Vec<(String, String)> {
-    app.env().to_vec()
+    app.env_of("operator")
 }
 
 /// `threadline <args>` with `env`, standard output and error piped.
