@@ -5,13 +5,16 @@
 //! `JetStreamLog::append` the API uses), and holds the sockets itself. Run it with
 //! `scripts/bench-gateway` (release build); `--help` lists the knobs.
 
+mod servers;
+
 use anyhow::{bail, Context};
 use clap::Parser;
 use futures::StreamExt;
 use proto_events::{Event, MessageBody, MessagePosted, ThreadCreated, Timestamp, UserJson};
-use std::net::{SocketAddr, TcpListener};
+use servers::{free_port, NatsServer, Process};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -113,118 +116,47 @@ async fn main() -> anyhow::Result<()> {
 struct Bench {
     gateway: SocketAddr,
     log: Arc<JetStreamLog>,
-    processes: Vec<Child>,
-    gateway_pid: u32,
-    _store: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        for child in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        if Instant::now() > deadline {
-            bail!("{what} did not come up within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    gateway_process: Process,
+    _nats: NatsServer,
 }
 
 impl Bench {
     async fn start(args: &Args) -> anyhow::Result<Bench> {
-        let store = TempDir(std::env::temp_dir().join(format!("tl-bench-{}", std::process::id())));
-        let nats_port = free_port()?;
-        let nats_bin = [
-            "nats-server",
-            "/usr/sbin/nats-server",
-            "/usr/bin/nats-server",
-        ]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok())
-        .context("nats-server is not installed")?;
-        let nats = Command::new(nats_bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &nats_port.to_string(),
-                "-sd",
-            ])
-            .arg(&store.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nats-server")?;
-        let mut processes = vec![nats];
-        wait_for("nats-server", || {
-            std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok()
-        })
-        .await?;
-        let nats_url = format!("nats://127.0.0.1:{nats_port}");
-
+        let nats = NatsServer::start().await?;
         let port = free_port()?;
-        let gateway = Command::new(&args.threadline)
-            .arg("gateway")
-            .env("NATS_URL", &nats_url)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("WS_MAX_SOCKETS", "0")
-            .env("WS_MAX_SOCKETS_PER_IP", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", args.threadline.display()))?;
-        let gateway_pid = gateway.id();
-        processes.push(gateway);
+        let mut gateway_process = Process::spawn(
+            "threadline gateway",
+            Command::new(&args.threadline)
+                .arg("gateway")
+                .env("NATS_URL", &nats.url)
+                .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+                .env("WS_MAX_SOCKETS", "0")
+                .env("WS_MAX_SOCKETS_PER_IP", "0")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null()),
+        )?;
         let gateway = SocketAddr::from(([127, 0, 0, 1], port));
-        let http = reqwest::Client::new();
-        let ready_url = format!("http://{gateway}/readyz");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = http.get(&ready_url).send().await;
-            if matches!(ready, Ok(r) if r.status() == 200) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the gateway did not become ready within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        servers::wait_ready(
+            &reqwest::Client::new(),
+            &format!("http://{gateway}"),
+            &mut gateway_process,
+        )
+        .await?;
         let mut settings: NatsSettings = from_environment()?;
-        settings.nats_url = nats_url;
+        settings.nats_url = nats.url.clone();
         settings.nats_timeout = Duration::from_secs(10);
         let log = Arc::new(JetStreamLog::connect(&settings).await?);
         Ok(Bench {
             gateway,
             log,
-            processes,
-            gateway_pid,
-            _store: store,
+            gateway_process,
+            _nats: nats,
         })
     }
 
     fn resident_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.gateway_pid))?;
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.gateway_process.id()))?;
         let kib: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
