@@ -44,9 +44,9 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Mode {
     /// POST /chat/message/: one JetStream publish-with-ack of the body.
-    Publish(NatsSettings),
+    Publish(Box<NatsSettings>),
     /// GET /chat/thread/:id/: one PostgreSQL query for the thread and its messages.
-    Query(DatabaseSettings),
+    Query(Box<DatabaseSettings>),
 }
 
 #[tokio::main]
