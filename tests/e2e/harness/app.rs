@@ -99,7 +99,9 @@ impl Options {
         let auth = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/auth.conf");
         self.nats_includes.push(auth);
         for user in NATS_USERS {
-            let password = new_id();
+            // nats-server parses a variable's value as it would a literal: one that starts
+            // with digits may be taken for a number or a date.
+            let password = format!("pw-{}", new_id());
             self.nats_env.push((
                 format!("THREADLINE_NATS_{}_PASSWORD", user.to_uppercase()),
                 password.clone(),
