@@ -216,9 +216,9 @@ fn bad_since(text: &str, why: &str) -> Response {
         .into_response()
 }
 
-/// The `since` query parameter: `Ok(None)` when absent, the value as sent when it is not a
-/// message id.
-fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, String> {
+/// The `since` query parameter of an upgrade's query string: `Ok(None)` when absent, the
+/// value as sent (decoded) when it is not a message id. Public for the fuzz targets.
+pub fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, String> {
     let Some(value) = query
         .unwrap_or_default()
         .split('&')
