@@ -159,12 +159,8 @@ fn idempotency_key(headers: &HeaderMap) {
     let message = message.expect("a valid key").expect("a key is present");
     let thread = thread.expect("a valid key").expect("a key is present");
     assert_ne!(message, thread, "keys are scoped by endpoint");
-    let mut spellings = vec![format!("\"{text}\"")];
-    // White space around a key is not part of it (inside quotes it is).
-    if text.trim() == text {
-        spellings.push(format!(" {text}\t"));
-    }
-    for spelling in spellings {
+    // Quoted, and quoted with white space around (which is not part of the key).
+    for spelling in [format!("\"{text}\""), format!(" \"{text}\"\t")] {
         let mut other = HeaderMap::new();
         match HeaderValue::from_str(&spelling) {
             Ok(value) => other.insert(HEADER, value),
