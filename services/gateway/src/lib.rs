@@ -216,9 +216,9 @@ fn bad_since(text: &str, why: &str) -> Response {
         .into_response()
 }
 
-/// The `since` query parameter: `Ok(None)` when absent, the value as sent when it is not a
-/// message id.
-fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, String> {
+/// The `since` query parameter of an upgrade's query string: `Ok(None)` when absent, the
+/// value as sent (decoded) when it is not a message id. Public for the fuzz targets.
+pub fn parse_since(query: Option<&str>) -> Result<Option<Uuid>, String> {
     let Some(value) = query
         .unwrap_or_default()
         .split('&')
@@ -244,6 +244,8 @@ fn percent_decode(text: &str) -> String {
         let escaped = (bytes[i] == b'%')
             .then(|| bytes.get(i + 1..i + 3))
             .flatten()
+            // Two hex digits: `from_str_radix` alone would also take a sign (`%+4`).
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| u8::from_str_radix(hex, 16).ok());
         match (escaped, bytes[i]) {
@@ -398,5 +400,13 @@ mod tests {
         assert_eq!(parse_since(Some("since=n%C3%B6pe+x")), Err("nöpe x".into()));
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn a_sign_is_not_a_hex_digit_of_an_escape() {
+        // Found by fuzzing (tests/fuzz, gateway_upgrade): `%+4` decoded as the byte 0x04.
+        assert_eq!(percent_decode("%+4"), "% 4");
+        assert_eq!(percent_decode("%-4%2B"), "%-4+");
+        assert_eq!(parse_since(Some("since=n%+4")), Err("n% 4".into()));
     }
 }
