@@ -287,6 +287,8 @@ impl Follower {
     ) {
         connections.mark_unchanged();
         let mut gap = false;
+        // Reading the stream (`catch_up`) is rare and its future large: it is boxed where it
+        // is awaited, so that the task each watched thread keeps stays small.
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -299,10 +301,10 @@ impl Follower {
                         break;
                     }
                     tracing::info!(thread = %self.thread, "NATS connection back: reading what the stream stored meanwhile");
-                    gap = self.catch_up(None).await.is_err();
+                    gap = Box::pin(self.catch_up(None)).await.is_err();
                 }
                 _ = tokio::time::sleep(REPAIR_RETRY), if gap => {
-                    gap = self.catch_up(None).await.is_err();
+                    gap = Box::pin(self.catch_up(None)).await.is_err();
                 }
             }
         }
@@ -334,7 +336,7 @@ impl Follower {
         }
         if previous > last {
             tracing::info!(thread = %self.thread, last, previous, "filling a gap from the stream");
-            self.catch_up(Some(sequence - 1)).await?;
+            Box::pin(self.catch_up(Some(sequence - 1))).await?;
         }
         self.show(&StoredMessage {
             sequence,

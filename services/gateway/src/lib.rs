@@ -22,6 +22,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use clap::Args;
 use feeds::{Feeds, WatchError};
+use futures::StreamExt;
 use limits::{Admission, TrustedProxy};
 use serde_json::json;
 use socket::{session, SessionLimits};
@@ -87,8 +88,10 @@ pub struct GatewaySettings {
     pub ws_allowed_origins: Vec<String>,
 }
 
-/// Bytes the websocket reads from the network at a time; the buffer is kept per socket.
-const READ_BUFFER_BYTES: usize = 1024;
+/// Bytes the websocket reads from the network at a time; the buffer is kept per socket. The
+/// contract's clients send only control frames (a pong is at most 131 bytes); a larger
+/// message, up to `WS_MAX_MESSAGE_BYTES`, makes the buffer grow for as long as it takes.
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Everything the `gateway` role needs to run on its own.
 #[derive(Debug, Clone, Args)]
@@ -325,18 +328,16 @@ async fn connect(
         .max_frame_size(gateway.max_message_bytes)
         .max_message_size(gateway.max_message_bytes)
         .on_upgrade(move |socket| {
+            // Split here, so that the session's task holds the two small halves and not the
+            // socket as well.
+            let (sink, incoming) = socket.split();
+            let (limits, shutdown) = (gateway.limits, gateway.shutdown);
             async move {
                 let _tracked = tracked;
                 let _open = OpenSocket::new();
                 let backlog = watch.take_backlog();
-                let ended = session(
-                    socket,
-                    backlog,
-                    watch.receiver(),
-                    gateway.limits,
-                    gateway.shutdown.clone(),
-                )
-                .await;
+                let ended =
+                    session(sink, incoming, backlog, watch.receiver(), limits, shutdown).await;
                 drop(permit);
                 tracing::debug!(%thread, ?ended, "websocket closed");
             }

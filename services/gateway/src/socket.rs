@@ -33,19 +33,21 @@ pub enum Ended {
     ClientError,
 }
 
-/// Runs a session over any websocket-like sink and stream (an axum `WebSocket` in
-/// production), so that it can be tested without a network.
-pub async fn session<S, E>(
-    socket: S,
+/// Runs a session over the two halves of any websocket-like sink and stream (a split axum
+/// `WebSocket` in production), so that it can be tested without a network. The socket comes
+/// split, so that the session's future holds two handles rather than the whole socket.
+pub async fn session<Si, St, E>(
+    mut sink: Si,
+    mut incoming: St,
     backlog: Vec<Utf8Bytes>,
     frames: &mut broadcast::Receiver<Utf8Bytes>,
     limits: SessionLimits,
     shutdown: CancellationToken,
 ) -> Ended
 where
-    S: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
+    Si: Sink<Message> + Unpin,
+    St: Stream<Item = Result<Message, E>> + Unpin,
 {
-    let (mut sink, mut incoming) = socket.split();
     for frame in backlog {
         match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
             Ok(Ok(())) => {}
@@ -56,41 +58,60 @@ where
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     let mut last_heard = Instant::now();
+    // What woke the session; acted on after the `select!`, so that the futures it waited on
+    // are gone while a frame is sent: the session's task stays small (it lives as long as the
+    // socket, one per visitor).
+    enum Next {
+        Frame(Utf8Bytes),
+        Ping,
+        Heard,
+        End(Ended, Option<(u16, &'static str)>),
+    }
     let (ended, close) = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break (Ended::ShuttingDown, Some((close_code::RESTART, "server restarting, reconnect with since"))),
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => Next::End(Ended::ShuttingDown, Some((close_code::RESTART, "server restarting, reconnect with since"))),
             frame = frames.recv() => match frame {
-                Ok(frame) => {
-                    match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
-                        Ok(Ok(())) => metrics::counter!(names::FRAMES_SENT).increment(1),
-                        Ok(Err(_)) => break (Ended::ClientClosed, None),
-                        Err(_) => break (Ended::TooSlow, Some((close_code::AGAIN, "client too slow"))),
-                    }
-                }
+                Ok(frame) => Next::Frame(frame),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "closing a websocket that fell too far behind");
-                    break (Ended::TooSlow, Some((close_code::AGAIN, "client too slow")));
+                    Next::End(Ended::TooSlow, Some((close_code::AGAIN, "client too slow")))
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    break (Ended::FeedClosed, Some((close_code::AGAIN, "feed closed, reconnect")));
+                    Next::End(Ended::FeedClosed, Some((close_code::AGAIN, "feed closed, reconnect")))
                 }
             },
             message = incoming.next() => match message {
-                None | Some(Ok(Message::Close(_))) => break (Ended::ClientClosed, None),
+                None | Some(Ok(Message::Close(_))) => Next::End(Ended::ClientClosed, None),
                 // A frame or message over the limit, or a broken frame; if the connection
                 // itself failed, the close frame goes nowhere.
-                Some(Err(_)) => break (Ended::ClientError, Some((close_code::SIZE, "frame too big or malformed"))),
+                Some(Err(_)) => Next::End(Ended::ClientError, Some((close_code::SIZE, "frame too big or malformed"))),
                 // Frames from the client are ignored, whatever they hold; they prove it is alive.
-                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Ok(_)) => Next::Heard,
             },
-            _ = ping.tick() => {
+            _ = ping.tick() => Next::Ping,
+        };
+        match next {
+            Next::Frame(frame) => {
+                match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
+                    Ok(Ok(())) => metrics::counter!(names::FRAMES_SENT).increment(1),
+                    Ok(Err(_)) => break (Ended::ClientClosed, None),
+                    Err(_) => break (Ended::TooSlow, Some((close_code::AGAIN, "client too slow"))),
+                }
+            }
+            Next::Ping => {
                 if last_heard.elapsed() >= limits.idle_timeout {
                     break (Ended::Idle, Some((close_code::AWAY, "no answer to pings")));
                 }
-                if timeout(limits.send_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                let sent = timeout(
+                    limits.send_timeout,
+                    sink.send(Message::Ping(Default::default())),
+                );
+                if sent.await.map_or(true, |r| r.is_err()) {
                     break (Ended::ClientClosed, None);
                 }
             }
+            Next::Heard => last_heard = Instant::now(),
+            Next::End(ended, close) => break (ended, close),
         }
     };
     if ended == Ended::TooSlow {
@@ -174,8 +195,10 @@ mod tests {
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
+                let (sink, incoming) = socket.split();
                 session(
-                    socket,
+                    sink,
+                    incoming,
                     vec![Utf8Bytes::from_static("{\"id\":0}")],
                     &mut rx,
                     limits(),
@@ -213,8 +236,10 @@ mod tests {
         for i in 0..5 {
             tx.send(Utf8Bytes::from(format!("{i}"))).unwrap();
         }
+        let (sink, incoming) = socket.split();
         let ended = session(
-            socket,
+            sink,
+            incoming,
             Vec::new(),
             &mut rx,
             limits(),
@@ -240,8 +265,10 @@ mod tests {
             client: client_rx,
         };
         let (_tx, mut rx) = broadcast::channel::<Utf8Bytes>(2);
+        let (sink, incoming) = socket.split();
         let ended = session(
-            socket,
+            sink,
+            incoming,
             Vec::new(),
             &mut rx,
             limits(),
