@@ -112,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rounds of fan-out messages the publisher may be ahead of the frames delivered: half the
+/// gateway's default queue per socket.
+const AHEAD: usize = 8;
+
 /// The servers under test and a publisher.
 struct Bench {
     gateway: SocketAddr,
@@ -123,6 +127,11 @@ struct Bench {
 impl Bench {
     async fn start(args: &Args) -> anyhow::Result<Bench> {
         let nats = NatsServer::start().await?;
+        // The publisher makes the streams, as the api does; the gateway only waits for them.
+        let mut settings: NatsSettings = from_environment()?;
+        settings.nats_url = nats.url.clone();
+        settings.nats_timeout = Duration::from_secs(10);
+        let log = Arc::new(JetStreamLog::connect(&settings).await?);
         let port = free_port()?;
         let mut gateway_process = Process::spawn(
             "threadline gateway",
@@ -142,10 +151,6 @@ impl Bench {
             &mut gateway_process,
         )
         .await?;
-        let mut settings: NatsSettings = from_environment()?;
-        settings.nats_url = nats.url.clone();
-        settings.nats_timeout = Duration::from_secs(10);
-        let log = Arc::new(JetStreamLog::connect(&settings).await?);
         Ok(Bench {
             gateway,
             log,
@@ -284,9 +289,23 @@ impl Bench {
             )
             .await?;
         let expected = (threads.len() * per_thread * messages) as u64;
+        let round = (threads.len() * per_thread) as u64;
         let started = Instant::now();
         let mut pending = futures::stream::FuturesUnordered::new();
         for i in 0..messages {
+            // As fast as the gateway delivers: a round (one message to every thread) goes out
+            // once the frames of the round `AHEAD` before it have arrived, so that no socket
+            // falls a whole queue (`WS_CLIENT_QUEUE`, 64) behind and is closed as too slow.
+            let delivered = (i.saturating_sub(AHEAD) as u64) * round;
+            while received.load(Ordering::Relaxed) < delivered {
+                if Instant::now() > started + Duration::from_secs(120) {
+                    bail!(
+                        "fan-out stalled: {} of {delivered} frames after 120 s",
+                        received.load(Ordering::Relaxed)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             for thread in &threads {
                 let log = self.log.clone();
                 let thread = *thread;
