@@ -77,7 +77,9 @@ async fn clients_resuming_through_a_rolling_restart_of_two_gateways_miss_and_rep
         .map(|i| ResumingClient::start(gateways.clone(), i, &thread, &since))
         .collect();
 
-    let load = Load::start(&app, &thread, 1);
+    // The rate: 100 posts a second while the gateways restart one after the other.
+    let started = std::time::Instant::now();
+    let load = Load::paced(&app, &thread, 100);
     load.wait_for_more(100, PROJECTION_TIMEOUT).await;
     for gateway in 0..2 {
         app.terminate("gateway", gateway);
@@ -88,6 +90,11 @@ async fn clients_resuming_through_a_rolling_restart_of_two_gateways_miss_and_rep
         load.wait_for_more(100, PROJECTION_TIMEOUT).await;
     }
     let accepted = load.stop().await;
+    eprintln!(
+        "{} messages accepted in {:.1} s of rolling restarts",
+        accepted.len(),
+        started.elapsed().as_secs_f64()
+    );
     let marker = app.say(&thread, "marker").await.json();
     let marker = marker["id"].as_str().unwrap().to_owned();
     let mut expected = listed_ids(&app, &thread, &accepted).await;

@@ -137,8 +137,10 @@ async fn an_endless_fragmented_message_closes_the_socket_and_leaves_memory_alone
         );
     }
     let after = resident_bytes_of_listener(gateway);
+    // Allocator noise is tens of KiB; without the message limit, each socket would hold up to
+    // 100 MB.
     assert!(
-        after < before + 4 * 1024 * 1024,
+        after < before + 1024 * 1024,
         "the gateway grew from {before} to {after} bytes"
     );
     // The gateway still serves the socket that behaved.

@@ -18,8 +18,21 @@ pub struct Load {
 
 impl Load {
     /// Starts `concurrency` clients posting to `thread` through `client`, one request at a
-    /// time each, until [`stop`](Self::stop).
+    /// time each, as fast as they are answered, until [`stop`](Self::stop).
     pub fn start(client: &Client, thread: &str, concurrency: usize) -> Load {
+        Self::spawn(client, thread, concurrency, None)
+    }
+
+    /// Starts posting to `thread` at `per_second` messages a second (from a few clients, so
+    /// that one slow answer does not hold the others back) until [`stop`](Self::stop).
+    pub fn paced(client: &Client, thread: &str, per_second: u32) -> Load {
+        const POSTERS: u32 = 4;
+        let every = Duration::from_secs(1) * POSTERS / per_second.max(1);
+        Self::spawn(client, thread, POSTERS as usize, Some(every))
+    }
+
+    /// `concurrency` posters, each posting once per `every` if given, else back to back.
+    fn spawn(client: &Client, thread: &str, concurrency: usize, every: Option<Duration>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let posters = (0..concurrency)
@@ -29,7 +42,18 @@ impl Load {
                 tokio::spawn(async move {
                     let mut ids = Vec::new();
                     let mut n = 0;
+                    // Staggered, so that the posters take turns rather than post together.
+                    let mut pace = every.map(|every| {
+                        let first = tokio::time::Instant::now()
+                            + every * poster as u32 / concurrency as u32;
+                        let mut pace = tokio::time::interval_at(first, every);
+                        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        pace
+                    });
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(pace) = pace.as_mut() {
+                            pace.tick().await;
+                        }
                         n += 1;
                         let body = json!({
                             "user": {"poster": poster},
