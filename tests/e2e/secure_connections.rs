@@ -1,8 +1,11 @@
 //! The roles against servers that insist on security, set up by the test: a nats-server that
 //! requires TLS with client certificates and credentials (user/password, token, NKey), and a
-//! PostgreSQL that accepts TLS connections only, reached with `sslmode=verify-full`.
+//! PostgreSQL that accepts TLS connections only, reached with `sslmode=verify-full`, with and
+//! without a client certificate.
 
-use crate::harness::deployment::secure::{require_tls, Attempt, NatsAuth, Pki, SecureNats};
+use crate::harness::deployment::secure::{
+    require_tls, Attempt, ClientCertificate, NatsAuth, Pki, SecureNats,
+};
 use crate::harness::deployment::{create_streams, env, send, servers, Env, Roles};
 use crate::harness::postgres::Postgres;
 use crate::harness::*;
@@ -30,7 +33,7 @@ async fn every_role_works_over_tls_with_credentials_to_nats_and_tls_only_postgre
     let pki = Pki::new();
     let nats = SecureNats::start(&pki, &NatsAuth::UserPassword("threadline", "s3cret"));
     let pg = Postgres::start().await;
-    let database_url = require_tls(&pg, &pki, "threadline").await;
+    let database_url = require_tls(&pg, &pki, "threadline", ClientCertificate::NotAsked).await;
     let settings = with(
         nats_tls(&nats, &pki),
         &[
@@ -180,7 +183,7 @@ async fn an_nkey_seed_authenticates_to_nats() {
 async fn a_database_url_without_tls_is_refused_by_a_tls_only_postgres() {
     let pki = Pki::new();
     let (nats, pg) = servers().await;
-    require_tls(&pg, &pki, "threadline").await;
+    require_tls(&pg, &pki, "threadline", ClientCertificate::NotAsked).await;
     let plain = env(&[
         ("NATS_URL", &nats.url()),
         (
@@ -190,4 +193,37 @@ async fn a_database_url_without_tls_is_refused_by_a_tls_only_postgres() {
     ]);
     let attempt = Attempt::start("api", &plain);
     refused_with(&attempt, &["no encryption", "pg_hba.conf"]).await;
+}
+
+#[tokio::test]
+async fn a_postgres_that_wants_client_certificates_takes_the_roles_with_sslcert_and_sslkey() {
+    let pki = Pki::new();
+    let (nats, pg) = servers().await;
+    let database_url = require_tls(&pg, &pki, "threadline", ClientCertificate::Required).await;
+    let settings = env(&[("NATS_URL", &nats.url()), ("DATABASE_URL", &database_url)]);
+    let mut roles = Roles::default();
+    let api = roles.spawn("api", &settings).await;
+    roles.spawn("projector", &settings).await;
+    let created = send(
+        api,
+        "POST",
+        "/chat/thread/",
+        &[],
+        Some(&json!({"user": "Ada"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let thread = created.json()["id"].as_str().expect("id").to_owned();
+    let got = send(api, "GET", &format!("/chat/thread/{thread}/"), &[], None).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+
+    // The same URL without the certificate is refused by the server.
+    let without = database_url
+        .split('&')
+        .filter(|part| !part.starts_with("sslcert=") && !part.starts_with("sslkey="))
+        .collect::<Vec<_>>()
+        .join("&");
+    let anonymous = env(&[("NATS_URL", &nats.url()), ("DATABASE_URL", &without)]);
+    let attempt = Attempt::start("api", &anonymous);
+    refused_with(&attempt, &["requires a valid client certificate"]).await;
 }

@@ -175,10 +175,19 @@ impl Drop for SecureNats {
     }
 }
 
+/// Whether a TLS-only PostgreSQL also wants a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificate {
+    NotAsked,
+    /// One signed by the test CA (`clientcert=verify-ca`).
+    Required,
+}
+
 /// Switches a running harness PostgreSQL to TLS only: the server certificate of `pki`, and
-/// pg_hba.conf rejecting every TCP connection that is not encrypted. Returns the URL of
-/// database `db` with `sslmode=verify-full` against the test CA.
-pub async fn require_tls(pg: &Postgres, pki: &Pki, db: &str) -> String {
+/// pg_hba.conf rejecting every TCP connection that is not encrypted (and, if asked, every
+/// one without a client certificate of the test CA). Returns the URL of database `db` with
+/// `sslmode=verify-full` against the test CA, and the client certificate when it is required.
+pub async fn require_tls(pg: &Postgres, pki: &Pki, db: &str, client: ClientCertificate) -> String {
     let admin = sqlx::PgPool::connect(&pg.url("postgres"))
         .await
         .expect("connecting as the superuser");
@@ -204,16 +213,24 @@ pub async fn require_tls(pg: &Postgres, pki: &Pki, db: &str) -> String {
     };
     let cert = place(&pki.server_cert, "server.pem");
     let key = place(&pki.server_key, "server.key");
+    let ca = place(&pki.ca, "ca.pem");
+    let verify = match client {
+        ClientCertificate::NotAsked => "",
+        ClientCertificate::Required => " clientcert=verify-ca",
+    };
     std::fs::write(
         &hba,
-        "local all all trust\n\
-         hostssl all all 127.0.0.1/32 trust\n\
-         hostnossl all all 127.0.0.1/32 reject\n",
+        format!(
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust{verify}\n\
+             hostnossl all all 127.0.0.1/32 reject\n"
+        ),
     )
     .expect("writing pg_hba.conf");
     for statement in [
         format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
         format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        format!("ALTER SYSTEM SET ssl_ca_file = '{}'", ca.display()),
         "ALTER SYSTEM SET ssl = on".to_owned(),
         "SELECT pg_reload_conf()".to_owned(),
     ] {
@@ -223,11 +240,19 @@ pub async fn require_tls(pg: &Postgres, pki: &Pki, db: &str) -> String {
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     admin.close().await;
-    format!(
+    let url = format!(
         "{}?sslmode=verify-full&sslrootcert={}",
         pg.url(db),
         pki.ca.display()
-    )
+    );
+    match client {
+        ClientCertificate::NotAsked => url,
+        ClientCertificate::Required => format!(
+            "{url}&sslcert={}&sslkey={}",
+            pki.client_cert.display(),
+            pki.client_key.display()
+        ),
+    }
 }
 
 /// A `threadline <role>` that is not expected to become ready: its output, and its end by
