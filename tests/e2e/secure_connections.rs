@@ -4,7 +4,7 @@
 //! without a client certificate.
 
 use crate::harness::deployment::secure::{
-    require_tls, Attempt, ClientCertificate, NatsAuth, Pki, SecureNats,
+    require_tls, Attempt, ClientCertificate, NatsAuth, Operator, Pki, SecureNats,
 };
 use crate::harness::deployment::{create_streams, env, send, servers, Env, Roles};
 use crate::harness::postgres::Postgres;
@@ -175,6 +175,53 @@ async fn an_nkey_seed_authenticates_to_nats() {
     let refused = Attempt::start(
         "gateway",
         &with(nats_tls(&nats, &pki), &[("NATS_NKEY_SEED", &stranger)]),
+    );
+    refused_with(&refused, &["uthorization violation"]).await;
+}
+
+#[tokio::test]
+async fn a_creds_file_logs_in_to_a_nats_in_operator_mode() {
+    let pki = Pki::new();
+    let operator = Operator::new();
+    let creds = operator.creds_file.display().to_string();
+    // Kept to the end of the test: dropping the operator removes the creds file.
+    let auth = NatsAuth::Operator(operator);
+    let nats = SecureNats::start(&pki, &auth);
+    let pg = Postgres::start().await;
+    let settings = with(
+        nats_tls(&nats, &pki),
+        &[
+            ("NATS_CREDS_FILE", &creds),
+            ("DATABASE_URL", &pg.url("threadline")),
+        ],
+    );
+    let mut roles = Roles::default();
+    let api = roles.spawn("api", &settings).await;
+    roles.spawn("projector", &settings).await;
+    let created = send(
+        api,
+        "POST",
+        "/chat/thread/",
+        &[],
+        Some(&json!({"user": "Ada"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let thread = created.json()["id"].as_str().expect("id").to_owned();
+    let got = send(api, "GET", &format!("/chat/thread/{thread}/"), &[], None).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+
+    // A user of another operator's account is not let in.
+    let stranger = Operator::new();
+    let refused = Attempt::start(
+        "gateway",
+        &with(
+            nats_tls(&nats, &pki),
+            &[(
+                "NATS_CREDS_FILE",
+                &stranger.creds_file.display().to_string(),
+            )],
+        ),
     );
     refused_with(&refused, &["uthorization violation"]).await;
 }

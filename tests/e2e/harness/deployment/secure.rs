@@ -1,6 +1,7 @@
 //! Servers that insist on security, set up by the test itself: a certificate authority with a
 //! server and a client certificate (rcgen), a `nats-server` that requires TLS, client
-//! certificates and credentials (user/password, token or NKey), and a harness PostgreSQL
+//! certificates and credentials (user/password, token, NKey, or an operator's creds file),
+//! and a harness PostgreSQL
 //! switched to accept TLS connections only.
 
 use super::super::postgres::Postgres;
@@ -11,6 +12,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
+use serde_json::json;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,6 +87,108 @@ pub enum NatsAuth {
     Token(&'static str),
     /// The user's public NKey (`U…`).
     NKey(String),
+    /// Decentralised authentication: the server trusts an operator, preloads its account, and
+    /// users log in with a creds file (a user JWT and its NKey seed).
+    Operator(Operator),
+}
+
+/// An operator, one account with JetStream, and one user of it, as `nsc` would make them:
+/// ed25519-NKey-signed JWTs (https://docs.nats.io/running-a-nats-service/configuration/securing_nats/jwt).
+pub struct Operator {
+    operator_jwt: String,
+    account: String,
+    account_jwt: String,
+    system: String,
+    system_jwt: String,
+    dir: PathBuf,
+    /// The user's creds file: its JWT and its seed.
+    pub creds_file: PathBuf,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Operator {
+    pub fn new() -> Operator {
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let system = nkeys::KeyPair::new_account();
+        let user = nkeys::KeyPair::new_user();
+        let operator_jwt = jwt(
+            &operator,
+            &operator.public_key(),
+            json!({"type": "operator", "version": 2}),
+        );
+        let account_jwt = jwt(
+            &operator,
+            &account.public_key(),
+            json!({
+                "limits": {
+                    "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                    "wildcards": true, "conn": -1, "leaf": -1,
+                    "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+                },
+                "default_permissions": {"pub": {}, "sub": {}},
+                "type": "account",
+                "version": 2
+            }),
+        );
+        // JetStream needs the server's system account.
+        let system_jwt = jwt(
+            &operator,
+            &system.public_key(),
+            json!({"type": "account", "version": 2}),
+        );
+        let user_jwt = jwt(
+            &account,
+            &user.public_key(),
+            json!({
+                "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2
+            }),
+        );
+        let seed = user.seed().expect("the user's seed");
+        let creds = format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        );
+        let dir = temp_dir("operator");
+        let creds_file = dir.join("user.creds");
+        std::fs::write(&creds_file, creds).expect("writing the creds file");
+        Operator {
+            operator_jwt,
+            account: account.public_key(),
+            account_jwt,
+            system: system.public_key(),
+            system_jwt,
+            dir,
+            creds_file,
+        }
+    }
+}
+
+/// A JWT for `subject`, signed by `issuer`, with `nats` as its NATS claims.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let claims = json!({
+        "jti": format!("{subject}-{serial}"),
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "name": "threadline test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{header}.{claims}");
+    let signature = issuer.sign(signed.as_bytes()).expect("signing a JWT");
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
 /// A `nats-server` with JetStream that accepts TLS connections only, from clients with a
@@ -105,11 +209,26 @@ impl SecureNats {
             }
             NatsAuth::Token(token) => format!("token: \"{token}\""),
             NatsAuth::NKey(public) => format!("users = [ {{ nkey: \"{public}\" }} ]"),
+            NatsAuth::Operator(_) => String::new(),
+        };
+        let authorization = match auth {
+            // Operator mode has no authorization block: the trusted operator and its accounts.
+            NatsAuth::Operator(operator) => format!(
+                "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\n\
+                 resolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\n",
+                operator.operator_jwt,
+                operator.system,
+                operator.account,
+                operator.account_jwt,
+                operator.system,
+                operator.system_jwt
+            ),
+            _ => format!("authorization {{\n  {authorization}\n}}\n"),
         };
         let config = format!(
             "max_payload: 8MB\n\
              tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 5\n}}\n\
-             authorization {{\n  {authorization}\n}}\n",
+             {authorization}",
             pki.server_cert.display(),
             pki.server_key.display(),
             pki.ca.display(),
