@@ -44,9 +44,14 @@ struct Args {
     /// Sockets on each fan-out thread.
     #[arg(long, default_value_t = 1_000)]
     fanout_sockets: usize,
-    /// Messages posted to each fan-out thread, as fast as the stream takes them.
+    /// Messages posted to each fan-out thread, as fast as the gateway delivers them.
     #[arg(long, default_value_t = 200)]
     fanout_messages: usize,
+    /// Rounds of fan-out messages (one to every thread) the publisher may be ahead of the
+    /// frames delivered; keep it well under the gateway's queue (`WS_CLIENT_QUEUE`, 64), or
+    /// sockets fall behind and are closed as too slow (the run then counts fewer frames).
+    #[arg(long, default_value_t = 16)]
+    fanout_ahead: usize,
     /// Posts per second of the latency runs.
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
@@ -81,13 +86,15 @@ async fn main() -> anyhow::Result<()> {
             args.fanout_threads,
             args.fanout_sockets,
             args.fanout_messages,
+            args.fanout_ahead,
         )
         .await?;
     println!(
-        "fan-out: {} threads x {} sockets, {} messages each: {frames} frames in {:.2} s = {:.0} frames/s",
+        "fan-out: {} threads x {} sockets, {} messages each, at most {} rounds ahead: {frames} frames in {:.2} s = {:.0} frames/s",
         args.fanout_threads,
         args.fanout_sockets,
         args.fanout_messages,
+        args.fanout_ahead,
         elapsed.as_secs_f64(),
         frames as f64 / elapsed.as_secs_f64()
     );
@@ -111,10 +118,6 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Rounds of fan-out messages the publisher may be ahead of the frames delivered: half the
-/// gateway's default queue per socket.
-const AHEAD: usize = 8;
 
 /// The servers under test and a publisher.
 struct Bench {
@@ -275,6 +278,7 @@ impl Bench {
         threads: usize,
         per_thread: usize,
         messages: usize,
+        ahead: usize,
     ) -> anyhow::Result<(u64, Duration)> {
         let threads = self.new_threads(threads).await?;
         let received = Arc::new(AtomicU64::new(0));
@@ -294,9 +298,9 @@ impl Bench {
         let mut pending = futures::stream::FuturesUnordered::new();
         for i in 0..messages {
             // As fast as the gateway delivers: a round (one message to every thread) goes out
-            // once the frames of the round `AHEAD` before it have arrived, so that no socket
-            // falls a whole queue (`WS_CLIENT_QUEUE`, 64) behind and is closed as too slow.
-            let delivered = (i.saturating_sub(AHEAD) as u64) * round;
+            // once the frames of the round `ahead` before it have arrived, so that no socket
+            // falls a whole queue behind and is closed as too slow.
+            let delivered = (i.saturating_sub(ahead) as u64) * round;
             while received.load(Ordering::Relaxed) < delivered {
                 if Instant::now() > started + Duration::from_secs(120) {
                     bail!(
@@ -304,7 +308,11 @@ impl Bench {
                         received.load(Ordering::Relaxed)
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                // The posts in flight go on while the publisher waits.
+                match pending.next().await {
+                    Some(done) => done?,
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
             }
             for thread in &threads {
                 let log = self.log.clone();
