@@ -1,6 +1,6 @@
 //! Timestamps as the contract shows them: UTC, ISO 8601, microseconds, `Z`.
 
-use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
@@ -29,12 +29,21 @@ impl Timestamp {
         {
             return None;
         }
-        let naive = NaiveDateTime::parse_from_str(text, FORMAT).ok()?;
-        // A leap second (`:60`) is refused: it cannot be stored and shown again as sent.
-        if naive.and_utc().timestamp_subsec_nanos() >= 1_000_000_000 {
-            return None;
-        }
-        Some(Self(naive.and_utc()))
+        // The shape holds, so each field is its digits; chrono checks the calendar. A leap
+        // second (`:60`) is refused: it cannot be stored and shown again as sent.
+        let number = |at: std::ops::Range<usize>| {
+            bytes[at]
+                .iter()
+                .fold(0u32, |n, digit| n * 10 + u32::from(digit - b'0'))
+        };
+        let date = NaiveDate::from_ymd_opt(number(0..4) as i32, number(5..7), number(8..10))?;
+        let time = NaiveTime::from_hms_micro_opt(
+            number(11..13),
+            number(14..16),
+            number(17..19),
+            number(20..26),
+        )?;
+        Some(Self(NaiveDateTime::new(date, time).and_utc()))
     }
 
     /// The time as a chrono value (for storage).
@@ -51,7 +60,24 @@ impl From<DateTime<Utc>> for Timestamp {
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.format(FORMAT))
+        use chrono::{Datelike, Timelike};
+        let t = &self.0;
+        // Written field by field (chrono's `format` parses its pattern on every call); a
+        // year that `%Y` writes otherwise than four digits goes through chrono.
+        if !(0..=9999).contains(&t.year()) {
+            return write!(f, "{}", t.format(FORMAT));
+        }
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.nanosecond() / 1_000
+        )
     }
 }
 
@@ -108,9 +134,41 @@ mod tests {
             "2026-11- 4T03:22:40.123456Z",
             "2026-11-24T03:22: 0.123456Z",
             "2026-11-24T23:59:60.000000Z",
+            "2026-02-29T00:00:00.000000Z",
+            "2028-02-30T00:00:00.000000Z",
+            "2026-11-31T00:00:00.000000Z",
+            "2026-11-24T24:00:00.000000Z",
+            "2026-11-24T23:60:00.000000Z",
+            "2026-00-24T00:00:00.000000Z",
+            "2026-11-00T00:00:00.000000Z",
             "",
         ] {
             assert_eq!(Timestamp::parse(text), None, "{text}");
         }
+    }
+
+    #[test]
+    fn written_and_read_as_chrono_writes_and_reads_the_format() {
+        let mut seconds: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+        while seconds < 253_402_300_800 {
+            // up to 9999-12-31
+            for micros in [0, 1, 999_999, (seconds.unsigned_abs() % 1_000_000) as u32] {
+                let t = DateTime::from_timestamp(seconds, micros * 1_000).unwrap();
+                let by_chrono = t.format(FORMAT).to_string();
+                let ours = Timestamp(t);
+                assert_eq!(ours.to_string(), by_chrono);
+                assert_eq!(Timestamp::parse(&by_chrono), Some(ours), "{by_chrono}");
+            }
+            seconds += 7_777_777;
+        }
+        assert_eq!(
+            Timestamp::parse("2028-02-29T23:59:59.999999Z")
+                .unwrap()
+                .to_string(),
+            "2028-02-29T23:59:59.999999Z"
+        );
+        // Years that `%Y` writes otherwise still go through chrono.
+        let far = Timestamp(DateTime::from_timestamp(253_402_300_800, 0).unwrap());
+        assert_eq!(far.to_string(), far.0.format(FORMAT).to_string());
     }
 }

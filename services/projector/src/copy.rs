@@ -81,10 +81,9 @@ impl CopyChunk {
 
 /// Appends a timestamp as the events write it (microseconds, `Z`), which PostgreSQL reads.
 fn push_timestamp(out: &mut Vec<u8>, timestamp: &proto_events::Timestamp) {
-    let text = timestamp
-        .as_datetime()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    out.extend_from_slice(text.as_bytes());
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{timestamp}");
 }
 
 fn push_number(out: &mut Vec<u8>, value: u64) {
@@ -95,15 +94,21 @@ fn push_number(out: &mut Vec<u8>, value: u64) {
 
 /// Appends `text` escaped for COPY's text format (backslash, tab, newline, carriage return).
 fn push_field(out: &mut Vec<u8>, text: &str) {
-    for &b in text.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
+    let bytes = text.as_bytes();
+    let mut plain = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..at]);
+        out.extend_from_slice(escaped);
+        plain = at + 1;
     }
+    out.extend_from_slice(&bytes[plain..]);
 }
 
 /// Loads COPY chunks into `<schema>.threads` and `<schema>.messages` on a task of its own, so
@@ -271,5 +276,11 @@ mod tests {
         let mut out = Vec::new();
         push_field(&mut out, "a\tb\nc\\d\re");
         assert_eq!(out, b"a\\tb\\nc\\\\d\\re");
+        out.clear();
+        push_field(&mut out, "\t\tplain ünïcode\\");
+        assert_eq!(out, "\\t\\tplain ünïcode\\\\".as_bytes());
+        out.clear();
+        push_field(&mut out, "");
+        assert!(out.is_empty());
     }
 }
