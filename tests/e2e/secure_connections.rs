@@ -196,20 +196,7 @@ async fn a_creds_file_logs_in_to_a_nats_in_operator_mode() {
         ],
     );
     let mut roles = Roles::default();
-    let api = roles.spawn("api", &settings).await;
-    roles.spawn("projector", &settings).await;
-    let created = send(
-        api,
-        "POST",
-        "/chat/thread/",
-        &[],
-        Some(&json!({"user": "Ada"})),
-    )
-    .await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let thread = created.json()["id"].as_str().expect("id").to_owned();
-    let got = send(api, "GET", &format!("/chat/thread/{thread}/"), &[], None).await;
-    assert_eq!(got.status, 200, "{}", got.text);
+    api_and_projector_serve_a_thread(&mut roles, &settings).await;
 
     // A user of another operator's account is not let in.
     let stranger = Operator::new();
@@ -249,8 +236,23 @@ async fn a_postgres_that_wants_client_certificates_takes_the_roles_with_sslcert_
     let database_url = require_tls(&pg, &pki, "threadline", ClientCertificate::Required).await;
     let settings = env(&[("NATS_URL", &nats.url()), ("DATABASE_URL", &database_url)]);
     let mut roles = Roles::default();
-    let api = roles.spawn("api", &settings).await;
-    roles.spawn("projector", &settings).await;
+    api_and_projector_serve_a_thread(&mut roles, &settings).await;
+
+    // The same URL without the certificate is refused by the server.
+    let without = database_url
+        .split('&')
+        .filter(|part| !part.starts_with("sslcert=") && !part.starts_with("sslkey="))
+        .collect::<Vec<_>>()
+        .join("&");
+    let anonymous = env(&[("NATS_URL", &nats.url()), ("DATABASE_URL", &without)]);
+    let attempt = Attempt::start("api", &anonymous);
+    refused_with(&attempt, &["requires a valid client certificate"]).await;
+}
+
+/// Starts the api and the projector with `settings`; a thread is created and read back.
+async fn api_and_projector_serve_a_thread(roles: &mut Roles, settings: &Env) {
+    let api = roles.spawn("api", settings).await;
+    roles.spawn("projector", settings).await;
     let created = send(
         api,
         "POST",
@@ -263,14 +265,4 @@ async fn a_postgres_that_wants_client_certificates_takes_the_roles_with_sslcert_
     let thread = created.json()["id"].as_str().expect("id").to_owned();
     let got = send(api, "GET", &format!("/chat/thread/{thread}/"), &[], None).await;
     assert_eq!(got.status, 200, "{}", got.text);
-
-    // The same URL without the certificate is refused by the server.
-    let without = database_url
-        .split('&')
-        .filter(|part| !part.starts_with("sslcert=") && !part.starts_with("sslkey="))
-        .collect::<Vec<_>>()
-        .join("&");
-    let anonymous = env(&[("NATS_URL", &nats.url()), ("DATABASE_URL", &without)]);
-    let attempt = Attempt::start("api", &anonymous);
-    refused_with(&attempt, &["requires a valid client certificate"]).await;
 }
