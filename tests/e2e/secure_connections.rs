@@ -43,20 +43,8 @@ async fn every_role_works_over_tls_with_credentials_to_nats_and_tls_only_postgre
         ],
     );
     let mut roles = Roles::default();
-    let api = roles.spawn("api", &settings).await;
-    roles.spawn("projector", &settings).await;
+    let (api, thread) = api_and_projector_serve_a_thread(&mut roles, &settings).await;
     let gateway = roles.spawn("gateway", &settings).await;
-
-    let created = send(
-        api,
-        "POST",
-        "/chat/thread/",
-        &[],
-        Some(&json!({"user": "Ada"})),
-    )
-    .await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let thread = created.json()["id"].as_str().expect("id").to_owned();
     let (mut socket, _) = within(
         "opening a websocket",
         Duration::from_secs(15),
@@ -249,8 +237,12 @@ async fn a_postgres_that_wants_client_certificates_takes_the_roles_with_sslcert_
     refused_with(&attempt, &["requires a valid client certificate"]).await;
 }
 
-/// Starts the api and the projector with `settings`; a thread is created and read back.
-async fn api_and_projector_serve_a_thread(roles: &mut Roles, settings: &Env) {
+/// Starts the api and the projector with `settings`; a thread is created and read back. The
+/// api's address and the thread's id.
+async fn api_and_projector_serve_a_thread(
+    roles: &mut Roles,
+    settings: &Env,
+) -> (std::net::SocketAddr, String) {
     let api = roles.spawn("api", settings).await;
     roles.spawn("projector", settings).await;
     let created = send(
@@ -265,4 +257,5 @@ async fn api_and_projector_serve_a_thread(roles: &mut Roles, settings: &Env) {
     let thread = created.json()["id"].as_str().expect("id").to_owned();
     let got = send(api, "GET", &format!("/chat/thread/{thread}/"), &[], None).await;
     assert_eq!(got.status, 200, "{}", got.text);
+    (api, thread)
 }
