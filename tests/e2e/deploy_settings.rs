@@ -338,6 +338,35 @@ async fn streams_take_their_replicas_and_limits_from_the_settings() {
     let dead = config("THREADLINE_DEAD_LETTERS").await;
     assert_eq!(dead.max_bytes, 5_000_000);
     assert_eq!(dead.max_age, Duration::from_secs(12 * 3600));
+
+    // The api's idempotency bucket is made the same way: its window is its max age, and a
+    // bucket made with another window follows the setting.
+    for window in ["2h", "3h"] {
+        let mut api = base.clone();
+        api.extend(env(&[("IDEMPOTENCY_WINDOW", window)]));
+        roles.spawn("api", &api).await;
+        let wanted = threadline_infra::settings::parse_duration(window).expect("window");
+        // The api listens (for its probes) before it has opened its dependencies.
+        let bucket = eventually(
+            &format!("the idempotency bucket to keep records for {window}"),
+            PROJECTION_TIMEOUT,
+            || async {
+                let info = js
+                    .get_stream("KV_THREADLINE_IDEMPOTENCY")
+                    .await
+                    .ok()?
+                    .info()
+                    .await
+                    .ok()?
+                    .config
+                    .clone();
+                (info.max_age == wanted).then_some(info)
+            },
+        )
+        .await;
+        assert_eq!(bucket.num_replicas, 1);
+        assert_eq!(bucket.max_messages_per_subject, 1);
+    }
 }
 
 #[tokio::test]

@@ -417,7 +417,9 @@ async fn update_stream_rules(
     Ok(())
 }
 
-async fn ensure_stream(
+/// Creates the stream of `config`, or opens it and brings its replicas and limits (max age,
+/// max bytes, discard policy) to `config`'s, keeping the rest of its configuration.
+pub(crate) async fn ensure_stream(
     jetstream: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Info, StoreError> {

@@ -35,8 +35,12 @@ impl KvIdempotency {
         let jetstream = log.jetstream();
         // The bucket's stream, as async-nats' create_key_value would make it: that call first
         // reads the account's info, which async-nats 0.42 cannot parse from nats-server 2.9.
-        jetstream
-            .get_or_create_stream(stream::Config {
+        // Replicated as the event stream is (STREAM_REPLICAS): a record lost with a server
+        // would let a retry append its message twice. An existing bucket follows changes of
+        // the replicas and of the window.
+        crate::event_log::ensure_stream(
+            jetstream,
+            stream::Config {
                 name: format!("KV_{bucket}"),
                 description: Some("threadline: requests answered under an Idempotency-Key".into()),
                 subjects: vec![format!("$KV.{bucket}.>")],
@@ -47,12 +51,12 @@ impl KvIdempotency {
                 deny_delete: true,
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
+                num_replicas: log.settings().stream_replicas.into(),
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                StoreError::nats(format!("cannot create key-value bucket {bucket}: {e}"))
-            })?;
+            },
+        )
+        .await
+        .map_err(|e| StoreError::nats(format!("cannot create key-value bucket {bucket}: {e}")))?;
         let store = jetstream
             .get_key_value(bucket)
             .await

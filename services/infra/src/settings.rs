@@ -55,8 +55,8 @@ pub struct NatsSettings {
     #[arg(long, env = "NATS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub nats_timeout: Duration,
 
-    /// Replicas of the event stream and of the dead-letter stream (3 on a 3-node JetStream
-    /// cluster). Streams that exist are updated to it on start.
+    /// Replicas of the event stream, of the dead-letter stream and of the api's idempotency
+    /// bucket (3 on a 3-node JetStream cluster). Those that exist are updated to it on start.
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
 
