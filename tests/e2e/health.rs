@@ -1,6 +1,7 @@
 //! `/healthz` (alive) and `/readyz` (dependencies reachable) on every role; `/readyz` names
 //! each dependency and whether it answers.
 
+use crate::harness::operator::run_command_with;
 use crate::harness::*;
 use serde_json::{json, Value};
 
@@ -118,4 +119,36 @@ async fn readyz_names_the_database_while_it_is_down_and_recovers() {
     assert_readyz_names(&app, "database").await;
     app.pg.start_again().await;
     assert_ready_again(&app).await;
+}
+
+/// `threadline probe`, the image's health check: 0 when the role at LISTEN_ADDR answers 200
+/// on the path, 1 on another status or when nothing listens there.
+#[tokio::test]
+async fn probe_exits_zero_only_when_the_role_answers_200() {
+    let mut app = spawn_app().await;
+    let (_, api) = app.service_addrs()[0].clone();
+    let probe = |addr: std::net::SocketAddr, path: &'static str| async move {
+        run_command_with(
+            &["probe", "--path", path, "--timeout", "2s"],
+            &[("LISTEN_ADDR".to_owned(), addr.to_string())],
+        )
+        .await
+    };
+    let ready = probe(api, "/readyz").await;
+    assert!(ready.expect(0).contains(": 200"), "{}", ready.stdout);
+    let missing = probe(api, "/no-such-path").await;
+    assert!(missing.expect(1).contains(": 404"), "{}", missing.stdout);
+    app.nats.kill();
+    let unready = eventually("the probe to see NATS gone", PROJECTION_TIMEOUT, || async {
+        let out = probe(api, "/readyz").await;
+        (out.status.code() == Some(1)).then_some(out)
+    })
+    .await;
+    assert!(unready.stdout.contains(": 503"), "{}", unready.stdout);
+    probe(api, "/healthz").await.expect(0);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("a free port: {e}"));
+    let nothing = probe(closed, "/readyz").await;
+    assert!(nothing.expect(1).contains("refused"), "{}", nothing.stdout);
 }

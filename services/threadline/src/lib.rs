@@ -4,6 +4,7 @@
 //! commands are in `commands`.
 
 pub mod commands;
+pub mod probe;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -45,6 +46,9 @@ pub enum Role {
     /// Creates the database if missing and brings the read model's tables up to date, then
     /// exits. Run it as the tables' owner before the roles start (with MIGRATE_ON_START=false).
     Migrate(DatabaseSettings),
+    /// Asks a running role's /readyz (or --path) on its LISTEN_ADDR; exits 0 on 200, 1
+    /// otherwise. For container health checks: the image holds no shell or HTTP client.
+    Probe(probe::ProbeSettings),
     #[command(flatten)]
     Operator(commands::Command),
 }
@@ -84,6 +88,10 @@ pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> 
             tracing::info!("the read model's tables are up to date");
             Ok(())
         }
+        Role::Probe(settings) => match probe::run(settings).await {
+            code if code == std::process::ExitCode::SUCCESS => Ok(()),
+            _ => Err(anyhow::anyhow!("the probe failed")),
+        },
         Role::Operator(command) => match commands::run(command, shutdown).await {
             code if code == std::process::ExitCode::SUCCESS => Ok(()),
             _ => Err(anyhow::anyhow!("the command failed")),

@@ -3,11 +3,17 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use threadline::{commands, init_logging, init_logging_at, run, shutdown_on_signals, Cli, Role};
+use threadline::{
+    commands, init_logging, init_logging_at, probe, run, shutdown_on_signals, Cli, Role,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Role::Probe(settings) = cli.role {
+        // No logging: a health check prints one line and exits.
+        return probe::run(settings).await;
+    }
     if let Role::Operator(command) = cli.role {
         // Operator commands print their results on standard output; their logs say only
         // what an operator needs (progress, warnings).
