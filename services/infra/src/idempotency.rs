@@ -52,6 +52,9 @@ impl KvIdempotency {
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
                 num_replicas: log.settings().stream_replicas.into(),
+                // No byte limit, as the server stores it: so that an unchanged bucket is not
+                // updated on every start.
+                max_bytes: -1,
                 ..Default::default()
             },
         )
