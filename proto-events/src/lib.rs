@@ -21,7 +21,7 @@ pub use event::{
     EncodedEvent, Event, EventError, EventKind, MessagePosted, ThreadCreated, SCHEMA_VERSION,
 };
 pub use id::new_id;
-pub use shapes::{MessageView, ThreadView};
+pub use shapes::{MessageJson, MessageView, ThreadView};
 pub use subjects::{Subjects, SubjectsError};
 pub use timestamp::Timestamp;
 pub use user::{UserError, UserJson};

@@ -168,7 +168,8 @@ fn expected_body(thread: &HttpResponse, messages: &[HttpResponse], id: &str) -> 
 
 #[tokio::test]
 async fn short_and_streamed_threads_answer_the_bytes_their_posts_did() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
+    let db = app.db().await;
     let controls: String = (1u8..0x20).map(char::from).collect();
     let bodies = [
         format!("controls {controls}"),
@@ -207,6 +208,28 @@ async fn short_and_streamed_threads_answer_the_bytes_their_posts_did() {
         assert!(
             got.text == expected_body(&thread, &posted, &id),
             "{name}: GET differs from the POST answers"
+        );
+        // The projector stored each message's JSON; rows without it (written before that
+        // column, or by an older projector in a rolling upgrade) are rendered by PostgreSQL
+        // to the same bytes.
+        let thread_id = uuid::Uuid::parse_str(&id).expect("uuid");
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM messages WHERE thread_id = $1 AND json IS NOT NULL",
+        )
+        .bind(thread_id)
+        .fetch_one(&db)
+        .await
+        .expect("counting stored JSON");
+        assert_eq!(stored as usize, posted.len(), "{name}: stored JSON");
+        sqlx::query("UPDATE messages SET json = NULL WHERE thread_id = $1 AND stream_seq % 2 = 0")
+            .bind(thread_id)
+            .execute(&db)
+            .await
+            .expect("clearing stored JSON");
+        let rendered = app.get(&format!("/chat/thread/{id}/")).await;
+        assert!(
+            rendered.text == got.text,
+            "{name}: rows without stored JSON read differently"
         );
     }
 }

@@ -177,7 +177,7 @@ async fn verify_names_a_deleted_and_a_changed_message_and_a_rebuild_repairs_them
     let mut app = spawn_app().await;
     let thread = app.new_thread().await;
     let mut ids = Vec::new();
-    for body in ["one", "two", "three"] {
+    for body in ["one", "two", "three", "four"] {
         ids.push(
             app.say(&thread, body).await.json()["id"]
                 .as_str()
@@ -199,6 +199,20 @@ async fn verify_names_a_deleted_and_a_changed_message_and_a_rebuild_repairs_them
         .execute(&db)
         .await
         .unwrap();
+    // What GET answers is the stored JSON: verify checks it too. A row without it (written
+    // before that column) is rendered from its columns and is no difference.
+    sqlx::query(
+        "UPDATE messages SET json = replace(json, 'three', 'tampered') WHERE id = $1::uuid",
+    )
+    .bind(&ids[2])
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE messages SET json = NULL WHERE id = $1::uuid")
+        .bind(&ids[3])
+        .execute(&db)
+        .await
+        .unwrap();
 
     let out = run_command(&app, &["verify"]).await;
     let stdout = out.expect(1);
@@ -210,12 +224,16 @@ async fn verify_names_a_deleted_and_a_changed_message_and_a_rebuild_repairs_them
         stdout.contains(&format!("message {} different (body)", ids[1])),
         "{stdout}"
     );
-    assert!(!stdout.contains(&ids[2]), "{stdout}");
+    assert!(
+        stdout.contains(&format!("message {} different (json)", ids[2])),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&ids[3]), "{stdout}");
 
     let json_out = run_command(&app, &["verify", "--json"]).await;
     let report: Value = serde_json::from_str(json_out.expect(1)).expect("verify --json");
     let differences = report["differences"].as_array().unwrap();
-    assert_eq!(differences.len(), 2, "{report}");
+    assert_eq!(differences.len(), 3, "{report}");
 
     run_command(&app, &["rebuild"]).await.expect(0);
     run_command(&app, &["verify"]).await.expect(0);

@@ -5,9 +5,7 @@ use crate::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-#[cfg(test)]
-use proto_events::MessageView;
-use proto_events::{MessageBody, ThreadView, Timestamp, UserJson};
+use proto_events::{MessageBody, MessageJson, ThreadView, Timestamp, UserJson};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -40,6 +38,20 @@ pub struct AppliedMessage {
     pub body: MessageBody,
     pub send_by_user: bool,
     pub stream_seq: u64,
+}
+
+impl AppliedMessage {
+    /// The message's JSON inside a thread, as the `json` column stores it.
+    pub fn json(&self) -> Option<String> {
+        MessageJson {
+            id: &self.id,
+            user: &self.user,
+            timestamp: &self.timestamp,
+            body: &self.body,
+            send_by_user: self.send_by_user,
+        }
+        .text()
+    }
 }
 
 /// Threads up to this many messages are read whole, in one round trip.
@@ -106,12 +118,14 @@ type WholeRow = (
 /// how many.
 type PageRow = (Option<String>, Option<i64>, i64);
 
-/// A message as the public JSON of a thread's `messages` holds it, written by PostgreSQL byte
-/// for byte as `serde_json` writes a [`MessageView`]: ids and timestamps in the same form,
-/// `user` as stored, and the body escaped as JSON strings are (PostgreSQL's `to_json` and
-/// `serde_json` escape the same characters the same way). Rendering it there spares the API
-/// all per-message work: a long thread costs it a copy of bytes. It names the row `m`.
-const MESSAGE_JSON: &str = r#"concat('{"id":"', m.id, '","user":', m.user_json, ',"timestamp":"', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '","body":', to_json(m.body), ',"send_by_user":', CASE WHEN m.send_by_user THEN 'true' ELSE 'false' END, '}')"#;
+/// A message as the public JSON of a thread's `messages` holds it: the `json` column the
+/// projector wrote with [`MessageJson`], so that a read only copies bytes, in PostgreSQL and
+/// in the API. A row without it (written before the column, or by an older projector during
+/// a rolling upgrade) is rendered by PostgreSQL byte for byte as `serde_json` writes a
+/// [`proto_events::MessageView`]: ids and timestamps in the same form, `user` as stored, and the body
+/// escaped as JSON strings are (PostgreSQL's `to_json` and `serde_json` escape the same
+/// characters the same way). It names the row `m`.
+const MESSAGE_JSON: &str = r#"coalesce(m.json, concat('{"id":"', m.id, '","user":', m.user_json, ',"timestamp":"', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '","body":', to_json(m.body), ',"send_by_user":', CASE WHEN m.send_by_user THEN 'true' ELSE 'false' END, '}'))"#;
 
 impl PgReadModel {
     /// Checks the URL; a malformed one is a configuration error, not worth retrying.
@@ -484,13 +498,13 @@ pub async fn apply_rows(
     }
     if !messages.is_empty() {
         sqlx::query(
-            "INSERT INTO messages (id, thread_id, user_json, body, send_by_user, created_at, stream_seq) \
+            "INSERT INTO messages (id, thread_id, user_json, body, send_by_user, created_at, stream_seq, json) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], \
-             $6::timestamptz[], $7::bigint[]) \
+             $6::timestamptz[], $7::bigint[], $8::text[]) \
              ON CONFLICT (id) DO UPDATE SET thread_id = EXCLUDED.thread_id, \
              user_json = EXCLUDED.user_json, body = EXCLUDED.body, \
              send_by_user = EXCLUDED.send_by_user, created_at = EXCLUDED.created_at, \
-             stream_seq = EXCLUDED.stream_seq \
+             stream_seq = EXCLUDED.stream_seq, json = EXCLUDED.json \
              WHERE messages.stream_seq > EXCLUDED.stream_seq",
         )
         .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
@@ -500,6 +514,7 @@ pub async fn apply_rows(
         .bind(messages.iter().map(|m| m.send_by_user).collect::<Vec<_>>())
         .bind(messages.iter().map(|m| m.timestamp.as_datetime()).collect::<Vec<_>>())
         .bind(messages.iter().map(|m| seq(m.stream_seq)).collect::<Vec<_>>())
+        .bind(messages.iter().map(|m| m.json()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await
         .map_err(StoreError::sql)?;
@@ -526,6 +541,7 @@ mod tests {
 
     #[test]
     fn a_thread_written_in_pages_is_the_json_of_the_whole() {
+        use proto_events::MessageView;
         let message = |n: u128, body: &str| MessageView {
             id: Uuid::from_u128(n),
             user: UserJson::from_stored(format!(r#"{{"b":1,"a":"é{n}"}}"#)).unwrap(),

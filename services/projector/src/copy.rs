@@ -24,7 +24,7 @@ pub struct CopyChunk {
 /// The columns, in the order `CopyChunk` writes them.
 pub const THREAD_COLUMNS: &str = "id, user_json, created_at, stream_seq";
 pub const MESSAGE_COLUMNS: &str =
-    "id, thread_id, user_json, body, send_by_user, created_at, stream_seq";
+    "id, thread_id, user_json, body, send_by_user, created_at, stream_seq, json";
 
 impl CopyChunk {
     pub fn len(&self) -> usize {
@@ -74,6 +74,11 @@ impl CopyChunk {
         push_timestamp(out, &m.timestamp);
         out.push(b'\t');
         push_number(out, m.stream_seq);
+        out.push(b'\t');
+        match m.json() {
+            Some(json) => push_field(out, &json),
+            None => out.extend_from_slice(b"\\N"),
+        }
         out.push(b'\n');
         self.message_ends.push(out.len());
     }

@@ -153,12 +153,20 @@ async fn compare(
                 "send_by_user",
                 "created_at",
                 "stream_seq",
+                "json",
             ][..],
         ),
     ] {
+        // A message's stored JSON may be missing (a row written before the column, or by an
+        // older projector): the API then renders it from the other columns.
         let differing = columns
             .iter()
-            .map(|c| format!("CASE WHEN f.{c} IS DISTINCT FROM s.{c} THEN '{c}' END"))
+            .map(|&c| match c {
+                "json" => "CASE WHEN s.json IS NOT NULL AND f.json IS DISTINCT FROM s.json \
+                           THEN 'json' END"
+                    .to_owned(),
+                c => format!("CASE WHEN f.{c} IS DISTINCT FROM s.{c} THEN '{c}' END"),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let statement = format!(
