@@ -82,6 +82,16 @@ struct Args {
     /// Print the results as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Threads of 5 messages written straight into the read model before the reads, so that
+    /// the tables and the planner's statistics are those of a live read model (with a
+    /// handful of threads, PostgreSQL scans the whole table instead of the index, for the
+    /// API and the baseline alike). They are not in the event stream: no row reads them.
+    #[arg(long, default_value_t = 20_000)]
+    other_threads: u32,
+    /// Measure only the reads (the GET rows and the query baselines): a shorter run for
+    /// profiling the read path.
+    #[arg(long)]
+    reads_only: bool,
 }
 
 #[tokio::main]
@@ -476,6 +486,7 @@ async fn bench(
     post_messages(&http, &servers.api, short, 10).await?;
     post_messages(&http, &servers.api, long, 1000).await?;
     let target = create_thread(&http, &servers.api).await?;
+    fill_read_model(database_url, args.other_threads).await?;
 
     let (api, publish, query) = (
         servers.api.clone(),
@@ -496,6 +507,14 @@ async fn bench(
         }
         rows.push((name, measure(args, name, &url, None).await?));
         servers.check_running()?;
+    }
+    if args.reads_only {
+        return Ok(Report {
+            started,
+            version,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            rows,
+        });
     }
 
     let message = serde_json::json!({
@@ -729,6 +748,41 @@ async fn post(http: &reqwest::Client, url: &str, body: &str) -> anyhow::Result<s
         );
     }
     Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Writes `threads` threads of 5 messages each straight into the read model, then has
+/// PostgreSQL gather the tables' statistics (as autovacuum would).
+async fn fill_read_model(database_url: &str, threads: u32) -> anyhow::Result<()> {
+    if threads == 0 {
+        return Ok(());
+    }
+    eprintln!("writing {threads} other threads of 5 messages into the read model");
+    let mut db = sqlx::PgConnection::connect(database_url).await?;
+    sqlx::raw_sql(&format!(
+        r#"CREATE TEMP TABLE other AS
+             SELECT gen_random_uuid() AS id, '{{"name":"visitor ' || g || '"}}' AS user_json,
+                    now() AS created_at, 1000000000 + g * 10 AS stream_seq
+             FROM generate_series(1, {threads}) g;
+           INSERT INTO threads (id, user_json, created_at, stream_seq)
+             SELECT id, user_json, created_at, stream_seq FROM other;
+           INSERT INTO messages (id, thread_id, user_json, body, send_by_user, created_at,
+                                 stream_seq, json)
+             SELECT m.id, m.thread_id, m.user_json, 'A question of another visitor, number ' || n,
+                    n % 2 = 1, m.created_at, m.stream_seq + n,
+                    '{{"id":"' || m.id || '","user":' || m.user_json || ',"timestamp":"' ||
+                    to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') ||
+                    '","body":"A question of another visitor, number ' || n ||
+                    '","send_by_user":' || (n % 2 = 1) || '}}'
+             FROM (SELECT gen_random_uuid() AS id, o.id AS thread_id, o.user_json, o.created_at,
+                          o.stream_seq, n
+                   FROM other o, generate_series(1, 5) n) m;
+           ANALYZE threads;
+           ANALYZE messages;"#
+    ))
+    .execute(&mut db)
+    .await
+    .context("writing other threads into the read model")?;
+    Ok(())
 }
 
 async fn create_thread(http: &reqwest::Client, api: &str) -> anyhow::Result<Uuid> {
