@@ -368,8 +368,10 @@ mod tests {
         assert_eq!(
             String::from_utf8(chunk.messages).unwrap(),
             format!(
-                "{}\t{A}\t\"a\"\thi\tt\t2026-11-24T03:22:41.000000Z\t2\n",
-                Uuid::from_u128(7)
+                "{id}\t{A}\t\"a\"\thi\tt\t2026-11-24T03:22:41.000000Z\t2\t\
+                 {{\"id\":\"{id}\",\"user\":\"a\",\"timestamp\":\"2026-11-24T03:22:41.000000Z\",\
+                 \"body\":\"hi\",\"send_by_user\":true}}\n",
+                id = Uuid::from_u128(7)
             )
         );
     }
