@@ -34,13 +34,15 @@ const POST_TARGET: f64 = 0.7;
 /// Measures threadline's HTTP API against two baselines in one run, and prints one table.
 ///
 /// Rows: POST /chat/thread/, POST /chat/message/, GET /chat/thread/:id/ of a 10-message and of
-/// a 1,000-message thread (served by `threadline api`, with `threadline projector` beside it),
+/// a 1,000-message thread (served by `threadline api`, with `threadline projector` beside it;
+/// each GET row twice: by an api that keeps threads in memory, the default, and by one started
+/// with `HOT_THREADS_BYTES=0`, which reads every thread from PostgreSQL),
 /// and the baselines on the same stack and the same number of tokio workers: a handler that
 /// does one JetStream publish-with-ack of the body, and one that does one PostgreSQL query
 /// reading the thread and its messages from threadline's tables. Each row: `--warmup` of load,
 /// then `--duration` measured by wrk with `--connections` open connections (closed loop:
 /// each connection sends its next request when the previous one is answered). Ratios:
-/// GET of the 10-message thread / query baseline (target 0.9), POST /chat/message/ / publish
+/// GET of the 10-message thread / query baseline (target 0.9), for both apis, POST /chat/message/ / publish
 /// baseline (target 0.7). During the POST rows the projector is paused (SIGSTOP; it folds on
 /// the same CPUs, and runs apart in production) and it catches up before the next row.
 ///
@@ -309,14 +311,18 @@ const POST_THREAD: &str = "POST /chat/thread/";
 const POST_MESSAGE: &str = "POST /chat/message/";
 const GET_10: &str = "GET /chat/thread/:id/ (10 messages)";
 const GET_1000: &str = "GET /chat/thread/:id/ (1,000 messages)";
+const GET_10_UNKEPT: &str = "GET (10 messages), HOT_THREADS_BYTES=0";
+const GET_1000_UNKEPT: &str = "GET (1,000 messages), HOT_THREADS_BYTES=0";
 const PUBLISH: &str = "baseline: one JetStream publish-with-ack";
 const QUERY_10: &str = "baseline: one PostgreSQL query (10 messages)";
 const QUERY_1000: &str = "baseline: one PostgreSQL query (1,000 messages)";
-const PRINTED: [&str; 7] = [
+const PRINTED: [&str; 9] = [
     POST_THREAD,
     POST_MESSAGE,
     GET_10,
+    GET_10_UNKEPT,
     GET_1000,
+    GET_1000_UNKEPT,
     PUBLISH,
     QUERY_10,
     QUERY_1000,
@@ -337,6 +343,11 @@ impl Report {
             (
                 "GET 10-message thread / query baseline",
                 ratio(GET_10, QUERY_10),
+                GET_TARGET,
+            ),
+            (
+                "the same, HOT_THREADS_BYTES=0 / query baseline",
+                ratio(GET_10_UNKEPT, QUERY_10),
                 GET_TARGET,
             ),
             (
@@ -441,6 +452,8 @@ impl Report {
 /// The servers under test, and what the rows need to talk to them.
 struct Servers {
     api: String,
+    /// A second `threadline api` that keeps no thread in memory: GETs from the read model.
+    api_unkept: String,
     publish: String,
     query: String,
     projector: Process,
@@ -494,10 +507,13 @@ async fn bench(
         servers.query.clone(),
     );
     let mut rows = Vec::new();
+    let unkept = servers.api_unkept.clone();
     for (name, base, thread, messages) in [
         (GET_10, &api, short, 10),
+        (GET_10_UNKEPT, &unkept, short, 10),
         (QUERY_10, &query, short, 10),
         (GET_1000, &api, long, 1000),
+        (GET_1000_UNKEPT, &unkept, long, 1000),
         (QUERY_1000, &query, long, 1000),
     ] {
         let url = format!("{base}/chat/thread/{thread}/");
@@ -603,6 +619,13 @@ impl Servers {
             anyhow::Ok((format!("http://127.0.0.1:{port}"), process))
         };
         let (api, mut api_process) = start("api", &threadline, &["api"], names.api())?;
+        let unkept_env = names
+            .api()
+            .into_iter()
+            .chain([("HOT_THREADS_BYTES".to_owned(), "0".to_owned())])
+            .collect();
+        let (api_unkept, mut api_unkept_process) =
+            start("api-unkept", &threadline, &["api"], unkept_env)?;
         let (projector_url, mut projector) =
             start("projector", &threadline, &["projector"], names.api())?;
         let (publish, mut publish_process) = start(
@@ -620,6 +643,7 @@ impl Servers {
         let http = reqwest::Client::new();
         for (url, process) in [
             (&api, &mut api_process),
+            (&api_unkept, &mut api_unkept_process),
             (&projector_url, &mut projector),
             (&publish, &mut publish_process),
         ] {
@@ -634,11 +658,12 @@ impl Servers {
         eprintln!("servers ready; their logs are in {}", logs.display());
         Ok(Servers {
             api,
+            api_unkept,
             publish,
             query,
             projector,
             api_process,
-            baselines: vec![publish_process, query_process],
+            baselines: vec![publish_process, query_process, api_unkept_process],
             jetstream,
             names,
             _shared_nats: shared_nats,

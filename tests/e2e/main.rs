@@ -18,6 +18,7 @@ mod faults;
 mod gap_repair;
 mod gateway_limits;
 mod health;
+mod hot_threads;
 mod idempotency;
 mod leader_load;
 mod long_reads;

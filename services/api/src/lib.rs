@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod fields;
+pub mod hot;
 pub mod idempotency;
 pub mod messages;
 pub mod request;
@@ -23,7 +24,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use threadline_infra::settings::parse_duration;
+use threadline_infra::settings::{parse_bytes, parse_duration, ByteSize};
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{
     health_router, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog, KvIdempotency,
@@ -51,6 +52,12 @@ pub struct ApiSettings {
     /// stream's duplicate window.
     #[arg(long, env = "IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_idempotency_window)]
     pub idempotency_window: Duration,
+
+    /// Memory for threads kept to answer GETs without PostgreSQL, while the event log holds
+    /// nothing newer of them (0: none). A thread larger than a whole read (1,000 messages or
+    /// 1 MiB) is never kept.
+    #[arg(long, env = "HOT_THREADS_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub hot_threads_bytes: ByteSize,
 }
 
 /// The stream forgets a `Nats-Msg-Id` after 2 minutes; a shorter window would let a retry that
@@ -91,6 +98,7 @@ pub struct AppState {
     /// idempotency key and appending, retries included.
     pub append_timeout: Duration,
     pub settings: Arc<ApiSettings>,
+    pub hot: hot::HotThreads,
 }
 
 impl AppState {
@@ -101,8 +109,12 @@ impl AppState {
         settings: &ApiSettings,
         shutdown: &CancellationToken,
     ) -> Option<Self> {
+        let hot = hot::HotThreads::new(
+            settings.hot_threads_bytes,
+            read.watch_changes(shutdown.clone()),
+        );
         threadline_infra::retry::until_ready("opening the idempotency bucket", shutdown, || {
-            Self::open(log.clone(), read.clone(), settings.clone())
+            Self::open(log.clone(), read.clone(), settings.clone(), hot.clone())
         })
         .await
     }
@@ -112,6 +124,7 @@ impl AppState {
         log: Arc<JetStreamLog>,
         read: Arc<dyn ReadModel>,
         settings: ApiSettings,
+        hot: hot::HotThreads,
     ) -> Result<Self, StoreError> {
         let store = KvIdempotency::open(
             &log,
@@ -126,6 +139,7 @@ impl AppState {
             read,
             idempotency,
             settings: Arc::new(settings),
+            hot,
         })
     }
 }

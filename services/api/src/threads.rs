@@ -11,6 +11,7 @@ use bytes::Bytes;
 use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use threadline_infra::metrics::names;
 use threadline_infra::read_model::ThreadRead;
 use uuid::Uuid;
 
@@ -56,53 +57,82 @@ pub async fn create_thread(
 /// Answers a thread with its messages from the read model, once the read model has applied
 /// every event of that thread that the log held when the request came (read-your-writes).
 /// When the projector has applied everything the log held, that is known without asking about
-/// the thread; a long thread is streamed.
+/// the thread; a long thread is streamed. A thread read before is answered from memory while
+/// the log holds no newer event of it (see [`hot`](crate::hot)).
 #[tracing::instrument(skip(state))]
 pub async fn get_thread(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound)?;
-    let caught_up = match state.log.applied_everything().await {
-        Ok(true) => true,
-        Ok(false) => match state.log.thread_last_sequence(id).await {
-            Ok(None) => return Err(ApiError::NotFound),
-            Ok(Some(sequence)) => wait_until_applied(&state, sequence).await,
+    // Before any read: a body read in an epoch that has ended since is not kept.
+    let epoch = state.hot.epoch();
+    let mut last = None;
+    if let Some(kept) = state.hot.get(id) {
+        match state.log.thread_last_sequence(id).await {
+            Ok(Some(sequence)) if sequence <= kept.through => {
+                metrics::counter!(names::THREAD_READS, "from" => "memory").increment(1);
+                return Ok(json(kept.body));
+            }
+            Ok(found) => last = Some(found),
+            Err(e) => tracing::warn!("cannot ask the event log ({e})"),
+        }
+    }
+    // The sequence through which the read model holds the thread's events, once it does.
+    let through = match last {
+        Some(None) => return Err(ApiError::NotFound),
+        Some(Some(sequence)) => wait_until_applied(&state, sequence).await,
+        None => match state.log.applied_everything().await {
+            Ok(Some(head)) => Some(head),
+            Ok(None) => match state.log.thread_last_sequence(id).await {
+                Ok(None) => return Err(ApiError::NotFound),
+                Ok(Some(sequence)) => wait_until_applied(&state, sequence).await,
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot ask the event log ({e}); answering from the read model as it is"
+                    );
+                    None
+                }
+            },
             Err(e) => {
                 tracing::warn!(
                     "cannot ask the event log ({e}); answering from the read model as it is"
                 );
-                false
+                None
             }
         },
-        Err(e) => {
-            tracing::warn!(
-                "cannot ask the event log ({e}); answering from the read model as it is"
-            );
-            false
-        }
     };
-    match state.read.thread(id).await? {
+    let read = state.read.thread(id).await?;
+    metrics::counter!(names::THREAD_READS, "from" => "read_model").increment(1);
+    match read {
         Some(ThreadRead::Whole(thread)) => {
-            Ok(([(header::CONTENT_TYPE, "application/json")], thread).into_response())
+            if let Some(through) = through {
+                state.hot.keep(id, through, epoch, &thread);
+            }
+            Ok(json(thread))
         }
         Some(ThreadRead::Streamed(pages)) => Ok((
             [(header::CONTENT_TYPE, "application/json")],
             Body::from_stream(pages),
         )
             .into_response()),
-        None if caught_up => Err(ApiError::NotFound),
+        None if through.is_some() => Err(ApiError::NotFound),
         None => Err(ApiError::ReadModelBehind),
     }
 }
 
-/// Waits, up to the configured bound, until the projector has applied `sequence`.
-async fn wait_until_applied(state: &AppState, sequence: u64) -> bool {
+fn json(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Waits, up to the configured bound, until the projector has applied `sequence`; `sequence`
+/// if it has.
+async fn wait_until_applied(state: &AppState, sequence: u64) -> Option<u64> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
         match state.log.applied_through(sequence).await {
-            Ok(applied) if applied >= sequence => return true,
+            Ok(applied) if applied >= sequence => return Some(sequence),
             Ok(_) => {}
             Err(e) => tracing::debug!("projector progress unknown: {e}"),
         }
@@ -112,7 +142,7 @@ async fn wait_until_applied(state: &AppState, sequence: u64) -> bool {
                 "the read model has not applied this thread's events within {:?}",
                 state.settings.read_your_writes_timeout
             );
-            return false;
+            return None;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(25));

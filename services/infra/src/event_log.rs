@@ -38,9 +38,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// the last answer was already at least `wanted`.
     async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError>;
 
-    /// Whether the read model has applied every event the log held when this was called.
-    /// One request to the log serves every caller waiting at the same moment.
-    async fn applied_everything(&self) -> Result<bool, StoreError>;
+    /// The log's last sequence when this was called, if the read model has applied every
+    /// event through it; `None` if it has not. One request to the log serves every caller
+    /// waiting at the same moment.
+    async fn applied_everything(&self) -> Result<Option<u64>, StoreError>;
 }
 
 /// The event log on NATS JetStream: one stream of events on per-thread subjects, and a
@@ -587,7 +588,7 @@ impl EventLog for JetStreamLog {
             .max(floor))
     }
 
-    async fn applied_everything(&self) -> Result<bool, StoreError> {
+    async fn applied_everything(&self) -> Result<Option<u64>, StoreError> {
         // Fresh: the answer must include every event appended before this call.
         let stream = self.stream.clone();
         let head = self
@@ -604,7 +605,7 @@ impl EventLog for JetStreamLog {
             })
             .await
             .map_err(StoreError::nats)?;
-        Ok(self.applied_through(head).await? >= head)
+        Ok((self.applied_through(head).await? >= head).then_some(head))
     }
 }
 

@@ -20,6 +20,9 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "threadline_http_requests_total";
     /// Histogram: seconds from request to response head, by `method`, `route` and `status`.
     pub const HTTP_DURATION: &str = "threadline_http_request_duration_seconds";
+    /// Counter: threads answered by `GET /chat/thread/:id/`, by where the body came `from`:
+    /// `memory` (kept by the API, see `HOT_THREADS_BYTES`) or `read_model`.
+    pub const THREAD_READS: &str = "threadline_api_thread_reads_total";
     /// Histogram: seconds an append to JetStream took until stored, by `event` and `outcome`.
     pub const APPEND_DURATION: &str = "threadline_event_append_duration_seconds";
     /// Gauge: events in the stream the projector has not yet been handed.

@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -18,6 +19,11 @@ use uuid::Uuid;
 /// The advisory lock that orders the projector's writes against a rebuild's switch-over:
 /// every apply transaction holds it shared, the switch-over holds it exclusively.
 pub const SWITCH_LOCK: i64 = 0x7468_7265_6164_6c6e; // "threadln"
+
+/// The PostgreSQL channel told (`NOTIFY`) when the serving read model changes by any other
+/// way than the projector applying events: a rebuild's switch-over. A process that keeps
+/// reads in memory drops them when told.
+pub const CHANGED_CHANNEL: &str = "threadline_read_model_changed";
 
 /// A thread row as the projector writes it.
 #[derive(Debug, Clone)]
@@ -68,6 +74,41 @@ const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(30);
 /// Long reads waiting for a turn, at most; more are answered 503 at once. A turn always comes:
 /// a long read's pages are bounded by DATABASE_TIMEOUT each and by SLOW_READER for its reader.
 const LONG_READS_WAITING: usize = 64;
+
+/// What a process has heard of changes of the serving read model ([`CHANGED_CHANNEL`]): an
+/// epoch that moves on with every change heard and every reconnection of the listener, and
+/// is 0 while nothing is listening. A read kept since an epoch still current is as fresh as
+/// the events the projector applied since; anything else may be older than the tables.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    epoch: Arc<AtomicU64>,
+}
+
+impl Changes {
+    /// Changes of a read model that nothing replaces while this process reads it (tools,
+    /// tests): a fixed epoch.
+    pub fn fixed(epoch: u64) -> Self {
+        Self {
+            epoch: Arc::new(AtomicU64::new(epoch)),
+        }
+    }
+
+    /// Moves on to a new epoch, as a change heard does.
+    pub fn heard(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The current epoch; 0 while changes cannot be heard.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(CHANGED_CHANNEL).await?;
+    Ok(listener)
+}
 
 /// A thread as `GET /chat/thread/:id/` answers it: the JSON of its [`ThreadView`].
 pub enum ThreadRead {
@@ -203,6 +244,54 @@ impl PgReadModel {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Listens on [`CHANGED_CHANNEL`] on a connection of its own until `shutdown`, and counts
+    /// what it hears in the returned [`Changes`]: see there.
+    pub fn watch_changes(&self, shutdown: tokio_util::sync::CancellationToken) -> Changes {
+        let changes = Changes::default();
+        let options = (*self.pool.connect_options()).clone();
+        let epoch = changes.epoch.clone();
+        tokio::spawn(async move {
+            // One connection, apart from the pool that serves reads.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(options);
+            let mut next = 1;
+            while !shutdown.is_cancelled() {
+                epoch.store(0, Ordering::SeqCst);
+                let mut listener = match listen(&pool).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::debug!("cannot listen for read model changes: {e}");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        }
+                    }
+                };
+                // Everything heard of before is forgotten: notices may have been missed.
+                epoch.store(next, Ordering::SeqCst);
+                next += 1;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        heard = listener.try_recv() => match heard {
+                            Ok(Some(_)) => {
+                                tracing::info!("the serving read model was replaced");
+                                epoch.store(next, Ordering::SeqCst);
+                                next += 1;
+                            }
+                            // The connection was lost: notices may be missed until the next.
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
+            }
+            epoch.store(0, Ordering::SeqCst);
+            pool.close().await;
+        });
+        changes
     }
 
     /// A long thread, streamed: waits for a turn among long reads, then reads it page by

@@ -25,6 +25,7 @@ use crate::ProjectorError;
 use clap::Args;
 use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
+use threadline_infra::read_model::CHANGED_CHANNEL;
 use threadline_infra::{
     apply_rows, AppliedMessage, AppliedThread, DatabaseSettings, JetStreamLog, NatsSettings,
     PgReadModel, SWITCH_LOCK,
@@ -153,6 +154,8 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
         ));
     }
     switch.push_str(&format!("DROP SCHEMA {BUILD_SCHEMA};"));
+    // Delivered at commit: API replicas drop the reads they keep in memory.
+    switch.push_str(&format!("NOTIFY {CHANGED_CHANNEL};"));
     if !settings.keep_old {
         switch.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
     }

@@ -1,0 +1,93 @@
+//! Threads the API keeps in memory (`HOT_THREADS_BYTES`): answered without PostgreSQL, and
+//! never older than the read model would answer: not after a write through another replica,
+//! and not after a rebuild replaced the read model.
+
+use crate::harness::metrics::{sample, scrape};
+use crate::harness::operator::run_command;
+use crate::harness::*;
+use serde_json::Value;
+
+const READS: &str = "threadline_api_thread_reads_total";
+
+fn last_body(thread: &Value) -> String {
+    thread["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["body"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_thread_kept_by_one_replica_shows_at_once_what_another_stored() {
+    let app = options().replicas("api", 2).start().await;
+    let writer = app.client(0, 0);
+    let reader = app.client(1, 0);
+    let thread = writer.new_thread().await;
+    reader.get_thread(&thread).await;
+    for i in 0..100 {
+        let body = format!("message {i}");
+        writer.say(&thread, &body).await;
+        // The reader kept the thread as it was before this message.
+        let first = reader.get_thread(&thread).await;
+        assert_eq!(
+            last_body(&first),
+            body,
+            "a write through the other replica is missing"
+        );
+        assert_eq!(first["messages"].as_array().map(Vec::len), Some(i + 1));
+        let again = reader.get_thread(&thread).await;
+        assert_eq!(again, first);
+    }
+    let metrics = scrape(&app, app.addr("api", 1)).await;
+    let from_memory = sample(&metrics, READS, &[("from", "memory")]).unwrap_or(0.0);
+    // Every second GET finds nothing newer in the log: it is answered from memory.
+    assert!(
+        from_memory >= 100.0,
+        "{from_memory} GETs from memory\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_rebuild_no_replica_answers_the_read_model_it_replaced() {
+    let mut app = options().replicas("api", 2).start().await;
+    let thread = app.new_thread().await;
+    for body in ["one", "two", "three"] {
+        app.say(&thread, body).await;
+    }
+    // A row broken by hand before anything reads it: both replicas keep the broken thread.
+    let db = app.db().await;
+    sqlx::query(
+        "UPDATE messages SET body = 'broken by hand', \
+         json = replace(json, '\"two\"', '\"broken by hand\"') WHERE body = 'two'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let replicas = [app.client(0, 0), app.client(1, 0)];
+    for replica in &replicas {
+        let broken = replica.get_thread(&thread).await;
+        assert_eq!(broken["messages"][1]["body"], "broken by hand");
+        assert_eq!(replica.get_thread(&thread).await, broken);
+    }
+    for i in 0..2 {
+        let metrics = scrape(&app, app.addr("api", i)).await;
+        assert!(
+            sample(&metrics, READS, &[("from", "memory")]).is_some_and(|n| n >= 1.0),
+            "api {i} did not keep the thread\n{metrics}"
+        );
+    }
+
+    run_command(&app, &["rebuild"]).await.expect(0);
+    for replica in &replicas {
+        eventually(
+            "the replica to answer the rebuilt thread",
+            std::time::Duration::from_secs(5),
+            || async {
+                let thread = replica.get_thread(&thread).await;
+                (thread["messages"][1]["body"] == "two").then_some(())
+            },
+        )
+        .await;
+    }
+}
