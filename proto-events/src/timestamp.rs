@@ -46,6 +46,34 @@ impl Timestamp {
         Some(Self(NaiveDateTime::new(date, time).and_utc()))
     }
 
+    /// The contract's text of the timestamp, as ASCII, written digit by digit; `None` for a
+    /// time that text cannot hold in 27 bytes (a year outside 0 to 9999, a leap second).
+    pub fn ascii(&self) -> Option<[u8; 27]> {
+        use chrono::{Datelike, Timelike};
+        let t = &self.0;
+        let micros = t.nanosecond() / 1_000;
+        if !(0..=9999).contains(&t.year()) || micros >= 1_000_000 {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        for (value, at, width) in [
+            (t.year() as u32, 0, 4),
+            (t.month(), 5, 2),
+            (t.day(), 8, 2),
+            (t.hour(), 11, 2),
+            (t.minute(), 14, 2),
+            (t.second(), 17, 2),
+            (micros, 20, 6),
+        ] {
+            let mut value = value;
+            for digit in out[at..at + width].iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        Some(out)
+    }
+
     /// The time as a chrono value (for storage).
     pub fn as_datetime(&self) -> DateTime<Utc> {
         self.0
@@ -62,8 +90,11 @@ impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use chrono::{Datelike, Timelike};
         let t = &self.0;
-        // Written field by field (chrono's `format` parses its pattern on every call); a
-        // year that `%Y` writes otherwise than four digits goes through chrono.
+        // Written digit by digit (chrono's `format` parses its pattern on every call).
+        if let Some(text) = self.ascii() {
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?);
+        }
+        // A year that `%Y` writes otherwise than four digits goes through chrono.
         if !(0..=9999).contains(&t.year()) {
             return write!(f, "{}", t.format(FORMAT));
         }
@@ -83,7 +114,13 @@ impl std::fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self.ascii() {
+            Some(text) => match std::str::from_utf8(&text) {
+                Ok(text) => serializer.serialize_str(text),
+                Err(_) => serializer.collect_str(self),
+            },
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -157,7 +194,15 @@ mod tests {
                 let by_chrono = t.format(FORMAT).to_string();
                 let ours = Timestamp(t);
                 assert_eq!(ours.to_string(), by_chrono);
-                assert_eq!(Timestamp::parse(&by_chrono), Some(ours), "{by_chrono}");
+                assert_eq!(
+                    serde_json::to_string(&ours).ok(),
+                    Some(format!("\"{by_chrono}\""))
+                );
+                assert_eq!(
+                    ours.ascii().map(|a| a.to_vec()),
+                    Some(by_chrono.into_bytes())
+                );
+                assert_eq!(Timestamp::parse(&ours.to_string()), Some(ours));
             }
             seconds += 7_777_777;
         }

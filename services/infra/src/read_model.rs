@@ -49,6 +49,11 @@ pub struct AppliedMessage {
 impl AppliedMessage {
     /// The message's JSON inside a thread, as the `json` column stores it.
     pub fn json(&self) -> Option<String> {
+        self.json_fields().text()
+    }
+
+    /// The fields of [`json`](Self::json), to serialize elsewhere.
+    pub fn json_fields(&self) -> MessageJson<'_> {
         MessageJson {
             id: &self.id,
             user: &self.user,
@@ -56,7 +61,6 @@ impl AppliedMessage {
             body: &self.body,
             send_by_user: self.send_by_user,
         }
-        .text()
     }
 }
 

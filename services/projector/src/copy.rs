@@ -75,10 +75,7 @@ impl CopyChunk {
         out.push(b'\t');
         push_number(out, m.stream_seq);
         out.push(b'\t');
-        match m.json() {
-            Some(json) => push_field(out, &json),
-            None => out.extend_from_slice(b"\\N"),
-        }
+        push_json(out, &m.json_fields());
         out.push(b'\n');
         self.message_ends.push(out.len());
     }
@@ -87,8 +84,38 @@ impl CopyChunk {
 /// Appends a timestamp as the events write it (microseconds, `Z`), which PostgreSQL reads.
 fn push_timestamp(out: &mut Vec<u8>, timestamp: &proto_events::Timestamp) {
     use std::io::Write;
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{timestamp}");
+    match timestamp.ascii() {
+        Some(text) => out.extend_from_slice(&text),
+        // Writing to a Vec cannot fail.
+        None => {
+            let _ = write!(out, "{timestamp}");
+        }
+    }
+}
+
+/// Appends a message's JSON as one field, serialized straight into the COPY text (no string of
+/// its own); `\N` (NULL: a reader renders the row from its columns) if serde_json refuses it,
+/// which these fields never make it do.
+fn push_json(out: &mut Vec<u8>, json: &proto_events::MessageJson<'_>) {
+    let start = out.len();
+    if serde_json::to_writer(Escaping(&mut *out), json).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(b"\\N");
+    }
+}
+
+/// Escapes what is written through it for COPY's text format.
+struct Escaping<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for Escaping<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        push_escaped(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn push_number(out: &mut Vec<u8>, value: u64) {
@@ -99,21 +126,35 @@ fn push_number(out: &mut Vec<u8>, value: u64) {
 
 /// Appends `text` escaped for COPY's text format (backslash, tab, newline, carriage return).
 fn push_field(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
+    push_escaped(out, text.as_bytes());
+}
+
+fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Most fields have nothing to escape: the search for the next byte that needs it is
+    // memchr's vectorised one. Each byte is searched at most twice (once for `\r`).
+    let find_others = |from: usize| {
+        from + memchr::memchr3(b'\\', b'\t', b'\n', &bytes[from..]).unwrap_or(bytes.len() - from)
+    };
     let mut plain = 0;
-    for (at, &b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
+    let mut others = find_others(0);
+    loop {
+        if others < plain {
+            others = find_others(plain);
+        }
+        let next = memchr::memchr(b'\r', &bytes[plain..others]).map_or(others, |i| plain + i);
+        let Some(&special) = bytes.get(next) else {
+            out.extend_from_slice(&bytes[plain..]);
+            return;
+        };
+        out.extend_from_slice(&bytes[plain..next]);
+        out.extend_from_slice(match special {
             b'\\' => b"\\\\",
             b'\t' => b"\\t",
             b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[plain..at]);
-        out.extend_from_slice(escaped);
-        plain = at + 1;
+            _ => b"\\r",
+        });
+        plain = next + 1;
     }
-    out.extend_from_slice(&bytes[plain..]);
 }
 
 /// Loads COPY chunks into `<schema>.threads` and `<schema>.messages` on a task of its own, so
@@ -287,5 +328,62 @@ mod tests {
         out.clear();
         push_field(&mut out, "");
         assert!(out.is_empty());
+    }
+
+    /// The field as the byte-by-byte rule escapes it.
+    fn escaped_one_by_one(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in text.as_bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.push(b),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_mix_of_reserved_bytes_is_escaped_as_byte_by_byte() {
+        let pieces = ["\\", "\t", "\n", "\r", "a", "é", "\r\r", "xyz"];
+        // Every sequence of up to four pieces, and long runs around them.
+        let mut texts = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = texts
+                .iter()
+                .flat_map(|t| pieces.iter().map(move |p| format!("{t}{p}")))
+                .collect();
+            texts.extend(longer);
+        }
+        texts.push(format!("{}\\{}", "\r".repeat(5_000), "b".repeat(5_000)));
+        texts.push(format!("{}\n", "plain text ".repeat(1_000)));
+        for text in texts {
+            let mut out = Vec::new();
+            push_field(&mut out, &text);
+            assert_eq!(out, escaped_one_by_one(&text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_json_is_the_stored_json_escaped() {
+        let message = threadline_infra::AppliedMessage {
+            id: uuid::Uuid::from_u128(7),
+            thread: uuid::Uuid::from_u128(8),
+            user: proto_events::UserJson::from_json(r#"{"name":"A\\B\tC"}"#).expect("user"),
+            timestamp: proto_events::Timestamp::parse("2026-11-24T03:22:40.123456Z")
+                .expect("timestamp"),
+            body: proto_events::MessageBody::new("line\nnext \"quoted\" \\ tab\t".into())
+                .expect("body"),
+            send_by_user: true,
+            stream_seq: 9,
+        };
+        let mut out = Vec::new();
+        push_json(&mut out, &message.json_fields());
+        let mut expected = Vec::new();
+        push_field(&mut expected, &message.json().expect("json"));
+        assert_eq!(out, expected);
+        assert!(!out.contains(&b'\t') && !out.contains(&b'\n'));
     }
 }
