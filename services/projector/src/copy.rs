@@ -19,6 +19,8 @@ pub struct CopyChunk {
     pub messages: Vec<u8>,
     thread_ends: Vec<usize>,
     message_ends: Vec<usize>,
+    /// A message's JSON before it is escaped into `messages`, kept between messages.
+    scratch: Vec<u8>,
 }
 
 /// The columns, in the order `CopyChunk` writes them.
@@ -75,7 +77,7 @@ impl CopyChunk {
         out.push(b'\t');
         push_number(out, m.stream_seq);
         out.push(b'\t');
-        push_json(out, &m.json_fields());
+        push_json(out, &mut self.scratch, &m.json_fields());
         out.push(b'\n');
         self.message_ends.push(out.len());
     }
@@ -93,28 +95,14 @@ fn push_timestamp(out: &mut Vec<u8>, timestamp: &proto_events::Timestamp) {
     }
 }
 
-/// Appends a message's JSON as one field, serialized straight into the COPY text (no string of
-/// its own); `\N` (NULL: a reader renders the row from its columns) if serde_json refuses it,
-/// which these fields never make it do.
-fn push_json(out: &mut Vec<u8>, json: &proto_events::MessageJson<'_>) {
-    let start = out.len();
-    if serde_json::to_writer(Escaping(&mut *out), json).is_err() {
-        out.truncate(start);
-        out.extend_from_slice(b"\\N");
-    }
-}
-
-/// Escapes what is written through it for COPY's text format.
-struct Escaping<'a>(&'a mut Vec<u8>);
-
-impl std::io::Write for Escaping<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        push_escaped(self.0, bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// Appends a message's JSON as one field, serialized into `scratch` (no string of its own per
+/// message) and escaped from there in one pass; `\N` (NULL: a reader renders the row from its
+/// columns) if serde_json refuses it, which these fields never make it do.
+fn push_json(out: &mut Vec<u8>, scratch: &mut Vec<u8>, json: &proto_events::MessageJson<'_>) {
+    scratch.clear();
+    match serde_json::to_writer(&mut *scratch, json) {
+        Ok(()) => push_escaped(out, scratch),
+        Err(_) => out.extend_from_slice(b"\\N"),
     }
 }
 
@@ -380,7 +368,7 @@ mod tests {
             stream_seq: 9,
         };
         let mut out = Vec::new();
-        push_json(&mut out, &message.json_fields());
+        push_json(&mut out, &mut Vec::new(), &message.json_fields());
         let mut expected = Vec::new();
         push_field(&mut expected, &message.json().expect("json"));
         assert_eq!(out, expected);
