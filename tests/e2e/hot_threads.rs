@@ -91,3 +91,37 @@ async fn after_a_rebuild_no_replica_answers_the_read_model_it_replaced() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn what_was_kept_before_postgresql_went_away_is_read_again() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    app.say(&thread, "before").await;
+    let kept = app.get_thread(&thread).await;
+    assert_eq!(app.get_thread(&thread).await, kept);
+
+    // The api's listening connection goes with it: changes announced until it listens again
+    // are not heard.
+    app.pg.stop();
+    app.pg.start_again().await;
+    // A change made while nothing listened, never announced.
+    let db = app.db().await;
+    sqlx::query(
+        "UPDATE messages SET body = 'changed while away', \
+         json = replace(json, '\"before\"', '\"changed while away\"')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    eventually(
+        "GET to answer the thread as PostgreSQL holds it",
+        PROJECTION_TIMEOUT,
+        || async {
+            let response = app.get(&format!("/chat/thread/{thread}/")).await;
+            (response.status == 200
+                && response.json()["messages"][0]["body"] == "changed while away")
+                .then_some(())
+        },
+    )
+    .await;
+}
