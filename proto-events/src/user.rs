@@ -36,12 +36,14 @@ impl UserJson {
     /// thing only: an object that repeats a key is refused (which value counts would depend on
     /// the reader, and a NUL could hide behind the repeated key).
     pub fn from_json(text: &str) -> Result<Self, UserError> {
-        serde_json::from_str::<UniqueKeys>(text).map_err(|_| UserError::InvalidJson)?;
-        let value: Value = serde_json::from_str(text).map_err(|_| UserError::InvalidJson)?;
-        check(&value)?;
-        RawValue::from_string(text.to_owned())
-            .map(Self)
-            .map_err(|_| UserError::InvalidJson)
+        let raw = RawValue::from_string(text.to_owned()).map_err(|_| UserError::InvalidJson)?;
+        Self::from_raw(raw)
+    }
+
+    /// As [`from_json`](Self::from_json), for text already read as one JSON value.
+    pub fn from_raw(raw: Box<RawValue>) -> Result<Self, UserError> {
+        check_text(raw.get())?;
+        Ok(Self(raw))
     }
 
     /// Takes `user` JSON text from the read model, which holds only values checked on the way
@@ -71,57 +73,138 @@ fn check(value: &Value) -> Result<(), UserError> {
     }
 }
 
-/// A JSON value read only to check that no object in it repeats a key.
-struct UniqueKeys;
-
-impl<'de> Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeysVisitor)
+/// The checks of `check`, made on JSON text in one pass without building a value, and that no
+/// object in it repeats a key. The first problem in this order is reported: text that is not
+/// JSON or repeats a key, `null`, a blank string, a NUL anywhere (in a key or a string).
+fn check_text(text: &str) -> Result<(), UserError> {
+    use serde::de::DeserializeSeed;
+    let mut nul = false;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = Checked { nul: &mut nul }
+        .deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
+        .map_err(|_| UserError::InvalidJson)?;
+    match top {
+        Top::Null => Err(UserError::Null),
+        Top::Blank => Err(UserError::Blank),
+        Top::Other if nul => Err(UserError::NulCharacter),
+        Top::Other => Ok(()),
     }
 }
 
-struct UniqueKeysVisitor;
+/// What a checked value is, as far as `check_text` cares.
+enum Top {
+    Null,
+    Blank,
+    Other,
+}
 
-impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
-    type Value = UniqueKeys;
+/// Reads one JSON value, noting any NUL and refusing an object that repeats a key.
+struct Checked<'a> {
+    nul: &'a mut bool,
+}
+
+/// An object's key, borrowed from the text unless it holds escapes.
+struct Key;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(key))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(key.to_owned()))
+    }
+}
+
+/// More keys than this in one object are remembered in a hash set instead of a list.
+const KEYS_IN_A_LIST: usize = 16;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Checked<'_> {
+    type Value = Top;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Top, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked<'_> {
+    type Value = Top;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_bool<E>(self, _: bool) -> Result<Top, E> {
+        Ok(Top::Other)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_i64<E>(self, _: i64) -> Result<Top, E> {
+        Ok(Top::Other)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_u64<E>(self, _: u64) -> Result<Top, E> {
+        Ok(Top::Other)
     }
-    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_f64<E>(self, _: f64) -> Result<Top, E> {
+        Ok(Top::Other)
     }
-    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_unit<E>(self) -> Result<Top, E> {
+        Ok(Top::Null)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(UniqueKeys)
+    fn visit_str<E>(self, text: &str) -> Result<Top, E> {
+        if text.chars().all(crate::is_python_space) {
+            return Ok(Top::Blank);
+        }
+        *self.nul |= text.contains('\0');
+        Ok(Top::Other)
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key) {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
+        while seq
+            .next_element_seed(Checked {
+                nul: &mut *self.nul,
+            })?
+            .is_some()
+        {}
+        Ok(Top::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        let mut listed: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut hashed = std::collections::HashSet::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            *self.nul |= key.contains('\0');
+            let repeated = if hashed.is_empty() && listed.len() < KEYS_IN_A_LIST {
+                let repeated = listed.contains(&key);
+                listed.push(key);
+                repeated
+            } else {
+                hashed.extend(listed.drain(..));
+                !hashed.insert(key)
+            };
+            if repeated {
                 return Err(serde::de::Error::custom("repeated key"));
             }
-            map.next_value::<UniqueKeys>()?;
+            // A nested blank string or `null` is a value like any other.
+            map.next_value_seed(Checked {
+                nul: &mut *self.nul,
+            })?;
         }
-        Ok(UniqueKeys)
+        Ok(Top::Other)
     }
 }
 
@@ -145,7 +228,7 @@ impl Serialize for UserJson {
 impl<'de> Deserialize<'de> for UserJson {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        UserJson::from_json(raw.get()).map_err(serde::de::Error::custom)
+        UserJson::from_raw(raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -199,6 +282,44 @@ mod tests {
             Err(UserError::InvalidJson)
         );
         assert!(UserJson::from_json(r#"{"a":{"a":1},"b":[{"a":2}]}"#).is_ok());
+    }
+
+    #[test]
+    fn published_user_text_is_checked_as_a_value_is() {
+        let many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+        let many = format!("{{{}}}", many.join(","));
+        let repeated_late = format!("{},\"k3\":0}}", many.trim_end_matches('}'));
+        let cases: Vec<(&str, Result<(), UserError>)> = vec![
+            ("123456789012345678901234567890", Ok(())),
+            ("1.50", Ok(())),
+            (r#"{"a":null,"b":" ","c":[null,""]}"#, Ok(())),
+            (r#"[" "]"#, Ok(())),
+            (&many, Ok(())),
+            (&repeated_late, Err(UserError::InvalidJson)),
+            (r#"{"\u0061":1,"a":2}"#, Err(UserError::InvalidJson)),
+            (r#"{"a\u0000":1}"#, Err(UserError::NulCharacter)),
+            (r#"[{"b":"x\u0000"}]"#, Err(UserError::NulCharacter)),
+            (r#""\u0000""#, Err(UserError::NulCharacter)),
+            (r#"{"a":"\u0000","b":1,"b":2}"#, Err(UserError::InvalidJson)),
+            ("null", Err(UserError::Null)),
+            (r#"" \t\u001c""#, Err(UserError::Blank)),
+            ("{} x", Err(UserError::InvalidJson)),
+            ("{", Err(UserError::InvalidJson)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(UserJson::from_json(text).map(|_| ()), expected, "{text}");
+            // A value without repeated keys gets the same verdict through `parse`.
+            if expected != Err(UserError::InvalidJson) {
+                let value: Value = serde_json::from_str(text).expect("JSON");
+                assert_eq!(UserJson::parse(&value).map(|_| ()), expected, "{text}");
+            }
+        }
+        // Kept exactly as published.
+        let spaced = r#"{ "n" : 1.50 }"#;
+        assert_eq!(
+            UserJson::from_json(spaced).map(|u| u.get().to_owned()),
+            Ok(spaced.into())
+        );
     }
 
     #[test]
