@@ -207,8 +207,8 @@ pub struct Counts {
 /// `ThreadCreated` is the one it meets first: the one rule of existence that the live
 /// projector, the api and the gateway follow by asking the log (`threadline_infra::existence`).
 pub struct ReplayFold {
-    created: HashMap<Uuid, u64>,
-    messages: HashSet<Uuid>,
+    created: HashMap<Uuid, u64, foldhash::fast::RandomState>,
+    messages: HashSet<Uuid, foldhash::fast::RandomState>,
     pub counts: Counts,
 }
 
@@ -221,8 +221,8 @@ impl Default for ReplayFold {
 impl ReplayFold {
     pub fn new() -> Self {
         Self {
-            created: HashMap::new(),
-            messages: HashSet::new(),
+            created: HashMap::default(),
+            messages: HashSet::default(),
             counts: Counts::default(),
         }
     }
