@@ -56,14 +56,23 @@ async fn after_a_rebuild_no_replica_answers_the_read_model_it_replaced() {
         app.say(&thread, body).await;
     }
     // A row broken by hand before anything reads it: both replicas keep the broken thread.
+    // A 201 does not wait for the projector: the row is broken once the projector wrote it.
     let db = app.db().await;
-    sqlx::query(
-        "UPDATE messages SET body = 'broken by hand', \
-         json = replace(json, '\"two\"', '\"broken by hand\"') WHERE body = 'two'",
+    eventually(
+        "the projector to store the message to break",
+        PROJECTION_TIMEOUT,
+        || async {
+            let broken = sqlx::query(
+                "UPDATE messages SET body = 'broken by hand', \
+                 json = replace(json, '\"two\"', '\"broken by hand\"') WHERE body = 'two'",
+            )
+            .execute(&db)
+            .await
+            .expect("breaking a row");
+            (broken.rows_affected() == 1).then_some(())
+        },
     )
-    .execute(&db)
-    .await
-    .unwrap();
+    .await;
     let replicas = [app.client(0, 0), app.client(1, 0)];
     for replica in &replicas {
         let broken = replica.get_thread(&thread).await;
