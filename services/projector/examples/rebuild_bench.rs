@@ -1,29 +1,36 @@
 //! Rebuild benchmark: fills a stream of its own with N events (default 1,000,000), rebuilds a
 //! read model of its own from it, and prints the rebuild's events/s beside PostgreSQL `COPY`
-//! of the same rows into tables of the same shape, in the same run, and the ratio.
+//! of the same rows into tables of the same shape, in the same run, and the ratio. With
+//! `--live`, it then lets the live projector replay the same stream into a fresh read model
+//! (as a projector started on an empty database does) and prints its rate beside the others.
 //!
 //! ```sh
-//! cargo run --release -p threadline-projector --example rebuild_bench -- --events 1000000
+//! cargo run --release -p threadline-projector --example rebuild_bench -- --events 1000000 --live
 //! ```
 //!
 //! It uses the NATS server at NATS_URL and the PostgreSQL server of DATABASE_URL, with the
-//! stream `THREADLINE_BENCH` (subjects `bench.…`) and the database `threadline_bench`, so it
-//! never touches a real read model. A stream that already holds N events is reused.
+//! stream `THREADLINE_BENCH` (subjects `bench.…`) and the databases `threadline_bench` and
+//! `threadline_bench_live`, so it never touches a real read model. A stream that already holds
+//! N events is reused.
 
 use anyhow::Context;
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::HeaderMap;
 use clap::Parser;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use proto_events::{headers, Event, MessageBody, MessagePosted, ThreadCreated, Timestamp};
 use proto_events::{new_id, UserJson};
+use sqlx::migrate::MigrateDatabase;
 use sqlx::PgConnection;
 use std::future::IntoFuture;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use threadline_infra::settings::from_environment;
-use threadline_infra::{DatabaseSettings, JetStreamLog, NatsSettings};
+use threadline_infra::{DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel};
 use threadline_projector::rebuild::{self, RebuildSettings};
-use threadline_projector::{copy, tables};
+use threadline_projector::{copy, tables, Projector};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -42,6 +49,10 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/threadline"
     )]
     database_url: String,
+    /// Also replay the stream with the live projector into a fresh read model (database
+    /// `threadline_bench_live`, dropped first) and print its rate.
+    #[arg(long)]
+    live: bool,
 }
 
 const COPY_SCHEMA: &str = "threadline_copy_bench";
@@ -57,12 +68,11 @@ async fn main() -> anyhow::Result<()> {
     nats.projector_consumer = "threadline-bench-projector".into();
     nats.idempotency_bucket = "THREADLINE_BENCH_IDEMPOTENCY".into();
     nats.nats_timeout = Duration::from_secs(30);
-    let database_url = match args.database_url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/threadline_bench"),
-        None => anyhow::bail!("DATABASE_URL {:?} has no database name", args.database_url),
+    let Some((server, _)) = args.database_url.rsplit_once('/') else {
+        anyhow::bail!("DATABASE_URL {:?} has no database name", args.database_url)
     };
     let mut database: DatabaseSettings = from_environment()?;
-    database.database_url = database_url;
+    database.database_url = format!("{server}/threadline_bench");
     database.database_max_connections = 4;
     database.database_timeout = Duration::from_secs(30);
 
@@ -71,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = RebuildSettings {
         keep_old: false,
-        nats,
+        nats: nats.clone(),
         database: database.clone(),
     };
     let summary = rebuild::rebuild(&settings).await?;
@@ -103,7 +113,72 @@ async fn main() -> anyhow::Result<()> {
         rate / copy_rate,
         rate / with_indexes
     );
+    if args.live {
+        let live = DatabaseSettings {
+            database_url: format!("{server}/threadline_bench_live"),
+            ..database
+        };
+        let (events, elapsed) = live_replay(log, &live).await?;
+        let live_rate = events as f64 / elapsed.as_secs_f64();
+        println!(
+            "live projector: {events} events into a fresh read model in {:.2} s = {live_rate:.0} events/s; \
+             ratio live / COPY: {:.2}, live / rebuild: {:.2}",
+            elapsed.as_secs_f64(),
+            live_rate / copy_rate,
+            live_rate / rate
+        );
+    }
     Ok(())
+}
+
+/// Replays the whole stream with the live projector, under its default settings, into a
+/// fresh read model; returns the events and the time until the last one was acknowledged.
+async fn live_replay(
+    log: JetStreamLog,
+    database: &DatabaseSettings,
+) -> anyhow::Result<(u64, Duration)> {
+    let url = &database.database_url;
+    if sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::drop_database(url).await?;
+    }
+    let read = Arc::new(PgReadModel::connect(database).await?);
+    let settings = log.settings().clone();
+    let stream = log.jetstream().get_stream(&settings.stream_name).await?;
+    // A consumer left by an earlier run would resume where it stopped.
+    let _ = stream.delete_consumer(&settings.projector_consumer).await;
+    let info = stream.get_info().await?;
+    let (events, last) = (info.state.messages, info.state.last_sequence);
+    let defaults = ProjectorArgs::parse_from(["projector"]);
+    let projector = Projector::new(Arc::new(log), read, defaults.projector);
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { projector.run(shutdown).await }
+    });
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut consumer: PullConsumer = stream
+            .get_consumer(&settings.projector_consumer)
+            .await
+            .map_err(|e| anyhow::anyhow!("the projector's consumer: {e}"))?;
+        if consumer.info().await?.ack_floor.stream_sequence >= last {
+            break;
+        }
+        anyhow::ensure!(!running.is_finished(), "the projector stopped");
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    running.await?;
+    stream.delete_consumer(&settings.projector_consumer).await?;
+    Ok((events, elapsed))
+}
+
+/// The projector's own settings, as its command line reads them.
+#[derive(Debug, Parser)]
+struct ProjectorArgs {
+    #[command(flatten)]
+    projector: threadline_projector::ProjectorSettings,
 }
 
 /// Fills the stream with `events` events, unless it holds exactly that many already.
