@@ -11,6 +11,7 @@ pub mod copy;
 pub mod error;
 pub mod fold;
 pub mod progress;
+pub mod read_ahead;
 pub mod rebuild;
 pub mod replay;
 pub mod stall;
@@ -24,8 +25,8 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::Message;
 use clap::Args;
 use fold::{Incoming, Verdict};
-use futures::StreamExt;
 use proto_events::{headers, EventError};
+use read_ahead::ReadAhead;
 use stall::Stall;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,7 +120,7 @@ impl Projector {
     /// Consumes until `shutdown` fires; the batch in hand is finished and acknowledged first.
     pub async fn run(&self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let Some(mut messages) =
+            let Some(messages) =
                 retry::until_ready("opening the projector's consumer", &shutdown, || {
                     self.open_consumer()
                 })
@@ -127,24 +128,25 @@ impl Projector {
             else {
                 return;
             };
+            // Two batches' worth read ahead (see `read_ahead`), by count and by bytes.
+            let pull_bytes = self.pull_bytes();
+            let mut ahead = ReadAhead::start(
+                messages,
+                |m: &Message| m.length,
+                self.settings.batch_size * 2,
+                (pull_bytes > 0).then(|| pull_bytes.saturating_mul(2)),
+            );
             loop {
                 let batch = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    batch = messages.next() => batch,
+                    batch = ahead.next_batch(self.settings.batch_size) => batch,
                 };
                 let Some(batch) = batch else {
                     tracing::warn!("the consumer's message stream ended; reopening it");
                     break;
                 };
-                let mut received = Vec::with_capacity(batch.len());
-                for item in batch {
-                    match item {
-                        Ok(message) => received.push(message),
-                        Err(e) => tracing::warn!("consumer: {e}"),
-                    }
-                }
                 let limits = self.settings.limits();
-                for part in batch::cut(received, |m| m.length, limits) {
+                for part in batch::cut(batch.items, |m| m.length, limits) {
                     if !self.project(part, &shutdown).await {
                         return;
                     }
@@ -155,10 +157,7 @@ impl Projector {
 
     async fn open_consumer(
         &self,
-    ) -> Result<
-        futures::stream::ReadyChunks<async_nats::jetstream::consumer::pull::Stream>,
-        anyhow::Error,
-    > {
+    ) -> Result<async_nats::jetstream::consumer::pull::Stream, anyhow::Error> {
         let settings = self.log.settings();
         let stream = self
             .log
@@ -181,19 +180,23 @@ impl Projector {
             )
             .await
             .context("cannot create or open the projector's consumer")?;
-        let max_bytes = batch::pull_max_bytes(
-            self.settings.batch_bytes,
-            self.log.client().server_info().max_payload,
-        );
-        let messages = consumer
+        let max_bytes = self.pull_bytes();
+        consumer
             .stream()
             .max_messages_per_batch(self.settings.batch_size)
             .max_bytes_per_batch(max_bytes)
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await
-            .context("cannot start consuming")?;
-        Ok(messages.ready_chunks(self.settings.batch_size))
+            .context("cannot start consuming")
+    }
+
+    /// The `max_bytes` of each pull request (0: no bound).
+    fn pull_bytes(&self) -> usize {
+        batch::pull_max_bytes(
+            self.settings.batch_bytes,
+            self.log.client().server_info().max_payload,
+        )
     }
 
     /// Applies one batch: rows in one transaction, invalid events set aside, then every event
