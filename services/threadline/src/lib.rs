@@ -141,18 +141,41 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
 
 /// Logs to standard error at the level RUST_LOG sets (default info): as text, in colour only
 /// on a terminal, or as one JSON object per line with the fields of the current spans.
-pub fn init_logging(format: LogFormat) {
-    init_logging_at(format, "info");
+///
+/// For the roles, which log a line per request or event: lines are handed to a thread of
+/// their own (`tracing-appender`'s non-blocking writer), which writes whatever has queued in
+/// one write and flushes whenever the queue is empty, so a request pays neither a system call
+/// nor a wait on a slow reader of standard error. The queue holds 128,000 lines; when it is
+/// full a line waits for room (no line is dropped). Keep the returned guard until the role
+/// has stopped: dropping it writes what is still queued.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("threadline-logs")
+        .finish(std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::io::stderr(),
+        ));
+    install_logging(format, "info", writer);
+    guard
 }
 
-/// Logs as `init_logging` does, at `default` when RUST_LOG is not set.
+/// Logs as `init_logging` does, at `default` when RUST_LOG is not set, each line written at
+/// once (operator commands, whose lines go between their progress and their output).
 pub fn init_logging_at(format: LogFormat, default: &str) {
+    install_logging(format, default, std::io::stderr);
+}
+
+fn install_logging<W>(format: LogFormat, default: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_span_list(true).init(),

@@ -20,9 +20,9 @@ async fn main() -> ExitCode {
         init_logging_at(cli.log.log_format, commands::DEFAULT_LOG);
         return commands::run(command, shutdown_on_signals()).await;
     }
-    init_logging(cli.log.log_format);
+    let logs = init_logging(cli.log.log_format);
     let shutdown = shutdown_on_signals();
-    match run(cli.role, shutdown).await {
+    let code = match run(cli.role, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -31,5 +31,8 @@ async fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // What is still queued is written before the process exits.
+    drop(logs);
+    code
 }
