@@ -597,7 +597,6 @@ impl Servers {
         let common = [
             ("NATS_URL".to_owned(), nats_url.clone()),
             ("DATABASE_URL".to_owned(), database_url.to_owned()),
-            ("RUST_LOG".to_owned(), "warn".to_owned()),
         ];
         let threadline = bin_dir.join("threadline");
         let baseline = bin_dir.join("examples").join("http-baseline");
