@@ -1,8 +1,9 @@
 //! Whether the projector makes progress. A batch that keeps failing (the database refuses
 //! every attempt in a way that is not the data's fault, a table is locked, the broker does not
 //! take a set-aside event) holds back every later event; after `PROJECTOR_STUCK_AFTER` the
-//! projector says so: one error log line naming the event's sequence, and `/readyz` answers
-//! 503 with the sequence and the error under the check `projection`, until it moves on.
+//! projector says so: one error log line naming the event's sequence and the error, and
+//! `/readyz` answers 503 with the sequence under the check `projection` (and the fixed reason
+//! `batch_failing`: the error itself is the log's, not whoever asks), until it moves on.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -11,8 +12,11 @@ use std::time::{Duration, Instant};
 use threadline_infra::event_log::bounded_text;
 use threadline_infra::{Dependency, StoreError};
 
-/// The most bytes of an error shown by `/readyz` and the log line.
+/// The most bytes of an error shown by the log line.
 const CAUSE_MAX_BYTES: usize = 500;
+
+/// What `/readyz` says of a stuck projector's cause.
+const STUCK_REASON: &str = "batch_failing";
 
 /// The projector's progress, as its batches report it.
 pub struct Stall {
@@ -107,21 +111,23 @@ impl Dependency for Stall {
         self.stuck().map_or(Ok(()), Err)
     }
 
+    /// The sequence and for how long, never the error: it may name tables, hosts or values
+    /// (the log line has it).
     fn failure(&self, error: &StoreError) -> Value {
         match error {
             StoreError::Stuck {
                 sequence,
                 failing_for,
                 attempts,
-                cause,
+                cause: _,
             } => json!({
                 "status": "stuck",
+                "reason": STUCK_REASON,
                 "sequence": sequence,
                 "failing_for_seconds": failing_for.as_secs(),
                 "attempts": attempts,
-                "error": cause,
             }),
-            other => json!({"status": "stuck", "error": other.to_string()}),
+            _ => json!({"status": "stuck", "reason": STUCK_REASON}),
         }
     }
 }
