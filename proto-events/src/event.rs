@@ -220,6 +220,17 @@ pub enum EventError {
 }
 
 impl EventError {
+    /// Every reason's code, as [`EventError::code`] gives it (metrics list each from the start).
+    pub const CODES: [&'static str; 7] = [
+        "bad_subject",
+        "unsupported_version",
+        "kind_mismatch",
+        "invalid_payload",
+        "thread_mismatch",
+        "unknown_thread",
+        "refused_by_database",
+    ];
+
     /// A short code for the reason, used as the last token of the dead-letter subject.
     pub fn code(&self) -> &'static str {
         match self {
@@ -261,6 +272,28 @@ mod tests {
 
     const THREAD: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
     const MESSAGE: &str = "5c1f2e5b-c9a6-11ee-8c90-0242ac120002";
+
+    #[test]
+    fn codes_lists_every_reason_once() {
+        let id = Uuid::nil();
+        let every = [
+            EventError::BadSubject(String::new()),
+            EventError::UnsupportedVersion(String::new()),
+            EventError::KindMismatch {
+                header: String::new(),
+                subject: "created",
+            },
+            EventError::InvalidPayload(String::new()),
+            EventError::ThreadMismatch {
+                subject: id,
+                payload: id,
+            },
+            EventError::UnknownThread(id),
+            EventError::RefusedByDatabase(String::new()),
+        ];
+        let codes: Vec<&str> = every.iter().map(EventError::code).collect();
+        assert_eq!(codes, EventError::CODES);
+    }
 
     fn message_json() -> Value {
         json!({

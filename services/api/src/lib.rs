@@ -203,6 +203,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
+    threadline_infra::metrics::register::api();
     let app = threadline_infra::server::finish(
         router(state).merge(health_router(vec![log, read])),
         &settings.http,

@@ -375,6 +375,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         return Ok(());
     };
     let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
+    threadline_infra::metrics::register::gateway();
     let app = threadline_infra::server::finish(
         router(gateway.clone()).merge(health_router(vec![log])),
         &settings.http,

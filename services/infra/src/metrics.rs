@@ -4,9 +4,14 @@
 //!
 //! The services record through the `metrics` facade (`metrics::counter!(names::X)`), which
 //! costs nothing where no recorder is installed (unit tests).
+//!
+//! Every label takes a small fixed set of values, never one a client chooses (a made-up HTTP
+//! method is `other`), so that no request adds a series. Each role registers its series at
+//! start ([`register`]) with zero values, so that a scrape of a fresh process lists every
+//! family the dashboard reads, and `absent()` alerts and panels see the role from the start.
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -109,22 +114,111 @@ pub async fn render() -> Response {
     }
 }
 
+/// The `method` label: one of a fixed few, so that a client's made-up method names (which
+/// the server accepts and answers 405 or 404) add no series.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts and times every request by method, matched route (not the raw path,
 /// which holds ids) and status.
 pub async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let labels = [
-        ("method", method),
+        ("method", method.to_owned()),
         ("route", route),
         ("status", response.status().as_u16().to_string()),
     ];
     metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
     metrics::histogram!(names::HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Registers each role's series with zero values, so that they are listed from the first
+/// scrape. Call once the recorder is installed ([`handle`]; `startup` does it).
+pub mod register {
+    use super::names;
+    use proto_events::{EventError, EventKind};
+
+    /// The HTTP families: a request that every role answers (its probes and its scrapes).
+    pub fn http() {
+        for route in ["/healthz", "/readyz", "/metrics"] {
+            let labels = [("method", "GET"), ("route", route), ("status", "200")];
+            metrics::counter!(names::HTTP_REQUESTS, &labels).increment(0);
+            // Registered: listed with empty buckets until the first sample.
+            let _ = metrics::histogram!(names::HTTP_DURATION, &labels);
+        }
+    }
+
+    /// The api's families: thread reads by source, appends by event and outcome.
+    pub fn api() {
+        for from in ["memory", "read_model"] {
+            metrics::counter!(names::THREAD_READS, "from" => from).increment(0);
+        }
+        for event in [EventKind::ThreadCreated, EventKind::MessagePosted] {
+            for outcome in ["stored", "failed"] {
+                // Registered: listed with empty buckets until the first sample.
+                let _ = metrics::histogram!(
+                    names::APPEND_DURATION,
+                    "event" => event.name(),
+                    "outcome" => outcome
+                );
+            }
+        }
+    }
+
+    /// The projector's families: lag, batches, events applied and set aside by reason.
+    pub fn projector() {
+        metrics::gauge!(names::PROJECTOR_LAG_EVENTS).increment(0.0);
+        metrics::gauge!(names::PROJECTOR_LAG_SECONDS).increment(0.0);
+        // Registered: listed with empty buckets until the first sample.
+        let _ = metrics::histogram!(names::PROJECTOR_BATCH_SIZE);
+        metrics::counter!(names::PROJECTOR_EVENTS).increment(0);
+        for reason in EventError::CODES {
+            metrics::counter!(names::SET_ASIDE, "reason" => reason).increment(0);
+        }
+    }
+
+    /// The gateway's families: sockets, watched threads, frames and slow clients.
+    pub fn gateway() {
+        metrics::gauge!(names::SOCKETS_OPEN).increment(0.0);
+        metrics::gauge!(names::THREADS_WATCHED).increment(0.0);
+        metrics::counter!(names::FRAMES_SENT).increment(0);
+        metrics::counter!(names::SLOW_CLIENT_CLOSES).increment(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        for (method, label) in [
+            (Method::GET, "GET"),
+            (Method::POST, "POST"),
+            (Method::HEAD, "HEAD"),
+            (Method::OPTIONS, "OPTIONS"),
+            (Method::PUT, "other"),
+            (Method::DELETE, "other"),
+        ] {
+            assert_eq!(method_label(&method), label);
+        }
+        for name in ["M0001X", "get", "BREW"] {
+            let method = Method::from_bytes(name.as_bytes()).expect("a method");
+            assert_eq!(method_label(&method), "other", "{name}");
+        }
+    }
 }

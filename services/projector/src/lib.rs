@@ -406,6 +406,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         return Ok(());
     };
     let projector = Projector::new(log.clone(), read.clone(), settings.projector);
+    threadline_infra::metrics::register::projector();
     let health = threadline_infra::server::finish(
         health_router(vec![log, read, projector.stall()]),
         &settings.http,

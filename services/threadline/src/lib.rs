@@ -119,6 +119,9 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
         return Ok(());
     };
     let api = threadline_api::router(state);
+    threadline_infra::metrics::register::api();
+    threadline_infra::metrics::register::projector();
+    threadline_infra::metrics::register::gateway();
     let app = threadline_infra::server::finish(
         api.merge(threadline_gateway::router(gateway.clone()))
             .merge(health_router(vec![log.clone(), read.clone()])),
