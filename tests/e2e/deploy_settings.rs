@@ -181,11 +181,13 @@ fn has_request_id(line: &Value, request_id: &str) -> bool {
 #[tokio::test]
 async fn every_log_line_of_a_request_and_a_socket_carries_its_request_id() {
     let (nats, pg) = servers().await;
-    let settings = json_logging(
+    let mut settings = json_logging(
         &nats.url(),
         &pg.url("threadline"),
         "info,tower_http=debug,threadline_gateway=debug",
     );
+    // The test stands in for the proxy whose request ids the roles keep.
+    settings.push(("TRUSTED_PROXIES".to_owned(), "127.0.0.1".to_owned()));
     let mut roles = Roles::default();
     let all = roles.spawn("all", &settings).await;
 

@@ -152,3 +152,142 @@ async fn probe_exits_zero_only_when_the_role_answers_200() {
     let nothing = probe(closed, "/readyz").await;
     assert!(nothing.expect(1).contains("refused"), "{}", nothing.stdout);
 }
+
+/// The `x-request-id` a role answers `GET /healthz` with, asked from the local address `from`
+/// with `sent` as the request's id.
+async fn request_id_answered(addr: std::net::SocketAddr, from: &str, sent: &str) -> String {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().expect("an address"))
+        .build()
+        .expect("an HTTP client");
+    let response = within(
+        "GET /healthz",
+        crate::harness::client::REQUEST_TIMEOUT,
+        client
+            .get(format!("http://{addr}/healthz"))
+            .header("x-request-id", sent)
+            .send(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET /healthz from {from}: {e}"));
+    assert_eq!(response.status(), 200);
+    response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no request id in the answer to {from}"))
+        .to_owned()
+}
+
+/// A request id (which every log line of the request carries) is taken from the client only
+/// when the peer is a trusted proxy (`TRUSTED_PROXIES`, one setting for every role) and the
+/// id is short; otherwise the role makes one.
+#[tokio::test]
+async fn request_id_is_taken_only_from_trusted_proxies_and_only_when_short() {
+    let app = options().env("TRUSTED_PROXIES", "127.0.0.1").start().await;
+    let long = "x".repeat(129);
+    for (role, addr) in app.service_addrs() {
+        assert_eq!(
+            request_id_answered(addr, "127.0.0.1", "from-the-proxy-1").await,
+            "from-the-proxy-1",
+            "{role} keeps a trusted proxy's id"
+        );
+        let made = request_id_answered(addr, "127.0.0.2", "chosen-by-anyone").await;
+        assert_ne!(
+            made, "chosen-by-anyone",
+            "{role} took an untrusted client's id"
+        );
+        uuid::Uuid::parse_str(&made).expect("a made request id is a UUID");
+        let made = request_id_answered(addr, "127.0.0.1", &long).await;
+        assert_ne!(made, long, "{role} took a 129-byte id");
+        uuid::Uuid::parse_str(&made).expect("a made request id is a UUID");
+        let at_most = "y".repeat(128);
+        assert_eq!(
+            request_id_answered(addr, "127.0.0.1", &at_most).await,
+            at_most,
+            "{role} keeps a 128-byte id"
+        );
+    }
+    let all = spawn_all().await;
+    let (_, addr) = all.service_addrs()[0].clone();
+    let made = request_id_answered(addr, "127.0.0.1", "no-proxy-is-trusted").await;
+    assert_ne!(
+        made, "no-proxy-is-trusted",
+        "by default no proxy is trusted"
+    );
+}
+
+/// The address in a role's log line that contains `marker`, once it is logged.
+async fn logged_addr(app: &App, role: &str, index: usize, marker: &str) -> std::net::SocketAddr {
+    eventually(
+        &format!("{role} to log {marker:?}"),
+        PROJECTION_TIMEOUT,
+        || async {
+            let dump = app.logs(role, index).dump();
+            dump.lines().filter(|l| l.contains(marker)).find_map(|l| {
+                let rest = &l[l.find(marker)? + marker.len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':')))
+                    .unwrap_or(rest.len());
+                rest[..end].parse().ok()
+            })
+        },
+    )
+    .await
+}
+
+/// With `ADMIN_LISTEN_ADDR`, `/metrics` and `/readyz` are served there and no longer on the
+/// public listener (`/healthz` on both); the role serves its clients on the public one.
+#[tokio::test]
+async fn admin_listener_takes_metrics_and_readyz_off_the_public_listener() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    for role in ["api", "projector", "gateway"] {
+        let index = app.launch(role, &[("ADMIN_LISTEN_ADDR", "127.0.0.1:0")]);
+        let admin = logged_addr(&app, role, index, "admin endpoints on ").await;
+        let public = logged_addr(&app, role, index, "listening on ").await;
+        assert_ne!(admin, public);
+        eventually(
+            &format!("{role}'s admin /readyz to answer 200"),
+            PROJECTION_TIMEOUT,
+            || async {
+                let r = app
+                    .try_request_to(admin, "GET", "/readyz", None, None)
+                    .await;
+                matches!(r, Ok(r) if r.status == 200).then_some(())
+            },
+        )
+        .await;
+        let metrics = app.request_to(admin, "GET", "/metrics", None, None).await;
+        assert_eq!(metrics.status, 200, "{role} admin /metrics");
+        assert!(metrics.text.contains("threadline_http_requests_total"));
+        app.request_to(admin, "GET", "/healthz", None, None)
+            .await
+            .expect(200);
+        let not_found = json!({"detail": "Not found."});
+        for path in ["/metrics", "/readyz"] {
+            let answer = app.request_to(public, "GET", path, None, None).await;
+            assert_eq!(answer.expect(404), not_found, "{role} public {path}");
+        }
+        app.request_to(public, "GET", "/healthz", None, None)
+            .await
+            .expect(200);
+        // The admin listener serves nothing else.
+        let api = app
+            .request_to(admin, "GET", &format!("/chat/thread/{thread}/"), None, None)
+            .await;
+        assert_eq!(api.expect(404), not_found, "{role} admin serves the API");
+        if role == "api" {
+            let read = app
+                .request_to(
+                    public,
+                    "GET",
+                    &format!("/chat/thread/{thread}/"),
+                    None,
+                    None,
+                )
+                .await;
+            read.expect(200);
+        }
+    }
+}

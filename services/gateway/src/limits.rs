@@ -6,50 +6,10 @@
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-/// A proxy whose forwarding header is believed: one address or a CIDR block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedProxy {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl FromStr for TrustedProxy {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("{text:?} is not an IP address or CIDR block like 10.0.0.0/8");
-        let (address, prefix) = match text.trim().split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix)),
-            None => (text.trim(), None),
-        };
-        let network: IpAddr = address.parse().map_err(|_| bad())?;
-        let bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(bad)?,
-            None => bits,
-        };
-        Ok(Self { network, prefix })
-    }
-}
-
-impl TrustedProxy {
-    fn contains(&self, address: IpAddr) -> bool {
-        let (network, address, bits) = match (self.network, address.to_canonical()) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => (u32::from(n) as u128, u32::from(a) as u128, 32),
-            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
-            _ => return false,
-        };
-        let host_bits = bits - u32::from(self.prefix);
-        host_bits >= bits || (network >> host_bits) == (address >> host_bits)
-    }
-}
+/// A proxy whose forwarding header is believed (the type of every role's `TRUSTED_PROXIES`).
+pub use threadline_infra::server::TrustedProxy;
 
 /// The admission rules and the count of open sockets.
 pub struct Admission {

@@ -1,11 +1,18 @@
 //! Serving a router until shutdown: stop accepting, let in-flight requests finish (bounded);
 //! and what every role's router gets: a JSON 404, `/metrics`, HTTP metrics, a request id,
-//! request tracing and CORS.
+//! request tracing and CORS. With an admin listener (`ADMIN_LISTEN_ADDR`), `/metrics` and
+//! `/readyz` are served there only, and the public listener answers them 404.
 
 use crate::HttpSettings;
-use axum::http::{HeaderName, Method, Request, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use std::future::IntoFuture;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,25 +20,111 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-/// The header that carries a request's id: kept when a proxy sent one, made otherwise, and
-/// returned in the response.
+/// The header that carries a request's id: kept when a trusted proxy sent one, made
+/// otherwise, and returned in the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The longest request id taken from a proxy (a UUID is 36 bytes); a longer one is replaced,
+/// since every log line of the request carries it.
+pub const REQUEST_ID_MAX_BYTES: usize = 128;
+
+/// The paths of the admin listener: the probes and the scrape.
+const ADMIN_PATHS: [&str; 3] = ["/metrics", "/readyz", "/healthz"];
+/// The paths the public listener stops answering when there is an admin listener.
+const ADMIN_ONLY_PATHS: [&str; 2] = ["/metrics", "/readyz"];
+
+/// A proxy whose forwarded request id (and, for the gateway, forwarding header) is
+/// believed: one address or a CIDR block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not an IP address or CIDR block like 10.0.0.0/8");
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let network: IpAddr = address.parse().map_err(|_| bad())?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(bad)?,
+            None => bits,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl TrustedProxy {
+    /// Whether `address` is this proxy or in its block.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let (network, address, bits) = match (self.network, address.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => (u32::from(n) as u128, u32::from(a) as u128, 32),
+            (IpAddr::V6(n), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
+            _ => return false,
+        };
+        let host_bits = bits - u32::from(self.prefix);
+        host_bits >= bits || (network >> host_bits) == (address >> host_bits)
+    }
+}
+
+/// A role's listening sockets: the public one (`LISTEN_ADDR`) and, when `ADMIN_LISTEN_ADDR`
+/// is set, the admin one.
+pub struct Listener {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
 /// Serves `router` on `listener` until `shutdown` fires, then gives in-flight requests up to
-/// `grace` to finish.
+/// `grace` to finish. With an admin listener, it serves only `/metrics`, `/readyz` and
+/// `/healthz`, and the public one everything but `/metrics` and `/readyz`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let Some(admin) = listener.admin else {
+        return serve_one(listener.public, router, shutdown, grace, true).await;
+    };
+    let public = router
+        .clone()
+        .layer(axum::middleware::from_fn(outside_admin_paths));
+    let admin_router = router.layer(axum::middleware::from_fn(admin_paths_only));
+    let (public, admin) = tokio::join!(
+        serve_one(listener.public, public, shutdown.clone(), grace, true),
+        serve_one(admin, admin_router, shutdown, grace, false),
+    );
+    public.and(admin)
+}
+
+/// Serves one listener; `public`: the one whose address is logged as `listening on`.
+async fn serve_one(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+    public: bool,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!("listening on {addr}");
+    if public {
+        tracing::info!("listening on {addr}");
+    }
     let stop = shutdown.clone();
-    // The peer's address is known to handlers (the gateway counts sockets per client).
+    // The peer's address is known to handlers (the gateway counts sockets per client) and
+    // to the request id's check.
     let server = axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         stop.cancelled().await;
@@ -50,22 +143,73 @@ pub async fn serve(
     }
 }
 
+/// Middleware of the public listener beside an admin one: `/metrics` and `/readyz` are the
+/// admin listener's.
+async fn outside_admin_paths(request: Request, next: Next) -> Response {
+    if ADMIN_ONLY_PATHS.contains(&request.uri().path()) {
+        return not_found().await.into_response();
+    }
+    next.run(request).await
+}
+
+/// Middleware of the admin listener: it serves nothing but the probes and the scrape.
+async fn admin_paths_only(request: Request, next: Next) -> Response {
+    if !ADMIN_PATHS.contains(&request.uri().path()) {
+        return not_found().await.into_response();
+    }
+    next.run(request).await
+}
+
+/// Middleware: drops a client's `x-request-id` unless its peer is a trusted proxy and the id
+/// is short and printable, so that the role makes one instead. Anyone else could choose the
+/// id that every log line of their request carries, or make every line of it huge.
+async fn screen_request_id(
+    State(trusted): State<Arc<[TrustedProxy]>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.headers().contains_key(&REQUEST_ID) {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let from_proxy = peer.is_some_and(|p| trusted.iter().any(|t| t.contains(p)));
+        let acceptable = request.headers().get_all(&REQUEST_ID).iter().count() == 1
+            && request.headers().get(&REQUEST_ID).is_some_and(|id| {
+                !id.is_empty()
+                    && id.len() <= REQUEST_ID_MAX_BYTES
+                    && id.as_bytes().iter().all(u8::is_ascii_graphic)
+            });
+        if !(from_proxy && acceptable) {
+            request.headers_mut().remove(&REQUEST_ID);
+        }
+    }
+    next.run(request).await
+}
+
 /// The body DRF answers 404 with.
 pub const NOT_FOUND_DETAIL: &str = "Not found.";
 
 /// Completes a router of one or more roles for serving: a JSON 404 for unknown paths,
-/// `GET /metrics` and request counts and latencies by route and status, a
-/// request id (`x-request-id`) in the response and on the span of every log line the
+/// `GET /metrics` and request counts and latencies by route and status (registered at
+/// zero for the probes and the scrape), a request id (`x-request-id`, a trusted proxy's
+/// or a new one) in the response and on the span of every log line the
 /// request causes (a websocket's too, for its whole life), and CORS headers for the allowed
 /// origins (none by default). The origins were checked at start-up ([`crate::startup`]).
 pub fn finish(router: Router, http: &HttpSettings) -> Router {
+    crate::metrics::register::http();
+    let trusted: Arc<[TrustedProxy]> = http.trusted_proxies.clone().into();
     let traced = router
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted,
+            screen_request_id,
+        ));
     match cors(http) {
         Some(cors) => traced.layer(cors),
         None => traced,

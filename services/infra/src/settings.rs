@@ -271,6 +271,16 @@ pub struct HttpSettings {
         default_value = ""
     )]
     pub cors_allowed_origins: Vec<String>,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `x-request-id` is kept; from
+    /// anyone else, or longer than 128 bytes, the role makes a new id.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    pub trusted_proxies: Vec<crate::server::TrustedProxy>,
+
+    /// Address of a listener of its own for `/metrics` and `/readyz` (and `/healthz`), e.g.
+    /// `0.0.0.0:9090`; then LISTEN_ADDR answers those two with 404. Unset: all on LISTEN_ADDR.
+    #[arg(long, env = "ADMIN_LISTEN_ADDR")]
+    pub admin_listen_addr: Option<std::net::SocketAddr>,
 }
 
 impl HttpSettings {
@@ -427,6 +437,8 @@ mod tests {
         HttpSettings {
             shutdown_timeout: Duration::from_secs(1),
             cors_allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            trusted_proxies: Vec::new(),
+            admin_listen_addr: None,
         }
     }
 

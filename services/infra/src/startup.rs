@@ -4,8 +4,10 @@
 //! While it waits, the listener already answers the probes as Kubernetes reads them:
 //! `/healthz` 200 (the process runs), `/readyz` 503 naming the dependency it waits for, and
 //! every other path 503. Once connected, the role's own server takes over the same socket;
-//! connections that arrive in between wait in the listen backlog.
+//! connections that arrive in between wait in the listen backlog. The admin listener
+//! (`ADMIN_LISTEN_ADDR`), when set, is bound at the same time and answers the same way.
 
+use crate::server::Listener;
 use crate::{retry, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings, PgReadModel};
 use anyhow::Context;
 use axum::extract::State;
@@ -18,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A role's listener and its connection to the event log.
+/// A role's listeners and its connection to the event log.
 pub struct Started {
-    pub listener: TcpListener,
+    pub listener: Listener,
     pub log: Arc<JetStreamLog>,
 }
 
@@ -35,7 +37,7 @@ pub async fn start_reader(
 ) -> anyhow::Result<Option<Started>> {
     nats.validate().map_err(anyhow::Error::msg)?;
     http.cors_origins().map_err(anyhow::Error::msg)?;
-    let waiting = Waiting::bind(listen_addr, &["nats"])?;
+    let waiting = Waiting::bind(listen_addr, http, &["nats"])?;
     let log = waiting.connect_nats(nats, false, shutdown).await;
     let listener = waiting.finish().await?;
     Ok(log.map(|log| Started { listener, log }))
@@ -53,7 +55,7 @@ pub async fn start_with_read_model(
     nats.validate().map_err(anyhow::Error::msg)?;
     PgReadModel::options(database).map_err(anyhow::Error::msg)?;
     http.cors_origins().map_err(anyhow::Error::msg)?;
-    let waiting = Waiting::bind(listen_addr, &["nats", "database"])?;
+    let waiting = Waiting::bind(listen_addr, http, &["nats", "database"])?;
     let Some(log) = waiting.connect_nats(nats, true, shutdown).await else {
         waiting.finish().await?;
         return Ok(None);
@@ -66,30 +68,51 @@ pub async fn start_with_read_model(
     Ok(read.map(|read| (Started { listener, log }, Arc::new(read))))
 }
 
-/// The listener while the role waits for its dependencies, answering the probes.
+/// The listeners while the role waits for its dependencies, answering the probes.
 struct Waiting {
     /// A second handle on the listening socket, for the role's own server.
     socket: std::net::TcpListener,
+    /// The same for the admin listener, if there is one.
+    admin: Option<std::net::TcpListener>,
     /// Each dependency of the role and whether it answers yet.
     checks: Checks,
     stop: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds `addr` and gives a second, async handle on the socket for the probe server.
+fn bind_shared(addr: SocketAddr) -> anyhow::Result<(std::net::TcpListener, TcpListener)> {
+    let socket =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    socket
+        .set_nonblocking(true)
+        .context("cannot make the listener non-blocking")?;
+    let probes = TcpListener::from_std(socket.try_clone().context("cannot share the listener")?)
+        .context("cannot use the listener")?;
+    Ok((socket, probes))
 }
 
 impl Waiting {
-    fn bind(listen_addr: SocketAddr, dependencies: &[&'static str]) -> anyhow::Result<Waiting> {
+    fn bind(
+        listen_addr: SocketAddr,
+        http: &HttpSettings,
+        dependencies: &[&'static str],
+    ) -> anyhow::Result<Waiting> {
         // Installed before anything is recorded.
         crate::metrics::handle();
-        let socket = std::net::TcpListener::bind(listen_addr)
-            .with_context(|| format!("cannot listen on {listen_addr}"))?;
-        socket
-            .set_nonblocking(true)
-            .context("cannot make the listener non-blocking")?;
-        let probes =
-            TcpListener::from_std(socket.try_clone().context("cannot share the listener")?)
-                .context("cannot use the listener")?;
+        let (socket, probes) = bind_shared(listen_addr)?;
         let addr = probes.local_addr().context("no local address")?;
         tracing::info!("answering /healthz on {addr} while waiting for dependencies");
+        let (admin, admin_probes) = match http.admin_listen_addr {
+            Some(admin_addr) => {
+                let (admin, probes) =
+                    bind_shared(admin_addr).context("ADMIN_LISTEN_ADDR: cannot listen there")?;
+                let addr = probes.local_addr().context("no local address")?;
+                tracing::info!("admin endpoints on {addr} (/metrics, /readyz, /healthz)");
+                (Some(admin), Some(probes))
+            }
+            None => (None, None),
+        };
         let checks: Checks = Arc::new(Mutex::new(
             dependencies.iter().map(|d| (*d, "unavailable")).collect(),
         ));
@@ -104,20 +127,27 @@ impl Waiting {
                 )
             })
             .with_state(checks.clone());
-        let until = stop.clone();
-        let server = tokio::spawn(async move {
-            let served = axum::serve(probes, router)
-                .with_graceful_shutdown(async move { until.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!("the start-up probe server failed: {e}");
-            }
-        });
+        let servers = std::iter::once(probes)
+            .chain(admin_probes)
+            .map(|probes| {
+                let until = stop.clone();
+                let router = router.clone();
+                tokio::spawn(async move {
+                    let served = axum::serve(probes, router)
+                        .with_graceful_shutdown(async move { until.cancelled().await })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::warn!("the start-up probe server failed: {e}");
+                    }
+                })
+            })
+            .collect();
         Ok(Waiting {
             socket,
+            admin,
             checks,
             stop,
-            server,
+            servers,
         })
     }
 
@@ -144,12 +174,19 @@ impl Waiting {
         Some(Arc::new(log))
     }
 
-    /// Stops answering the probes and hands the socket over to the role's own server.
-    async fn finish(self) -> anyhow::Result<TcpListener> {
+    /// Stops answering the probes and hands the sockets over to the role's own server.
+    async fn finish(self) -> anyhow::Result<Listener> {
         self.stop.cancel();
         // In-flight probe requests finish; new connections wait in the backlog.
-        let _ = self.server.await;
-        TcpListener::from_std(self.socket).context("cannot use the listener")
+        for server in self.servers {
+            let _ = server.await;
+        }
+        let public = TcpListener::from_std(self.socket).context("cannot use the listener")?;
+        let admin = self
+            .admin
+            .map(|a| TcpListener::from_std(a).context("cannot use the admin listener"))
+            .transpose()?;
+        Ok(Listener { public, admin })
     }
 }
 

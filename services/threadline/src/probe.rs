@@ -17,6 +17,10 @@ pub struct ProbeSettings {
     /// (0.0.0.0, [::]) is asked on the loopback interface.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
     pub listen_addr: SocketAddr,
+    /// The role's admin listener (its ADMIN_LISTEN_ADDR), asked instead when set: `/readyz`
+    /// is served there only.
+    #[arg(long, env = "ADMIN_LISTEN_ADDR")]
+    pub admin_listen_addr: Option<SocketAddr>,
     /// The path asked: /readyz (ready to serve) or /healthz (the process runs).
     #[arg(long, default_value = "/readyz", value_parser = path)]
     pub path: String,
@@ -36,7 +40,8 @@ fn path(text: &str) -> Result<String, String> {
 /// Runs the probe: prints one line (the status line, or why there is none) and exits 0 only
 /// on 200.
 pub async fn run(settings: ProbeSettings) -> ExitCode {
-    let target = loopback_if_unspecified(settings.listen_addr);
+    let target =
+        loopback_if_unspecified(settings.admin_listen_addr.unwrap_or(settings.listen_addr));
     match tokio::time::timeout(settings.timeout, status_of(target, &settings.path)).await {
         Ok(Ok(200)) => {
             println!("http://{target}{}: 200", settings.path);
