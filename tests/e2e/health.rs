@@ -289,5 +289,21 @@ async fn admin_listener_takes_metrics_and_readyz_off_the_public_listener() {
                 .await;
             read.expect(200);
         }
+        // The image's health check, run with the role's environment, asks the admin listener.
+        let probe = run_command_with(
+            &["probe", "--timeout", "5s"],
+            &[
+                ("LISTEN_ADDR".to_owned(), public.to_string()),
+                ("ADMIN_LISTEN_ADDR".to_owned(), admin.to_string()),
+            ],
+        )
+        .await;
+        assert!(
+            probe
+                .expect(0)
+                .contains(&format!("http://{admin}/readyz: 200")),
+            "{role}: {}",
+            probe.stdout
+        );
     }
 }
