@@ -29,6 +29,7 @@ mod operations;
 mod outside_publisher;
 mod projector_crash;
 mod projector_progress;
+mod rebuild_switch;
 mod replicas;
 mod resume;
 mod secure_connections;

@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = RebuildSettings {
         keep_old: false,
+        switch_wait: std::time::Duration::from_secs(1),
         nats: nats.clone(),
         database: database.clone(),
     };

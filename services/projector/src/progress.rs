@@ -80,6 +80,15 @@ impl Progress {
         }
     }
 
+    /// Tells of something the operator should know (a phase that had to wait), as a line of
+    /// its own above the bar, or a warning in the log.
+    pub fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("{}: {text}", self.what)),
+            None => tracing::warn!("{}: {text}", self.what),
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -8,10 +8,13 @@
 //!    until few are left.
 //! 3. Switch-over, in one transaction: take the switch lock exclusively (every projector
 //!    transaction holds it shared, so none is in flight and the next ones name the new
-//!    tables), apply the events up to the stream's last sequence now, move the serving tables
-//!    out of the way and the new ones into the serving schema. Operators keep querying
-//!    `threads` and `messages`; the api's prepared statements are re-planned against the new
-//!    tables by PostgreSQL.
+//!    tables), apply the events up to the stream's last sequence now, lock the serving tables,
+//!    move them out of the way and the new ones into the serving schema. Operators keep
+//!    querying `threads` and `messages`; the api's prepared statements are re-planned against
+//!    the new tables by PostgreSQL. Each lock waits at most `--switch-wait`: a lock not granted
+//!    by then (a reader's open transaction holds the tables, a projector transaction hangs)
+//!    rolls the try back, so that nobody queues behind it, and the switch-over says so, catches
+//!    up again and tries again after a pause.
 //!
 //! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
@@ -26,6 +29,7 @@ use clap::Args;
 use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
 use threadline_infra::read_model::CHANGED_CHANNEL;
+use threadline_infra::settings::parse_duration;
 use threadline_infra::{
     apply_rows, AppliedMessage, AppliedThread, DatabaseSettings, JetStreamLog, NatsSettings,
     PgReadModel, SWITCH_LOCK,
@@ -39,6 +43,10 @@ pub const RETIRED_SCHEMA: &str = "threadline_retired";
 const REBUILD_LOCK: i64 = 0x7468_7265_6164_6c72; // "threadlr"
 /// The switch-over waits until at most this many events are left to apply under its lock.
 const SWITCH_GAP: u64 = 2_000;
+/// The longest pause between two tries at the switch-over.
+const MAX_SWITCH_PAUSE: Duration = Duration::from_secs(30);
+/// SQLSTATE lock_not_available: a lock not granted within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// Events per statement while catching up.
 const CATCH_UP_BATCH: usize = 5_000;
 /// Most bytes of rows per statement while catching up.
@@ -51,6 +59,11 @@ pub struct RebuildSettings {
     /// rebuild) instead of dropping it.
     #[arg(long)]
     pub keep_old: bool,
+    /// How long the switch-over waits for a lock (the projector's transactions to end, a
+    /// reader of the serving tables to end its transaction) before it gives way and tries
+    /// again: reads of the serving tables and the projector wait at most this long for it.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub switch_wait: Duration,
     #[command(flatten)]
     pub nats: NatsSettings,
     #[command(flatten)]
@@ -126,41 +139,38 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
     // From here on the new tables are written as the live projector writes the serving ones.
     execute(&mut conn, &format!("SET search_path = {BUILD_SCHEMA}")).await?;
     progress.phase("catching up");
-    loop {
-        let (_, last) = replay::stream_bounds(&log).await?;
-        if last <= reader.last_seq + SWITCH_GAP {
-            break;
-        }
-        apply_through(&mut conn, &mut reader, &mut fold, last, &progress).await?;
-    }
+    catch_up(&mut conn, &log, &mut reader, &mut fold, &progress).await?;
 
     progress.phase("switching over");
-    let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SWITCH_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(ProjectorError::database)?;
-    // Every event the live projector has applied is in the stream by now.
-    let (_, through) = replay::stream_bounds(&log).await?;
-    apply_through(&mut tx, &mut reader, &mut fold, through, &progress).await?;
-    let serving_q = quote(&serving);
-    let mut switch =
-        format!("DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE; CREATE SCHEMA {RETIRED_SCHEMA};");
-    for table in tables::TABLES {
-        switch.push_str(&format!(
-            "ALTER TABLE {serving_q}.{table} SET SCHEMA {RETIRED_SCHEMA};\
-             ALTER TABLE {BUILD_SCHEMA}.{table} SET SCHEMA {serving_q};"
+    let mut pause = settings.switch_wait;
+    let through = loop {
+        let mut tail = Tail::default();
+        let switched = switch_over(
+            &mut conn,
+            &log,
+            &mut reader,
+            &mut fold,
+            &progress,
+            &mut tail,
+            &serving,
+            settings,
+        )
+        .await?;
+        if let Some(through) = switched {
+            break through;
+        }
+        progress.note(&format!(
+            "switching over: the serving tables stayed locked by another session (a reader's \
+             open transaction, pg_dump) for {:?}; gave way to it, trying again in {pause:?}",
+            settings.switch_wait
         ));
-    }
-    switch.push_str(&format!("DROP SCHEMA {BUILD_SCHEMA};"));
-    // Delivered at commit: API replicas drop the reads they keep in memory.
-    switch.push_str(&format!("NOTIFY {CHANGED_CHANNEL};"));
-    if !settings.keep_old {
-        switch.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
-    }
-    execute(&mut tx, &switch).await?;
-    tx.commit().await.map_err(ProjectorError::database)?;
+        // The rows applied under the switch-over that gave way were rolled back with it.
+        write_rows(&mut conn, &tail.threads).await?;
+        write_rows(&mut conn, &tail.messages).await?;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_SWITCH_PAUSE);
+        catch_up(&mut conn, &log, &mut reader, &mut fold, &progress).await?;
+    };
     progress.finish();
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(REBUILD_LOCK)
@@ -177,13 +187,122 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
     })
 }
 
-/// Applies the events up to `through` to the tables the connection's search path names.
+/// Applies events to the new tables until at most `SWITCH_GAP` are left.
+async fn catch_up(
+    conn: &mut PgConnection,
+    log: &JetStreamLog,
+    reader: &mut EventReader,
+    fold: &mut ReplayFold,
+    progress: &Progress,
+) -> Result<(), ProjectorError> {
+    loop {
+        let (_, last) = replay::stream_bounds(log).await?;
+        if last <= reader.last_seq + SWITCH_GAP {
+            return Ok(());
+        }
+        apply_through(conn, reader, fold, last, progress, None).await?;
+    }
+}
+
+/// The rows written under the switch-over's transaction, to write again if it gives way.
+#[derive(Default)]
+struct Tail {
+    threads: Vec<AppliedThread>,
+    messages: Vec<AppliedMessage>,
+}
+
+/// One try at the switch-over, in one transaction (see the module's documentation); the
+/// stream sequence through which the new read model was built, or `None` if a lock it needs
+/// was not granted within `--switch-wait`: then it has rolled back, every lock it held or
+/// asked for is released, and the rows it wrote are in `tail`.
+///
+/// Every lock waits at most `--switch-wait`, because a waiting lock stops others too: the
+/// projector's transactions queue behind the switch lock, and every read of the serving
+/// tables queues behind an ACCESS EXCLUSIVE lock that a reader's open transaction holds up.
+#[allow(clippy::too_many_arguments)]
+async fn switch_over(
+    conn: &mut PgConnection,
+    log: &JetStreamLog,
+    reader: &mut EventReader,
+    fold: &mut ReplayFold,
+    progress: &Progress,
+    tail: &mut Tail,
+    serving: &str,
+    settings: &RebuildSettings,
+) -> Result<Option<u64>, ProjectorError> {
+    let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
+    let wait = settings.switch_wait.as_millis().max(1);
+    execute(&mut tx, &format!("SET LOCAL lock_timeout = {wait}")).await?;
+    let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SWITCH_LOCK)
+        .execute(&mut *tx)
+        .await;
+    if !granted(locked)? {
+        tx.rollback().await.map_err(ProjectorError::database)?;
+        return Ok(None);
+    }
+    // Every event the live projector has applied is in the stream by now.
+    let (_, through) = replay::stream_bounds(log).await?;
+    apply_through(&mut tx, reader, fold, through, progress, Some(tail)).await?;
+    let serving_q = quote(serving);
+    let tables = tables::TABLES
+        .map(|t| format!("{serving_q}.{t}"))
+        .join(", ");
+    let steps = [
+        format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"),
+        switch_statements(&serving_q, settings.keep_old),
+    ];
+    for step in &steps {
+        if !granted(sqlx::raw_sql(step).execute(&mut *tx).await)? {
+            tx.rollback().await.map_err(ProjectorError::database)?;
+            return Ok(None);
+        }
+    }
+    tx.commit().await.map_err(ProjectorError::database)?;
+    Ok(Some(through))
+}
+
+/// The statements that move the serving tables out of the way and the new ones into their
+/// place, run with both locked.
+fn switch_statements(serving_q: &str, keep_old: bool) -> String {
+    let mut switch =
+        format!("DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE; CREATE SCHEMA {RETIRED_SCHEMA};");
+    for table in tables::TABLES {
+        switch.push_str(&format!(
+            "ALTER TABLE {serving_q}.{table} SET SCHEMA {RETIRED_SCHEMA};\
+             ALTER TABLE {BUILD_SCHEMA}.{table} SET SCHEMA {serving_q};"
+        ));
+    }
+    switch.push_str(&format!("DROP SCHEMA {BUILD_SCHEMA};"));
+    // Delivered at commit: API replicas drop the reads they keep in memory.
+    switch.push_str(&format!("NOTIFY {CHANGED_CHANNEL};"));
+    if !keep_old {
+        switch.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
+    }
+    switch
+}
+
+/// Whether a statement got its locks: `false` if one was not granted within the
+/// transaction's `lock_timeout`; other errors are errors.
+fn granted<T>(result: Result<T, sqlx::Error>) -> Result<bool, ProjectorError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            Ok(false)
+        }
+        Err(e) => Err(ProjectorError::database(e)),
+    }
+}
+
+/// Applies the events up to `through` to the tables the connection's search path names;
+/// keeps the rows written in `tail`, if given.
 async fn apply_through(
     conn: &mut PgConnection,
     reader: &mut EventReader,
     fold: &mut ReplayFold,
     through: u64,
     progress: &Progress,
+    mut tail: Option<&mut Tail>,
 ) -> Result<(), ProjectorError> {
     let mut threads = Vec::new();
     let mut messages = Vec::new();
@@ -204,6 +323,10 @@ async fn apply_through(
             fold.counts.refused += write_rows(conn, &threads).await?;
             fold.counts.refused += write_rows(conn, &messages).await?;
             progress.advance(events as u64, reader.last_seq);
+            if let Some(tail) = tail.as_deref_mut() {
+                tail.threads.append(&mut threads);
+                tail.messages.append(&mut messages);
+            }
             threads.clear();
             messages.clear();
             events = 0;
