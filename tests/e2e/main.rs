@@ -30,6 +30,7 @@ mod outside_publisher;
 mod projector_crash;
 mod projector_progress;
 mod rebuild_switch;
+mod replay_stall;
 mod replicas;
 mod resume;
 mod secure_connections;

@@ -6,7 +6,8 @@
 use crate::copy::CopyWriter;
 use crate::fold::{self, Verdict};
 use crate::ProjectorError;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use futures::StreamExt;
 use proto_events::Subjects;
 use sqlx::PgConnection;
@@ -26,6 +27,9 @@ const FETCH_BYTES: usize = 32 << 20;
 const BATCHES_AHEAD: usize = 8;
 /// How long to wait for the next events before asking the server whether any are left.
 const IDLE_CHECK: Duration = Duration::from_secs(3);
+/// How many new consumers in a row, without an event received between them, before a
+/// replay gives up.
+const RENEW_LIMIT: u32 = 3;
 
 /// The stream's sequence bounds, as JetStream reports them now.
 pub async fn stream_bounds(log: &JetStreamLog) -> Result<(u64, u64), ProjectorError> {
@@ -40,61 +44,57 @@ pub async fn stream_bounds(log: &JetStreamLog) -> Result<(u64, u64), ProjectorEr
 
 /// Reads the event stream in order from a sequence with an ephemeral consumer that needs no
 /// acknowledgements. A task of its own pulls and decodes the events while the fold and COPY
-/// work on the previous ones.
+/// work on the previous ones. Should the consumer vanish (the server deletes it once the
+/// reader has stood still past its inactivity threshold, or an operator does) or skip events
+/// (a client buffer overflowed), the reader reads on from the next event with a new one.
 pub struct EventReader {
-    consumer: async_nats::jetstream::consumer::PullConsumer,
-    batches: mpsc::Receiver<Result<Vec<(u64, Verdict)>, ProjectorError>>,
+    source: Source,
+    consumer: PullConsumer,
+    batches: mpsc::Receiver<Read>,
     task: tokio::task::JoinHandle<()>,
     /// Decoded events past the bound asked for so far.
     held: VecDeque<(u64, Verdict)>,
     /// The stream sequence of the last event received.
     received: u64,
+    /// New consumers in a row, without an event received between them.
+    renewed: u32,
     /// The stream sequence up to which every event has been handed out.
     pub last_seq: u64,
+}
+
+/// What the reading task hands on.
+enum Read {
+    /// The next events, in stream order.
+    Events(Vec<(u64, Verdict)>),
+    /// The consumer is gone, or skipped events: read on with a new one.
+    Renew(String),
+    Failed(ProjectorError),
 }
 
 impl EventReader {
     pub async fn open(log: &JetStreamLog, from_seq: u64) -> Result<Self, ProjectorError> {
         let from = from_seq.max(1);
-        let stream = log
-            .jetstream()
-            .get_stream(&log.settings().stream_name)
-            .await
-            .map_err(ProjectorError::nats)?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                description: Some("threadline replay".into()),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(60),
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(ProjectorError::nats)?;
-        let max_bytes =
-            crate::batch::pull_max_bytes(FETCH_BYTES, log.client().server_info().max_payload);
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(FETCH_BATCH)
-            .max_bytes_per_batch(max_bytes)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(ProjectorError::nats)?
-            .ready_chunks(FETCH_BATCH);
-        let (tx, batches) = mpsc::channel(BATCHES_AHEAD);
-        let task = tokio::spawn(decode(messages, log.subjects().clone(), tx));
+        let source = Source {
+            stream: log
+                .jetstream()
+                .get_stream(&log.settings().stream_name)
+                .await
+                .map_err(ProjectorError::nats)?,
+            max_bytes: crate::batch::pull_max_bytes(
+                FETCH_BYTES,
+                log.client().server_info().max_payload,
+            ),
+            subjects: log.subjects().clone(),
+        };
+        let (consumer, batches, task) = source.read_from(from).await?;
         Ok(Self {
+            source,
             consumer,
             batches,
             task,
             held: VecDeque::new(),
             received: from - 1,
+            renewed: 0,
             last_seq: from - 1,
         })
     }
@@ -122,13 +122,9 @@ impl EventReader {
                 return Ok(None);
             }
             match tokio::time::timeout(IDLE_CHECK, self.batches.recv()).await {
-                Ok(Some(batch)) => {
-                    let batch = batch?;
-                    if let Some((seq, _)) = batch.last() {
-                        self.received = *seq;
-                    }
-                    self.held.extend(batch);
-                }
+                Ok(Some(Read::Events(batch))) => self.hold(batch),
+                Ok(Some(Read::Renew(reason))) => self.renew(&reason).await?,
+                Ok(Some(Read::Failed(e))) => return Err(e),
                 Ok(None) => {
                     return Err(ProjectorError::Replay(
                         "the stream of events ended unexpectedly".into(),
@@ -136,14 +132,57 @@ impl EventReader {
                 }
                 Err(_) => {
                     // Nothing arrives: either more is on its way, or the events up to
-                    // `through` are gone from the stream (deleted by hand).
-                    let info = self.consumer.info().await.map_err(ProjectorError::nats)?;
-                    if info.num_pending == 0 && info.delivered.stream_sequence <= self.received {
-                        self.received = self.received.max(through);
+                    // `through` are gone from the stream (deleted by hand), or the consumer.
+                    match self.consumer.info().await {
+                        Ok(info) => {
+                            if info.num_pending == 0
+                                && info.delivered.stream_sequence <= self.received
+                            {
+                                self.received = self.received.max(through);
+                            }
+                        }
+                        Err(e) => {
+                            let reason = format!("the replay's consumer does not answer ({e})");
+                            self.renew(&reason).await?;
+                        }
                     }
                 }
             }
         }
+    }
+
+    fn hold(&mut self, batch: Vec<(u64, Verdict)>) {
+        if let Some((seq, _)) = batch.last() {
+            self.received = *seq;
+            self.renewed = 0;
+        }
+        self.held.extend(batch);
+    }
+
+    /// Reads on from the event after the last one received, with a new consumer.
+    async fn renew(&mut self, reason: &str) -> Result<(), ProjectorError> {
+        self.renewed += 1;
+        if self.renewed > RENEW_LIMIT {
+            return Err(ProjectorError::Replay(format!(
+                "{reason}, {RENEW_LIMIT} times in a row; run it again"
+            )));
+        }
+        self.task.abort();
+        // What the task read before it stopped is in order and complete.
+        while let Ok(read) = self.batches.try_recv() {
+            if let Read::Events(batch) = read {
+                self.hold(batch);
+            }
+        }
+        let from = self.received + 1;
+        tracing::warn!("{reason}: reading on from sequence {from} with a new consumer");
+        let _ = self
+            .source
+            .stream
+            .delete_consumer(&self.consumer.cached_info().name)
+            .await;
+        (self.consumer, self.batches, self.task) = self.source.read_from(from).await?;
+        Ok(())
     }
 }
 
@@ -153,36 +192,113 @@ impl Drop for EventReader {
     }
 }
 
+/// What the reader's consumers read.
+struct Source {
+    stream: async_nats::jetstream::stream::Stream,
+    max_bytes: usize,
+    subjects: Subjects,
+}
+
+impl Source {
+    /// A consumer that delivers the stream from sequence `from`, and the task that reads it.
+    async fn read_from(
+        &self,
+        from: u64,
+    ) -> Result<
+        (
+            PullConsumer,
+            mpsc::Receiver<Read>,
+            tokio::task::JoinHandle<()>,
+        ),
+        ProjectorError,
+    > {
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                description: Some("threadline replay".into()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(ProjectorError::nats)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(FETCH_BATCH)
+            .max_bytes_per_batch(self.max_bytes)
+            // No idle heartbeat: async-nats checks its heartbeat timer before the events it
+            // already holds, so a reader that stops pulling for twice the interval because
+            // its writer is slow (an index build, PostgreSQL stalling) would read as a lost
+            // server. Whether the consumer is there is asked when nothing arrives instead
+            // (`IDLE_CHECK`), and a pull request that went missing is made again when it
+            // expires.
+            .heartbeat(Duration::ZERO)
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(ProjectorError::nats)?
+            .ready_chunks(FETCH_BATCH);
+        let (tx, batches) = mpsc::channel(BATCHES_AHEAD);
+        let task = tokio::spawn(decode(messages, self.subjects.clone(), tx));
+        Ok((consumer, batches, task))
+    }
+}
+
 /// Pulls events, checks that none was skipped, decodes them, and sends them on in batches.
 async fn decode(
     mut messages: futures::stream::ReadyChunks<pull::Stream>,
     subjects: Subjects,
-    batches: mpsc::Sender<Result<Vec<(u64, Verdict)>, ProjectorError>>,
+    batches: mpsc::Sender<Read>,
 ) {
     let mut consumer_seq = 0;
     while let Some(chunk) = messages.next().await {
         let mut batch = Vec::with_capacity(chunk.len());
+        let mut stop = None;
         for item in chunk {
-            let checked = item.map_err(ProjectorError::nats).and_then(|message| {
-                let info = message.info().map_err(ProjectorError::nats)?;
-                if info.consumer_sequence != consumer_seq + 1 {
-                    return Err(ProjectorError::Replay(
-                        "events were skipped while reading the stream; run it again".into(),
-                    ));
+            let message = match item {
+                Ok(message) => message,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders
+                    ) =>
+                {
+                    stop = Some(Read::Renew(format!("the replay's consumer is gone ({e})")));
+                    break;
                 }
-                consumer_seq = info.consumer_sequence;
-                Ok((info.stream_sequence, crate::incoming(&message)))
-            });
-            match checked {
-                Ok((seq, Some(event))) => batch.push((seq, fold::verdict(&subjects, &event))),
-                Ok((_, None)) => {}
                 Err(e) => {
-                    let _ = batches.send(Err(e)).await;
-                    return;
+                    stop = Some(Read::Failed(ProjectorError::nats(e)));
+                    break;
                 }
+            };
+            let info = match message.info() {
+                Ok(info) => info,
+                Err(e) => {
+                    stop = Some(Read::Failed(ProjectorError::nats(e)));
+                    break;
+                }
+            };
+            if info.consumer_sequence != consumer_seq + 1 {
+                stop = Some(Read::Renew(
+                    "events were skipped while reading the stream".into(),
+                ));
+                break;
+            }
+            consumer_seq = info.consumer_sequence;
+            if let Some(event) = crate::incoming(&message) {
+                batch.push((info.stream_sequence, fold::verdict(&subjects, &event)));
             }
         }
-        if batches.send(Ok(batch)).await.is_err() {
+        if !batch.is_empty() && batches.send(Read::Events(batch)).await.is_err() {
+            return;
+        }
+        if let Some(stop) = stop {
+            let _ = batches.send(stop).await;
             return;
         }
     }
