@@ -43,7 +43,8 @@ pub const RETIRED_SCHEMA: &str = "threadline_retired";
 const REBUILD_LOCK: i64 = 0x7468_7265_6164_6c72; // "threadlr"
 /// The switch-over waits until at most this many events are left to apply under its lock.
 const SWITCH_GAP: u64 = 2_000;
-/// The longest pause between two tries at the switch-over.
+/// The shortest and the longest pause between two tries at the switch-over.
+const MIN_SWITCH_PAUSE: Duration = Duration::from_millis(100);
 const MAX_SWITCH_PAUSE: Duration = Duration::from_secs(30);
 /// SQLSTATE lock_not_available: a lock not granted within `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -142,7 +143,7 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
     catch_up(&mut conn, &log, &mut reader, &mut fold, &progress).await?;
 
     progress.phase("switching over");
-    let mut pause = settings.switch_wait;
+    let mut pause = settings.switch_wait.max(MIN_SWITCH_PAUSE);
     let through = loop {
         let mut tail = Tail::default();
         let switched = switch_over(
@@ -156,12 +157,12 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
             settings,
         )
         .await?;
-        if let Some(through) = switched {
-            break through;
-        }
+        let holder = match switched {
+            Switch::Done(through) => break through,
+            Switch::GaveWay(holder) => holder,
+        };
         progress.note(&format!(
-            "switching over: the serving tables stayed locked by another session (a reader's \
-             open transaction, pg_dump) for {:?}; gave way to it, trying again in {pause:?}",
+            "switching over: {holder} for {:?}; gave way, trying again in {pause:?}",
             settings.switch_wait
         ));
         // The rows applied under the switch-over that gave way were rolled back with it.
@@ -211,10 +212,17 @@ struct Tail {
     messages: Vec<AppliedMessage>,
 }
 
-/// One try at the switch-over, in one transaction (see the module's documentation); the
-/// stream sequence through which the new read model was built, or `None` if a lock it needs
-/// was not granted within `--switch-wait`: then it has rolled back, every lock it held or
-/// asked for is released, and the rows it wrote are in `tail`.
+/// How a try at the switch-over ended.
+enum Switch {
+    /// Switched over, with the new read model built through this stream sequence.
+    Done(u64),
+    /// A lock was not granted within `--switch-wait`, held by what this says: the try has
+    /// rolled back, every lock it held or asked for is released, and the rows it wrote are in
+    /// its `Tail`.
+    GaveWay(&'static str),
+}
+
+/// One try at the switch-over, in one transaction (see the module's documentation).
 ///
 /// Every lock waits at most `--switch-wait`, because a waiting lock stops others too: the
 /// projector's transactions queue behind the switch lock, and every read of the serving
@@ -229,7 +237,7 @@ async fn switch_over(
     tail: &mut Tail,
     serving: &str,
     settings: &RebuildSettings,
-) -> Result<Option<u64>, ProjectorError> {
+) -> Result<Switch, ProjectorError> {
     let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
     let wait = settings.switch_wait.as_millis().max(1);
     execute(&mut tx, &format!("SET LOCAL lock_timeout = {wait}")).await?;
@@ -239,7 +247,9 @@ async fn switch_over(
         .await;
     if !granted(locked)? {
         tx.rollback().await.map_err(ProjectorError::database)?;
-        return Ok(None);
+        return Ok(Switch::GaveWay(
+            "a projector transaction held the switch lock",
+        ));
     }
     // Every event the live projector has applied is in the stream by now.
     let (_, through) = replay::stream_bounds(log).await?;
@@ -255,11 +265,13 @@ async fn switch_over(
     for step in &steps {
         if !granted(sqlx::raw_sql(step).execute(&mut *tx).await)? {
             tx.rollback().await.map_err(ProjectorError::database)?;
-            return Ok(None);
+            return Ok(Switch::GaveWay(
+                "another session held the tables (a reader's open transaction, pg_dump)",
+            ));
         }
     }
     tx.commit().await.map_err(ProjectorError::database)?;
-    Ok(Some(through))
+    Ok(Switch::Done(through))
 }
 
 /// The statements that move the serving tables out of the way and the new ones into their
