@@ -4,6 +4,7 @@
 //! the rebuild completes once the reader is done.
 
 use crate::harness::client::{REQUEST_TIMEOUT, STREAM};
+use crate::harness::load::Load;
 use crate::harness::operator::{app_env, command, run_command, COMMAND_TIMEOUT};
 use crate::harness::*;
 use futures::stream::FuturesUnordered;
@@ -209,5 +210,63 @@ async fn a_reader_holding_the_tables_delays_the_switch_over_and_no_request() {
     let after = app.say(&live, "after the rebuild").await.json();
     posted.push(after["id"].clone());
     assert_eq!(message_ids(&app.get_thread(&live).await), posted);
+    run_command(&app, &["verify"]).await.expect(0);
+}
+
+/// An operator restarts the projector while the switch-over gives way to a reader, under a
+/// steady load of POSTs: the rebuild completes once the reader is done, every accepted
+/// message is in the new read model, and `verify` agrees.
+#[tokio::test]
+async fn the_projector_restarted_while_the_switch_over_waits_loses_nothing() {
+    let mut app = spawn_app().await;
+    let (_, last) = seed(&app, 20, 10).await;
+    app.wait_applied(last).await;
+    let live = app.new_thread().await;
+    let load = Load::paced(&app, &live, 20);
+
+    // As above, an operator's open transaction that has read `messages` (as the superuser).
+    let mut session = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("an operator's session");
+    let mut reading = session.begin().await.expect("a transaction");
+    sqlx::query("SELECT count(*) FROM messages")
+        .execute(&mut *reading)
+        .await
+        .expect("reading the messages");
+
+    let rebuild = Operator::start(&app, &["rebuild"]);
+    eventually("the switch-over to give way", COMMAND_TIMEOUT, || async {
+        (rebuild.logged("gave way") >= 1).then_some(())
+    })
+    .await;
+    app.terminate("projector", 0);
+    app.wait_exit("projector", 0, COMMAND_TIMEOUT).await;
+    app.restart("projector", 0).await;
+    let before = rebuild.logged("gave way");
+    eventually(
+        "the switch-over to try again beside the new projector",
+        COMMAND_TIMEOUT,
+        || async { (rebuild.logged("gave way") > before).then_some(()) },
+    )
+    .await;
+    load.wait_for_more(10, COMMAND_TIMEOUT).await;
+
+    reading
+        .commit()
+        .await
+        .expect("ending the reader's transaction");
+    let (code, stdout, log) = rebuild.finish().await;
+    assert_eq!(code, Some(0), "{stdout}\n{log}");
+    load.wait_for_more(10, COMMAND_TIMEOUT).await;
+    let mut accepted = load.stop().await;
+    app.wait_applied(last_sequence(&app).await).await;
+    let mut stored = message_ids(&app.get_thread(&live).await);
+    let key = |v: &serde_json::Value| v.to_string();
+    accepted.sort_by_key(key);
+    stored.sort_by_key(key);
+    assert_eq!(
+        stored, accepted,
+        "the accepted messages and the stored ones"
+    );
     run_command(&app, &["verify"]).await.expect(0);
 }
