@@ -1,9 +1,10 @@
 //! No message missed when connections drop: a gateway whose NATS connection is cut and comes
-//! back fills its sockets' gap from the stream, and clients that resume with `since` while
+//! back fills its sockets' gap from the stream, so does one that loses a single stored message
+//! on a connection that stays up, and clients that resume with `since` while
 //! one gateway restarts (SIGTERM) and then the other crashes (SIGKILL), under 100 posts/s,
 //! end with every message exactly once, in order.
 
-use crate::harness::gateway::{frame_id, ResumingClient};
+use crate::harness::gateway::{frame_id, stored_subject, ResumingClient};
 use crate::harness::load::Load;
 use crate::harness::proxy::Proxy;
 use crate::harness::*;
@@ -27,6 +28,11 @@ async fn listed_ids(client: &Client, thread: &str, accepted: &[serde_json::Value
         },
     )
     .await
+}
+
+/// The id of a posted message.
+fn id_of(message: &serde_json::Value) -> String {
+    message["id"].as_str().expect("an id").to_owned()
 }
 
 #[tokio::test]
@@ -65,6 +71,65 @@ async fn a_cut_nats_connection_loses_a_socket_nothing() {
     // The socket got every message, in the stream's order, each once.
     assert_eq!(got.len(), expected.len(), "frames vs messages in GET");
     assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn a_stored_message_lost_on_a_live_nats_connection_reaches_the_socket_in_order() {
+    let mut app = options().replicas("gateway", 0).start().await;
+    let proxy = Proxy::in_front_of(&app.nats.url()).await;
+    let gateway = app
+        .start_replica("gateway", &[("NATS_URL", &proxy.nats_url())])
+        .await;
+    let client = app.client(0, gateway);
+    let thread = client.new_thread().await;
+    let mut ws = client.connect_ws(&thread).await;
+    let first = id_of(&client.say(&thread, "before the loss").await.json());
+    assert_eq!(frame_id(&ws.next_text().await), first, "the socket is live");
+    let connections = proxy.connections();
+
+    // The server's republished copy of the next stored message never reaches the gateway;
+    // the message after it shows the gap (its previous sequence is one the feed never saw).
+    proxy.lose_next(&stored_subject(&thread));
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        posted.push(id_of(
+            &client
+                .say(&thread, &format!("after the loss {i}"))
+                .await
+                .json(),
+        ));
+    }
+    let lost = eventually(
+        "the proxy to lose a message",
+        PROJECTION_TIMEOUT,
+        || async {
+            let lost = proxy.lost();
+            (!lost.is_empty()).then_some(lost)
+        },
+    )
+    .await;
+    assert_eq!(lost.len(), 1, "the proxy was meant to lose one message");
+    assert_eq!(
+        frame_id(std::str::from_utf8(&lost[0]).expect("a UTF-8 payload")),
+        posted[0],
+        "the proxy lost another message than the first one posted after arming it"
+    );
+
+    let marker = id_of(&client.say(&thread, "marker").await.json());
+    posted.push(marker.clone());
+    let mut got = Vec::new();
+    while got.last() != Some(&marker) {
+        got.push(frame_id(&ws.next_text().await));
+    }
+    assert_eq!(
+        got, posted,
+        "the socket missed, repeated or reordered a message"
+    );
+    assert_eq!(
+        proxy.connections(),
+        connections,
+        "the gateway's NATS connection was meant to stay up"
+    );
 }
 
 #[tokio::test]
