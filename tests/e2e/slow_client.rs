@@ -1,11 +1,14 @@
 //! A websocket client that stops reading, over real TCP: it must not hold back the other
 //! sockets of its thread, and once it has fallen `WS_CLIENT_QUEUE` messages behind it is
-//! closed with 1013 (try again later).
+//! closed with 1013 (try again later). One that stalls for longer than `WS_SEND_TIMEOUT`
+//! gets every message in order or is closed, never a gap: what it missed comes on resuming
+//! with `since`.
 
+use crate::harness::gateway::{connect_with, frame_id, ws_url};
 use crate::harness::ws::FRAME_TIMEOUT;
 use crate::harness::*;
 use futures::StreamExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -77,4 +80,105 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_slows_no_one_else()
         frames < MESSAGES,
         "the slow client got all {frames} frames: it was never behind"
     );
+}
+
+/// A socket on `app`'s gateway whose client takes in at most a few KiB until it reads.
+async fn small_window_socket(
+    app: &App,
+    url: String,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    // A small receive buffer, so that the kernel stops taking frames early on.
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(app.ws_addr).await.expect("connecting");
+    tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("the upgrade")
+        .0
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_past_the_send_timeout_gets_every_message_in_order_or_a_close() {
+    const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+    let app = options()
+        // The send timeout, not the queue, is what must catch this client.
+        .env("WS_CLIENT_QUEUE", "10000")
+        .env("WS_SEND_TIMEOUT", format!("{}s", SEND_TIMEOUT.as_secs()))
+        .start()
+        .await;
+    let thread = app.new_thread().await;
+    let before = app.say(&thread, "before the client").await.json();
+    let before = before["id"].as_str().expect("an id").to_owned();
+    let mut stalled = small_window_socket(&app, app.ws_url(&thread)).await;
+
+    // ~6 MB of frames while the client reads nothing: more than the buffers on the way hold,
+    // so that a frame's send outlasts the send timeout, and several sends in a row would.
+    let body = "x".repeat(100 * 1024);
+    let mut posted = Vec::new();
+    for _ in 0..60 {
+        let message = app.say(&thread, &body).await.json();
+        posted.push(message["id"].as_str().expect("an id").to_owned());
+    }
+    // The stall itself (a few send timeouts), not a readiness wait.
+    tokio::time::sleep(SEND_TIMEOUT * 4).await;
+    // One more after the stall: a socket that skipped a message and carried on shows it here.
+    let last = app.say(&thread, "after the stall").await.json();
+    posted.push(last["id"].as_str().expect("an id").to_owned());
+
+    // It reads again: a run of messages from the first one on, then either the rest or the
+    // end of the socket.
+    let deadline = Instant::now() + FRAME_TIMEOUT * 4;
+    let mut got = Vec::new();
+    let mut close = None;
+    while got.len() < posted.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stalled.next()).await {
+            Err(_) => panic!(
+                "the stalled client got {} of {} frames, then nothing, and no close: \
+                 it missed messages without being told",
+                got.len(),
+                posted.len()
+            ),
+            Ok(Some(Ok(Message::Text(text)))) => got.push(frame_id(&text)),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                close = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            // The session ended while a frame was on its way: the socket just ends.
+            Ok(Some(Err(_)) | None) => break,
+        }
+    }
+    assert_eq!(
+        got,
+        posted[..got.len()],
+        "the stalled client missed or reordered a message without being closed"
+    );
+    assert!(
+        got.len() < posted.len(),
+        "the stalled client got every frame: no send ever outlasted the send timeout"
+    );
+    assert!(
+        close.is_none() || close == Some(1013),
+        "close code {close:?} after {} frames",
+        got.len()
+    );
+
+    // Resuming with `since` brings exactly what it missed.
+    let since = got.last().unwrap_or(&before);
+    let mut resumed = connect_with(&ws_url(app.ws_addr, &thread, Some(since)), &[])
+        .await
+        .expect("resuming");
+    let mut rest = Vec::new();
+    while got.len() + rest.len() < posted.len() {
+        match tokio::time::timeout(FRAME_TIMEOUT, resumed.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => rest.push(frame_id(&text)),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!(
+                "resumed after {since}: {other:?} after {} frames",
+                rest.len()
+            ),
+        }
+    }
+    assert_eq!(rest, posted[got.len()..], "what the resumed socket got");
 }
