@@ -473,10 +473,14 @@ fn seq(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Keeps, for each id, the row with the lowest stream sequence: one INSERT may not touch a
+/// Keeps, for each key, the row with the lowest stream sequence: one INSERT may not touch a
 /// row twice.
-fn lowest_per_id<T: Clone>(rows: &[T], id: impl Fn(&T) -> Uuid, seq: impl Fn(&T) -> u64) -> Vec<T> {
-    let mut best: HashMap<Uuid, &T> = HashMap::with_capacity(rows.len());
+fn lowest_per_id<T: Clone, K: std::hash::Hash + Eq>(
+    rows: &[T],
+    id: impl Fn(&T) -> K,
+    seq: impl Fn(&T) -> u64,
+) -> Vec<T> {
+    let mut best: HashMap<K, &T> = HashMap::with_capacity(rows.len());
     for row in rows {
         best.entry(id(row))
             .and_modify(|b| {
@@ -549,15 +553,16 @@ impl ReadModel for PgReadModel {
 }
 
 /// Writes rows into the `threads` and `messages` tables that the connection's search path
-/// names (the serving ones, or a rebuild's), lowest stream sequence winning per id. The
-/// caller owns the transaction.
+/// names (the serving ones, or a rebuild's), lowest stream sequence winning per thread id and
+/// per message (a thread and a message id: the rule a gateway drops repeats by, so that a
+/// socket and a GET show the same messages). The caller owns the transaction.
 pub async fn apply_rows(
     conn: &mut PgConnection,
     threads: &[AppliedThread],
     messages: &[AppliedMessage],
 ) -> Result<(), StoreError> {
     let threads = lowest_per_id(threads, |t| t.id, |t| t.stream_seq);
-    let messages = lowest_per_id(messages, |m| m.id, |m| m.stream_seq);
+    let messages = lowest_per_id(messages, |m| (m.thread, m.id), |m| m.stream_seq);
     if !threads.is_empty() {
         sqlx::query(
             "INSERT INTO threads (id, user_json, created_at, stream_seq) \
@@ -594,8 +599,7 @@ pub async fn apply_rows(
             "INSERT INTO messages (id, thread_id, user_json, body, send_by_user, created_at, stream_seq, json) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bool[], \
              $6::timestamptz[], $7::bigint[], $8::text[]) \
-             ON CONFLICT (id) DO UPDATE SET thread_id = EXCLUDED.thread_id, \
-             user_json = EXCLUDED.user_json, body = EXCLUDED.body, \
+             ON CONFLICT (thread_id, id) DO UPDATE SET user_json = EXCLUDED.user_json, body = EXCLUDED.body, \
              send_by_user = EXCLUDED.send_by_user, created_at = EXCLUDED.created_at, \
              stream_seq = EXCLUDED.stream_seq, json = EXCLUDED.json \
              WHERE messages.stream_seq > EXCLUDED.stream_seq",
@@ -681,5 +685,14 @@ mod tests {
         let mut kept = lowest_per_id(&rows, |r| r.0, |r| r.1);
         kept.sort();
         assert_eq!(kept, vec![(a, 5), (b, 3)]);
+    }
+
+    #[test]
+    fn one_message_id_on_two_threads_keeps_a_row_on_each() {
+        let (a, b, id) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(7));
+        let rows = vec![(a, id, 4u64), (b, id, 5), (b, id, 6), (a, id, 3)];
+        let mut kept = lowest_per_id(&rows, |r| (r.0, r.1), |r| r.2);
+        kept.sort();
+        assert_eq!(kept, vec![(a, id, 3), (b, id, 5)]);
     }
 }

@@ -310,7 +310,8 @@ pub struct Counts {
     pub events: u64,
     pub threads: u64,
     pub messages: u64,
-    /// Invalid events (the live projector set them aside) and repeats of an id.
+    /// Invalid events (the live projector set them aside) and repeats of a message on its
+    /// thread.
     pub skipped: u64,
     /// Rows PostgreSQL refused (the live projector set their events aside too); counted
     /// among `threads` and `messages` as well.
@@ -318,13 +319,13 @@ pub struct Counts {
 }
 
 /// The fold of a replay in stream order. It remembers every thread's creation and every
-/// message id across batches, so each row comes from the first valid event of its id and a
-/// message counts only if its thread was created before it. A thread's first valid
+/// message (a thread and an id) across batches, so each row comes from the first valid event
+/// of its key and a message counts only if its thread was created before it. A thread's first valid
 /// `ThreadCreated` is the one it meets first: the one rule of existence that the live
 /// projector, the api and the gateway follow by asking the log (`threadline_infra::existence`).
 pub struct ReplayFold {
     created: HashMap<Uuid, u64, foldhash::fast::RandomState>,
-    messages: HashSet<Uuid, foldhash::fast::RandomState>,
+    messages: HashSet<(Uuid, Uuid), foldhash::fast::RandomState>,
     pub counts: Counts,
 }
 
@@ -359,7 +360,7 @@ impl ReplayFold {
                         .created
                         .get(&m.thread)
                         .is_some_and(|s| *s < m.stream_seq)
-                        && self.messages.insert(m.id) =>
+                        && self.messages.insert((m.thread, m.id)) =>
                 {
                     messages.push(m);
                 }
@@ -441,6 +442,21 @@ mod tests {
         let (threads, messages) = fold.fold(verdicts(&[created(3, A, "second"), message(4, 7, A)]));
         assert!(threads.is_empty() && messages.is_empty());
         assert_eq!(fold.counts.skipped, 2);
+    }
+
+    #[test]
+    fn one_message_id_on_two_threads_is_a_message_of_each() {
+        let mut fold = ReplayFold::new();
+        let (_, messages) = fold.fold(verdicts(&[
+            created(1, A, "a"),
+            created(2, B, "b"),
+            message(3, 7, A),
+            message(4, 7, B),
+            message(5, 7, B),
+        ]));
+        let kept: Vec<_> = messages.iter().map(|m| m.stream_seq).collect();
+        assert_eq!(kept, [3, 4], "one row per thread, the first copy of each");
+        assert_eq!(fold.counts.skipped, 1);
     }
 
     #[test]

@@ -137,17 +137,19 @@ async fn compare(
     let serving = tables::quote(serving);
     let through = i64::try_from(through).unwrap_or(i64::MAX);
     let mut differences = Vec::new();
-    for (kind, table, columns) in [
+    // A row's key: a thread's id; a message's thread and id.
+    for (kind, table, key, columns) in [
         (
             "thread",
             "threads",
+            "f.id = s.id",
             &["user_json", "created_at", "stream_seq"][..],
         ),
         (
             "message",
             "messages",
+            "f.thread_id = s.thread_id AND f.id = s.id",
             &[
-                "thread_id",
                 "user_json",
                 "body",
                 "send_by_user",
@@ -176,7 +178,7 @@ async fn compare(
                       ELSE 'different' END AS problem, \
                  array_remove(ARRAY[{differing}]::text[], NULL) AS fields, \
                  s.stream_seq AS serving_seq \
-               FROM pg_temp.{table} f FULL JOIN {serving}.{table} s ON f.id = s.id \
+               FROM pg_temp.{table} f FULL JOIN {serving}.{table} s ON {key} \
              ) d \
              WHERE problem = 'missing' \
                 OR (problem = 'extra' AND serving_seq <= $1) \
