@@ -320,8 +320,8 @@ pub struct Counts {
 
 /// The fold of a replay in stream order. It remembers every thread's creation and every
 /// message (a thread and an id) across batches, so each row comes from the first valid event
-/// of its key and a message counts only if its thread was created before it. A thread's first valid
-/// `ThreadCreated` is the one it meets first: the one rule of existence that the live
+/// of its key and a message counts only if its thread was created before it. A thread's first
+/// valid `ThreadCreated` is the one it meets first: the one rule of existence that the live
 /// projector, the api and the gateway follow by asking the log (`threadline_infra::existence`).
 pub struct ReplayFold {
     created: HashMap<Uuid, u64, foldhash::fast::RandomState>,
