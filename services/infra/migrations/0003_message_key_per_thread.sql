@@ -3,6 +3,9 @@
 -- keyed by the id alone, the read model kept only the first copy, and the second thread's GET
 -- never showed what its socket had. Keyed by (thread_id, id), each thread keeps the first copy
 -- stored on it, which is what its sockets show. Rebuilding takes the key from these tables.
+-- A projector older than this migration finds no key for its `ON CONFLICT (id)` (SQLSTATE
+-- 42P10, which it retries and never sets aside): it applies nothing until it is replaced, so
+-- upgrade the projector together with the migration.
 DO $$
 DECLARE
     key text;
