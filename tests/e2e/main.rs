@@ -22,6 +22,7 @@ mod hot_threads;
 mod idempotency;
 mod leader_load;
 mod long_reads;
+mod long_threads;
 mod message_identity;
 mod messages;
 mod metrics;

@@ -7,7 +7,9 @@
 //! connection comes back. Each message is checked once and its payload bytes are shared by
 //! every socket: serialise once, fan out shared bytes.
 
-use crate::history::{stored_after, Shown, ShownIds, StoredMessage};
+use crate::history::{
+    message_id, payload_size, stored_after, Shown, ShownIds, StoredMessage, ThreadReader,
+};
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use proto_events::Subjects;
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use threadline_infra::metrics::names;
 use threadline_infra::{JetStreamLog, StoreError};
-use tokio::sync::{broadcast, watch, OnceCell};
+use tokio::sync::{broadcast, watch, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,10 +29,33 @@ const REPAIR_RETRY: Duration = Duration::from_secs(1);
 /// the queue; past it, that socket falls behind and is closed as too slow (1013).
 const REPAIR_PATIENCE: Duration = Duration::from_secs(2);
 
+/// The most messages a socket that resumes is sent before its live ones; from further back
+/// it is told to load the thread first (close code [`LOAD_THE_THREAD_FIRST`]).
+pub const BACKLOG_MAX: usize = 1000;
+
+/// The most bytes of payloads in one socket's backlog; past them, as past [`BACKLOG_MAX`].
+pub const BACKLOG_MAX_BYTES: usize = 4 << 20;
+
+/// The close code of a socket whose `since` is further back than the backlog a socket is
+/// sent: load the thread with `GET`, then resume from the last message it lists.
+pub const LOAD_THE_THREAD_FIRST: u16 = 4000;
+
+/// How many sockets of this process look their `since` up in the stream at once; the others
+/// wait their turn, so that resumes cost the stream leader a bounded load.
+const RESUMES_AT_ONCE: usize = 8;
+
+/// Where a `since` id is in its thread.
+enum Found {
+    At(u64),
+    /// Not among the thread's latest messages, which are not all of the thread.
+    TooFarBack,
+    NotInThread,
+}
+
 /// Why a socket cannot watch a thread.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("message {0} is not among the thread's remembered messages")]
+    #[error("message {0} is not in the thread")]
     UnknownSince(Uuid),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -42,6 +67,15 @@ pub struct Feeds {
     /// Frames a socket may fall behind before it is closed as too slow.
     queue: usize,
     feeds: Mutex<HashMap<Uuid, Feed>>,
+    resumes: Semaphore,
+}
+
+/// A message as a feed pushes it to its sockets: the shared bytes of its frame, and its
+/// stream sequence (so that a socket that resumed ahead of the feed skips what it has seen).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub sequence: u64,
+    pub text: Utf8Bytes,
 }
 
 struct Feed {
@@ -54,7 +88,7 @@ struct Feed {
 /// a socket that joins learns exactly which sequence its first live frame follows.
 struct Shared {
     state: Mutex<State>,
-    sender: broadcast::Sender<Utf8Bytes>,
+    sender: broadcast::Sender<Frame>,
 }
 
 #[derive(Default)]
@@ -82,18 +116,37 @@ impl State {
 /// ones. Dropping it leaves the feed.
 pub struct Watch {
     thread: Uuid,
-    backlog: Vec<Utf8Bytes>,
-    receiver: Option<broadcast::Receiver<Utf8Bytes>>,
+    backlog: Backlog,
+    receiver: Option<broadcast::Receiver<Frame>>,
     feeds: Arc<Feeds>,
 }
 
+/// What a socket is sent before the live frames.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// These frames, then the live ones stored after `skip_through`.
+    Frames {
+        frames: Vec<Utf8Bytes>,
+        skip_through: u64,
+    },
+    /// More than [`BACKLOG_MAX`] messages (or [`BACKLOG_MAX_BYTES`]) follow the client's
+    /// `since`: nothing; the socket closes with [`LOAD_THE_THREAD_FIRST`].
+    TooLong,
+}
+
 impl Watch {
-    /// The frames to send before the live ones (empty without `since`).
-    pub fn take_backlog(&mut self) -> Vec<Utf8Bytes> {
-        std::mem::take(&mut self.backlog)
+    /// What to send before the live frames (no frames without `since`).
+    pub fn take_backlog(&mut self) -> Backlog {
+        std::mem::replace(
+            &mut self.backlog,
+            Backlog::Frames {
+                frames: Vec::new(),
+                skip_through: 0,
+            },
+        )
     }
 
-    pub fn receiver(&mut self) -> &mut broadcast::Receiver<Utf8Bytes> {
+    pub fn receiver(&mut self) -> &mut broadcast::Receiver<Frame> {
         self.receiver
             .as_mut()
             .expect("the receiver lives until the watch is dropped")
@@ -113,6 +166,7 @@ impl Feeds {
             log,
             queue: queue.max(1),
             feeds: Mutex::new(HashMap::new()),
+            resumes: Semaphore::new(RESUMES_AT_ONCE),
         })
     }
 
@@ -147,74 +201,169 @@ impl Feeds {
         };
         let mut watch = Watch {
             thread,
-            backlog: Vec::new(),
+            backlog: Backlog::Frames {
+                frames: Vec::new(),
+                skip_through: 0,
+            },
             receiver: Some(receiver),
             feeds: self.clone(),
         };
         ready
             .get_or_try_init(|| self.start(thread, shared.clone(), stop))
             .await?;
-        let (joined_at, since_sequence) = {
+        let (joined_at, created, shown_at) = {
             let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             watch.receiver = Some(shared.sender.subscribe());
-            let since_sequence = match since {
-                Some(id) => Some(
-                    state
-                        .shown
-                        .sequence_of(id)
-                        .ok_or(WatchError::UnknownSince(id))?,
-                ),
-                None => None,
-            };
-            (state.last, since_sequence)
+            let shown_at = since.and_then(|id| state.shown.sequence_of(id));
+            (state.last, state.created, shown_at)
         };
-        if let Some(after) = since_sequence {
-            watch.backlog = self.backlog(thread, &shared, after, joined_at).await?;
-        }
+        let Some(since) = since else {
+            return Ok(watch);
+        };
+        // What the feed has shown it answers itself; anything else the stream does, which
+        // holds every id of the thread, also those the feed has not seen yet.
+        let _turn = self.resumes.acquire().await.map_err(StoreError::nats)?;
+        let since_at = match shown_at {
+            Some(at) => Found::At(at),
+            None => self.find(thread, since, created, joined_at).await?,
+        };
+        watch.backlog = match since_at {
+            Found::NotInThread => return Err(WatchError::UnknownSince(since)),
+            Found::TooFarBack => Backlog::TooLong,
+            // Ahead of the feed: its live frames up to `at` are skipped.
+            Found::At(at) if at >= joined_at => Backlog::Frames {
+                frames: Vec::new(),
+                skip_through: at,
+            },
+            Found::At(at) => match self.backlog(thread, &shared, at, joined_at).await? {
+                Some(frames) => Backlog::Frames {
+                    frames,
+                    skip_through: joined_at,
+                },
+                None => Backlog::TooLong,
+            },
+        };
         Ok(watch)
     }
 
+    fn reader<'a>(&'a self, subject: &'a str) -> ThreadReader<'a> {
+        ThreadReader {
+            client: self.log.client(),
+            jetstream: self.log.jetstream(),
+            stream: &self.log.settings().stream_name,
+            subject,
+            timeout: self.log.settings().nats_timeout,
+        }
+    }
+
+    /// Where the message `id` is stored in the thread (created at stream sequence `created`),
+    /// looked up among the thread's latest ids (headers only): the last [`BACKLOG_MAX`] to
+    /// twice as many messages, found by counting what the thread holds from a few stream
+    /// sequences on, fewer than 2 log2(the stream's length) requests; then one read. An id
+    /// further back cannot have a backlog a socket is sent; whether it is in the thread at
+    /// all is not worth reading the thread for.
+    async fn find(
+        &self,
+        thread: Uuid,
+        id: Uuid,
+        created: u64,
+        through: u64,
+    ) -> Result<Found, StoreError> {
+        let subject = self.log.subjects().message_posted(thread);
+        let reader = self.reader(&subject);
+        let (least, most) = (BACKLOG_MAX as u64 + 1, 2 * (BACKLOG_MAX as u64 + 1));
+        // Invariant: more than `most` messages from `low` on, fewer than `least` from `high`.
+        let mut low = created + 1;
+        let mut start = None;
+        if reader.count_from(low).await? <= most {
+            start = Some((low, true));
+        } else {
+            let mut high = through + 1;
+            let mut step = least;
+            while start.is_none() && high.saturating_sub(low) > 1 {
+                // Down from the top in growing steps (a busy thread's latest messages are
+                // close to the stream's end), then halving.
+                let probe = if step > 0 {
+                    high.saturating_sub(step).max(low + 1)
+                } else {
+                    low + (high - low) / 2
+                };
+                let count = reader.count_from(probe).await?;
+                if count > most {
+                    low = probe;
+                    step = 0;
+                } else if count < least {
+                    high = probe;
+                    step = step.saturating_mul(2);
+                } else {
+                    start = Some((probe, false));
+                }
+            }
+            // Messages arrive faster than the window moves: read from the top.
+            start.get_or_insert((high, false));
+        }
+        let (from, whole_thread) = start.unwrap_or((low, true));
+        let latest = reader.read(from, None, 3 * BACKLOG_MAX + 3, true).await?;
+        if let Some(found) = latest
+            .iter()
+            .find(|m| m.sequence > created && message_id(m) == Some(id))
+        {
+            return Ok(Found::At(found.sequence));
+        }
+        Ok(if whole_thread {
+            Found::NotInThread
+        } else {
+            Found::TooFarBack
+        })
+    }
     /// How many threads this process is watching.
     pub fn watched_threads(&self) -> usize {
         self.feeds.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// The frames stored after `after` up to `through` (where the socket's live frames start),
-    /// without repeats.
+    /// without repeats; `None` if they are more than [`BACKLOG_MAX`] or [`BACKLOG_MAX_BYTES`].
+    /// Read first with headers only (their count and size), then with payloads.
     async fn backlog(
         &self,
         thread: Uuid,
         shared: &Shared,
         after: u64,
         through: u64,
-    ) -> Result<Vec<Utf8Bytes>, StoreError> {
+    ) -> Result<Option<Vec<Utf8Bytes>>, StoreError> {
         if after >= through {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let subject = self.log.subjects().message_posted(thread);
-        let stored = stored_after(
-            self.log.jetstream(),
-            &self.log.settings().stream_name,
-            &subject,
-            after,
-            Some(through),
-        )
-        .await?;
+        let reader = self.reader(&subject);
+        let sizes = reader
+            .read(after + 1, Some(through), BACKLOG_MAX + 1, true)
+            .await?;
+        let bytes: usize = sizes.iter().map(payload_size).sum();
+        if sizes.len() > BACKLOG_MAX || bytes > BACKLOG_MAX_BYTES {
+            return Ok(None);
+        }
+        let stored = reader
+            .read(after + 1, Some(through), BACKLOG_MAX, false)
+            .await?;
         let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut in_backlog = HashSet::new();
-        Ok(stored
-            .iter()
-            .filter_map(|message| {
-                let shown = state.check(message, self.log.subjects())?;
-                (state.shown.is_first(shown.id, message.sequence) && in_backlog.insert(shown.id))
+        Ok(Some(
+            stored
+                .iter()
+                .filter_map(|message| {
+                    let shown = state.check(message, self.log.subjects())?;
+                    (state.shown.is_first(shown.id, message.sequence)
+                        && in_backlog.insert(shown.id))
                     .then_some(shown.frame)
-            })
-            .collect())
+                })
+                .collect(),
+        ))
     }
 
-    /// Subscribes to the thread's stored messages, then reads what the stream already holds
-    /// (so the feed knows every id and sequence up to now), then hands over to a task that
-    /// follows the live ones. The server handles a connection's operations in order, so the
+    /// Subscribes to the thread's stored messages, then asks the stream for the thread's last
+    /// sequence (one request, whatever the thread's length: the feed shows what follows it),
+    /// then hands over to a task that follows the live ones. The server handles a connection's operations in order, so the
     /// subscription is in place before the stream is read: nothing falls between the two.
     async fn start(
         &self,
@@ -246,7 +395,7 @@ impl Feeds {
             log: self.log.clone(),
             shared,
         };
-        follower.learn_history().await?;
+        follower.learn_last().await?;
         tracing::debug!(%thread, "watching");
         let connections = self.log.connections();
         tokio::spawn(follower.run(subscriber, connections, stop));
@@ -347,24 +496,20 @@ impl Follower {
         Ok(())
     }
 
-    /// Reads what the stream holds of the thread, before any socket watches it: its message
-    /// ids and last sequence, sent to no one.
-    async fn learn_history(&mut self) -> Result<(), StoreError> {
-        let stored = stored_after(
-            self.log.jetstream(),
-            &self.log.settings().stream_name,
-            &self.subject,
-            0,
-            None,
-        )
+    /// Asks the stream for the thread's last sequence, before any socket watches it: the
+    /// feed shows what is stored after it.
+    async fn learn_last(&mut self) -> Result<(), StoreError> {
+        let last = ThreadReader {
+            client: self.log.client(),
+            jetstream: self.log.jetstream(),
+            stream: &self.log.settings().stream_name,
+            subject: &self.subject,
+            timeout: self.log.settings().nats_timeout,
+        }
+        .last_sequence()
         .await?;
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        for message in &stored {
-            if let Some(shown) = state.check(message, &self.subjects) {
-                state.shown.insert(shown.id, message.sequence);
-            }
-            state.last = state.last.max(message.sequence);
-        }
+        state.last = state.last.max(last);
         Ok(())
     }
 
@@ -412,7 +557,10 @@ impl Follower {
         if let Some(shown) = checked {
             if state.shown.insert(shown.id, message.sequence) {
                 // An error only means no socket is listening right now.
-                let _ = self.shared.sender.send(shown.frame);
+                let _ = self.shared.sender.send(Frame {
+                    sequence: message.sequence,
+                    text: shown.frame,
+                });
             }
         }
     }

@@ -3,17 +3,22 @@
 //! that resumes with `since` gets first. Also the memory of which message ids a thread has
 //! shown, so that a repeat stored twice (outside the stream's duplicate window) shows once.
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, response::Response, ErrorCode};
 use async_nats::HeaderMap;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use futures::StreamExt;
 use proto_events::{headers, Event, EventKind, Subjects};
+use serde::Deserialize;
+use serde_json::json;
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 use threadline_infra::{existence, StoreError};
 use uuid::Uuid;
 
-/// How many message ids of a thread a feed remembers, with their stream sequences: the window
-/// of repeats it drops, and how far back a socket can resume.
+/// How many message ids of a thread a feed remembers of those it has shown, with their stream
+/// sequences: the window of repeats it drops, and the resumes it answers without asking the
+/// stream.
 pub const REMEMBERED_MESSAGES: usize = 10_000;
 
 /// One `MessagePosted` event as the stream stored it.
@@ -66,9 +71,9 @@ impl StoredMessage {
 }
 
 /// The messages stored on `subject` after stream sequence `after`, up to `through` (all of
-/// them if `None`), oldest first. One request to the stream leader per message: a support
-/// thread holds tens of messages, and only what a reader missed is read. A message whose
-/// stored copy cannot be read stands as an invalid one (never shown).
+/// them if `None`), oldest first. One request to the stream leader per message: what a feed
+/// missed while its NATS connection was away or a republished copy was lost, normally a few.
+/// A message whose stored copy cannot be read stands as an invalid one (never shown).
 pub async fn stored_after(
     jetstream: &jetstream::Context,
     stream: &str,
@@ -105,6 +110,183 @@ pub async fn stored_after(
             },
         });
     }
+}
+
+/// How long the server keeps a consumer of [`ThreadReader`] that nobody reads any more.
+const READER_LINGER: Duration = Duration::from_secs(2);
+
+/// Reads one thread's messages from the stream through short-lived consumers, a few
+/// requests whatever the thread's length: each consumer is created with one request and
+/// filtered on the thread's message subject; the server counts what it holds from a given
+/// sequence on (`num_pending`) and pushes the messages, or only their headers, to an inbox
+/// of this connection. Consumers are ephemeral, in memory, on one replica, and left for the
+/// server to remove once unused ([`READER_LINGER`]): the gateway's NATS user may create
+/// them, but may neither delete nor pull from any consumer (nats-server 2.9).
+pub struct ThreadReader<'a> {
+    pub client: &'a async_nats::Client,
+    pub jetstream: &'a jetstream::Context,
+    pub stream: &'a str,
+    pub subject: &'a str,
+    /// How long to wait for each pushed message.
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    num_pending: u64,
+    delivered: Delivered,
+}
+
+#[derive(Deserialize)]
+struct Delivered {
+    consumer_seq: u64,
+}
+
+#[derive(Deserialize)]
+struct LastGot {
+    message: LastSeq,
+}
+
+#[derive(Deserialize)]
+struct LastSeq {
+    seq: u64,
+}
+
+impl ThreadReader<'_> {
+    /// The stream sequence of the thread's last message, 0 if it has none: one request.
+    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
+        let response: Response<LastGot> = self
+            .jetstream
+            .request(
+                format!("STREAM.MSG.GET.{}", self.stream),
+                &json!({ "last_by_subj": self.subject }),
+            )
+            .await
+            .map_err(StoreError::nats)?;
+        match response {
+            Response::Ok(got) => Ok(got.message.seq),
+            Response::Err { error } if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => Ok(0),
+            Response::Err { error } => Err(StoreError::nats(error)),
+        }
+    }
+
+    /// Creates a consumer from stream sequence `from` on; the number of the thread's
+    /// messages there, and how many of them the server has pushed already.
+    async fn create(
+        &self,
+        from: u64,
+        push_to: Option<&str>,
+        headers_only: bool,
+    ) -> Result<u64, StoreError> {
+        let mut config = json!({
+            "deliver_policy": "by_start_sequence",
+            "opt_start_seq": from.max(1),
+            "filter_subject": self.subject,
+            "ack_policy": "none",
+            "replay_policy": "instant",
+            "headers_only": headers_only,
+            "inactive_threshold": READER_LINGER.as_nanos() as u64,
+            "mem_storage": true,
+            "num_replicas": 1,
+        });
+        if let Some(inbox) = push_to {
+            config["deliver_subject"] = json!(inbox);
+        }
+        let response: Response<Created> = self
+            .jetstream
+            .request(
+                format!("CONSUMER.CREATE.{}", self.stream),
+                &json!({ "stream_name": self.stream, "config": config }),
+            )
+            .await
+            .map_err(StoreError::nats)?;
+        match response {
+            Response::Ok(created) => Ok(created.num_pending + created.delivered.consumer_seq),
+            Response::Err { error } => Err(StoreError::nats(error)),
+        }
+    }
+
+    /// How many messages the thread holds from stream sequence `from` on: one request (a
+    /// consumer that nobody reads).
+    pub async fn count_from(&self, from: u64) -> Result<u64, StoreError> {
+        self.create(from, None, true).await
+    }
+
+    /// The thread's messages from stream sequence `from` on, oldest first: at most `max`,
+    /// none after `through`, only their headers if `headers_only` (a headers-only message
+    /// has an empty payload and its size in `Nats-Msg-Size`). Two requests (subscribe, create).
+    pub async fn read(
+        &self,
+        from: u64,
+        through: Option<u64>,
+        max: usize,
+        headers_only: bool,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let inbox = self.client.new_inbox();
+        let mut pushed = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(StoreError::nats)?;
+        let held = self.create(from, Some(&inbox), headers_only).await?;
+        let wanted = max.min(usize::try_from(held).unwrap_or(usize::MAX));
+        let mut messages = Vec::with_capacity(wanted.min(1024));
+        while messages.len() < wanted {
+            let message = tokio::time::timeout(self.timeout, pushed.next())
+                .await
+                .map_err(|_| StoreError::nats("the stream stopped pushing a thread's messages"))?
+                .ok_or_else(|| StoreError::nats("the NATS connection closed"))?;
+            let Some(sequence) = message.reply.as_deref().and_then(stream_sequence) else {
+                continue;
+            };
+            if through.is_some_and(|through| sequence > through) {
+                break;
+            }
+            messages.push(StoredMessage {
+                sequence,
+                subject: message.subject.to_string(),
+                headers: message.headers,
+                payload: message.payload,
+            });
+        }
+        // Dropping the subscription unsubscribes: the server stops pushing and removes the
+        // consumer after `READER_LINGER`.
+        Ok(messages)
+    }
+}
+
+/// The stream sequence in a pushed message's reply subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
+/// or the longer form with a domain and an account hash after `$JS.ACK`.
+fn stream_sequence(reply: &str) -> Option<u64> {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    let index = match tokens.len() {
+        9 => 5,
+        n if n >= 11 => 7,
+        _ => return None,
+    };
+    (tokens.first() == Some(&"$JS") && tokens.get(1) == Some(&"ACK"))
+        .then(|| tokens.get(index)?.parse().ok())
+        .flatten()
+}
+
+/// The event id a stored message carries in `Nats-Msg-Id`, if it is a UUID.
+pub fn message_id(message: &StoredMessage) -> Option<Uuid> {
+    let id = message
+        .headers
+        .as_ref()?
+        .get(async_nats::header::NATS_MESSAGE_ID)?;
+    Uuid::try_parse(id.as_str()).ok()
+}
+
+/// The payload's size of a message read with headers only (`Nats-Msg-Size`).
+pub fn payload_size(message: &StoredMessage) -> usize {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Size"))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(message.payload.len())
 }
 
 /// The ids a thread has shown, each with the stream sequence it was first stored at; the
@@ -159,5 +341,19 @@ mod tests {
         }
         assert_eq!(shown.sequence_of(Uuid::from_u128(1)), None, "forgotten");
         assert!(shown.insert(Uuid::from_u128(1), 20_000));
+    }
+
+    #[test]
+    fn a_pushed_message_s_stream_sequence_is_read_from_its_reply_subject() {
+        assert_eq!(
+            stream_sequence("$JS.ACK.THREADLINE.abc.1.42.1.1764648000000000000.7"),
+            Some(42)
+        );
+        assert_eq!(
+            stream_sequence("$JS.ACK.hub.ACCHASH.THREADLINE.abc.1.43.1.1764648000000000000.7.r"),
+            Some(43)
+        );
+        assert_eq!(stream_sequence("_INBOX_gateway.abc"), None);
+        assert_eq!(stream_sequence("$JS.ACK.THREADLINE.abc.1.x.1.1.7"), None);
     }
 }

@@ -21,11 +21,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use clap::Args;
-use feeds::{Feeds, WatchError};
+use feeds::{Backlog, Feeds, WatchError};
 use futures::StreamExt;
 use limits::{Admission, TrustedProxy};
 use serde_json::json;
-use socket::{session, SessionLimits};
+use socket::{close_for_backlog, session, SessionLimits};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -335,9 +335,16 @@ async fn connect(
             async move {
                 let _tracked = tracked;
                 let _open = OpenSocket::new();
-                let backlog = watch.take_backlog();
-                let ended =
-                    session(sink, incoming, backlog, watch.receiver(), limits, shutdown).await;
+                let ended = match watch.take_backlog() {
+                    Backlog::Frames {
+                        frames,
+                        skip_through,
+                    } => {
+                        let live = watch.receiver();
+                        session(sink, incoming, frames, skip_through, live, limits, shutdown).await
+                    }
+                    Backlog::TooLong => close_for_backlog(sink, limits).await,
+                };
                 drop(permit);
                 tracing::debug!(%thread, ?ended, "websocket closed");
             }

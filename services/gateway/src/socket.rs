@@ -1,8 +1,10 @@
 //! One websocket session: push the frames the socket missed (when it resumed), then the
 //! thread's live frames; ignore what the client sends, ping, and close on shutdown (1012, so
 //! that the client reconnects elsewhere with `since`), on a stalled client, on a client that
-//! fell too far behind (1013) or sent a frame over the limit (1009).
+//! fell too far behind (1013) or sent a frame over the limit (1009). The frames it missed are
+//! sent as the live ones are, so that a shutdown or a client that leaves stops them too.
 
+use crate::feeds::{Frame, LOAD_THE_THREAD_FIRST};
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::time::Duration;
@@ -31,16 +33,35 @@ pub enum Ended {
     Idle,
     FeedClosed,
     ClientError,
+    BacklogTooLong,
+}
+
+/// Closes a socket whose `since` is further back than the backlog a socket is sent, telling
+/// its client to load the thread first.
+pub async fn close_for_backlog<Si>(mut sink: Si, limits: SessionLimits) -> Ended
+where
+    Si: Sink<Message> + Unpin,
+{
+    let frame = CloseFrame {
+        code: LOAD_THE_THREAD_FIRST,
+        reason: Utf8Bytes::from_static(
+            "too far behind: GET the thread, then resume from its last id",
+        ),
+    };
+    let _ = timeout(limits.send_timeout, sink.send(Message::Close(Some(frame)))).await;
+    Ended::BacklogTooLong
 }
 
 /// Runs a session over the two halves of any websocket-like sink and stream (a split axum
 /// `WebSocket` in production), so that it can be tested without a network. The socket comes
 /// split, so that the session's future holds two handles rather than the whole socket.
+/// `backlog` goes first, then the live frames stored after `skip_through`.
 pub async fn session<Si, St, E>(
     mut sink: Si,
     mut incoming: St,
     backlog: Vec<Utf8Bytes>,
-    frames: &mut broadcast::Receiver<Utf8Bytes>,
+    skip_through: u64,
+    frames: &mut broadcast::Receiver<Frame>,
     limits: SessionLimits,
     shutdown: CancellationToken,
 ) -> Ended
@@ -48,13 +69,7 @@ where
     Si: Sink<Message> + Unpin,
     St: Stream<Item = Result<Message, E>> + Unpin,
 {
-    for frame in backlog {
-        match timeout(limits.send_timeout, sink.send(Message::Text(frame))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Ended::ClientClosed,
-            Err(_) => return Ended::TooSlow,
-        }
-    }
+    let mut backlog = backlog.into_iter();
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     let mut last_heard = Instant::now();
@@ -68,18 +83,11 @@ where
         End(Ended, Option<(u16, &'static str)>),
     }
     let (ended, close) = loop {
+        // In this order: a shutdown or a client that leaves ends the session before another
+        // frame is sent, and a steady flow of frames does not hold the pings back.
         let next = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => Next::End(Ended::ShuttingDown, Some((close_code::RESTART, "server restarting, reconnect with since"))),
-            frame = frames.recv() => match frame {
-                Ok(frame) => Next::Frame(frame),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "closing a websocket that fell too far behind");
-                    Next::End(Ended::TooSlow, Some((close_code::AGAIN, "client too slow")))
-                }
-                Err(broadcast::error::RecvError::Closed) => {
-                    Next::End(Ended::FeedClosed, Some((close_code::AGAIN, "feed closed, reconnect")))
-                }
-            },
             message = incoming.next() => match message {
                 None | Some(Ok(Message::Close(_))) => Next::End(Ended::ClientClosed, None),
                 // A frame or message over the limit, or a broken frame; if the connection
@@ -89,6 +97,16 @@ where
                 Some(Ok(_)) => Next::Heard,
             },
             _ = ping.tick() => Next::Ping,
+            frame = next_frame(&mut backlog, frames, skip_through) => match frame {
+                Ok(frame) => Next::Frame(frame),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "closing a websocket that fell too far behind");
+                    Next::End(Ended::TooSlow, Some((close_code::AGAIN, "client too slow")))
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    Next::End(Ended::FeedClosed, Some((close_code::AGAIN, "feed closed, reconnect")))
+                }
+            },
         };
         match next {
             Next::Frame(frame) => {
@@ -125,6 +143,23 @@ where
         let _ = timeout(limits.send_timeout, sink.send(Message::Close(Some(frame)))).await;
     }
     ended
+}
+
+/// The next frame to send: the backlog's, then the live ones stored after `skip_through`.
+async fn next_frame(
+    backlog: &mut std::vec::IntoIter<Utf8Bytes>,
+    frames: &mut broadcast::Receiver<Frame>,
+    skip_through: u64,
+) -> Result<Utf8Bytes, broadcast::error::RecvError> {
+    if let Some(frame) = backlog.next() {
+        return Ok(frame);
+    }
+    loop {
+        let frame = frames.recv().await?;
+        if frame.sequence > skip_through {
+            return Ok(frame.text);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +209,13 @@ mod tests {
         }
     }
 
+    fn frame(sequence: u64, text: &str) -> Frame {
+        Frame {
+            sequence,
+            text: Utf8Bytes::from(text.to_owned()),
+        }
+    }
+
     fn limits() -> SessionLimits {
         SessionLimits {
             ping_interval: Duration::from_secs(20),
@@ -200,6 +242,7 @@ mod tests {
                     sink,
                     incoming,
                     vec![Utf8Bytes::from_static("{\"id\":0}")],
+                    0,
                     &mut rx,
                     limits(),
                     shutdown,
@@ -213,7 +256,7 @@ mod tests {
         client
             .unbounded_send(Ok(Message::Binary(vec![1, 2, 3].into())))
             .unwrap();
-        tx.send(Utf8Bytes::from_static("{\"id\":1}")).unwrap();
+        tx.send(frame(1, "{\"id\":1}")).unwrap();
         assert_eq!(sent.next().await, Some(Message::Text("{\"id\":0}".into())));
         assert_eq!(sent.next().await, Some(Message::Text("{\"id\":1}".into())));
         shutdown.cancel();
@@ -234,13 +277,14 @@ mod tests {
         };
         let (tx, mut rx) = broadcast::channel(2);
         for i in 0..5 {
-            tx.send(Utf8Bytes::from(format!("{i}"))).unwrap();
+            tx.send(frame(i, &format!("{i}"))).unwrap();
         }
         let (sink, incoming) = socket.split();
         let ended = session(
             sink,
             incoming,
             Vec::new(),
+            0,
             &mut rx,
             limits(),
             CancellationToken::new(),
@@ -264,17 +308,90 @@ mod tests {
             sent: sent_tx,
             client: client_rx,
         };
-        let (_tx, mut rx) = broadcast::channel::<Utf8Bytes>(2);
+        let (_tx, mut rx) = broadcast::channel::<Frame>(2);
         let (sink, incoming) = socket.split();
         let ended = session(
             sink,
             incoming,
             Vec::new(),
+            0,
             &mut rx,
             limits(),
             CancellationToken::new(),
         )
         .await;
         assert_eq!(ended, Ended::Idle);
+    }
+
+    /// A session whose backlog is still being sent when the client leaves or the server shuts
+    /// down: it stops at once instead of sending the rest.
+    async fn backlog_stops_on(leave: bool) {
+        let (sent_tx, mut sent) = mpsc::unbounded();
+        let (client, client_rx) = mpsc::unbounded();
+        let socket = FakeSocket {
+            sent: sent_tx,
+            client: client_rx,
+        };
+        let shutdown = CancellationToken::new();
+        if leave {
+            client.unbounded_send(Ok(Message::Close(None))).unwrap();
+        } else {
+            shutdown.cancel();
+        }
+        let backlog: Vec<Utf8Bytes> = (0..1000).map(|i| Utf8Bytes::from(format!("{i}"))).collect();
+        let (_tx, mut rx) = broadcast::channel(8);
+        let (sink, incoming) = socket.split();
+        let ended = session(sink, incoming, backlog, 0, &mut rx, limits(), shutdown).await;
+        let expected = if leave {
+            Ended::ClientClosed
+        } else {
+            Ended::ShuttingDown
+        };
+        assert_eq!(ended, expected);
+        let mut frames = 0;
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(50), sent.next()).await
+        {
+            frames += usize::from(matches!(message, Message::Text(_)));
+        }
+        assert_eq!(
+            frames, 0,
+            "backlog frames sent after the session should have ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_backlog_stops_when_the_client_leaves() {
+        backlog_stops_on(true).await;
+    }
+
+    #[tokio::test]
+    async fn the_backlog_stops_on_shutdown() {
+        backlog_stops_on(false).await;
+    }
+
+    #[tokio::test]
+    async fn live_frames_up_to_the_resumed_sequence_are_skipped() {
+        let (sent_tx, mut sent) = mpsc::unbounded();
+        let (_client, client_rx) = mpsc::unbounded();
+        let socket = FakeSocket {
+            sent: sent_tx,
+            client: client_rx,
+        };
+        let (tx, mut rx) = broadcast::channel(8);
+        for sequence in [7, 9, 12] {
+            tx.send(frame(sequence, &format!("{sequence}"))).unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let (sink, incoming) = socket.split();
+                session(sink, incoming, Vec::new(), 9, &mut rx, limits(), shutdown).await
+            }
+        });
+        assert_eq!(sent.next().await, Some(Message::Text("12".into())));
+        shutdown.cancel();
+        assert_eq!(task.await.unwrap(), Ended::ShuttingDown);
     }
 }
