@@ -16,6 +16,7 @@ use proto_events::Subjects;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use threadline_infra::coalesce::Coalesce;
 use threadline_infra::metrics::names;
 use threadline_infra::{JetStreamLog, StoreError};
 use tokio::sync::{broadcast, watch, OnceCell, Semaphore};
@@ -24,6 +25,9 @@ use uuid::Uuid;
 
 /// How long a feed waits before trying again to fill a gap that it could not read.
 const REPAIR_RETRY: Duration = Duration::from_secs(1);
+
+/// How many messages a feed filling a gap reads at a time.
+const CATCH_UP_BATCH: usize = 256;
 
 /// Longest a feed filling a gap waits, per message, for its slowest socket to make room in
 /// the queue; past it, that socket falls behind and is closed as too slow (1013).
@@ -40,11 +44,16 @@ pub const BACKLOG_MAX_BYTES: usize = 4 << 20;
 /// sent: load the thread with `GET`, then resume from the last message it lists.
 pub const LOAD_THE_THREAD_FIRST: u16 = 4000;
 
+/// How many of the latest messages without a `Nats-Msg-Id` a resume reads whole to find its
+/// `since` among them.
+const UNNAMED_LOOKUPS: usize = 32;
+
 /// How many sockets of this process look their `since` up in the stream at once; the others
 /// wait their turn, so that resumes cost the stream leader a bounded load.
 const RESUMES_AT_ONCE: usize = 8;
 
 /// Where a `since` id is in its thread.
+#[derive(Debug, Clone, Copy)]
 enum Found {
     At(u64),
     /// Not among the thread's latest messages, which are not all of the thread.
@@ -68,7 +77,15 @@ pub struct Feeds {
     queue: usize,
     feeds: Mutex<HashMap<Uuid, Feed>>,
     resumes: Semaphore,
+    /// Resumes in flight, shared by the sockets that ask the same at the same time (a
+    /// thread's visitors reconnecting after a gateway restart): where a `since` is, by thread
+    /// and id, and a backlog, by thread and the sequences it runs between.
+    lookups: Coalesce<(Uuid, Uuid), Result<Found, String>>,
+    backlogs: Coalesce<(Uuid, u64, u64), Result<Option<SharedBacklog>, String>>,
 }
+
+/// A backlog read once for every socket that resumes from the same place at the same time.
+type SharedBacklog = Arc<[Utf8Bytes]>;
 
 /// A message as a feed pushes it to its sockets: the shared bytes of its frame, and its
 /// stream sequence (so that a socket that resumed ahead of the feed skips what it has seen).
@@ -167,6 +184,8 @@ impl Feeds {
             queue: queue.max(1),
             feeds: Mutex::new(HashMap::new()),
             resumes: Semaphore::new(RESUMES_AT_ONCE),
+            lookups: Coalesce::default(),
+            backlogs: Coalesce::default(),
         })
     }
 
@@ -222,10 +241,18 @@ impl Feeds {
         };
         // What the feed has shown it answers itself; anything else the stream does, which
         // holds every id of the thread, also those the feed has not seen yet.
-        let _turn = self.resumes.acquire().await.map_err(StoreError::nats)?;
         let since_at = match shown_at {
             Some(at) => Found::At(at),
-            None => self.find(thread, since, created, joined_at).await?,
+            None => {
+                let feeds = self.clone();
+                let find = move || async move {
+                    let _turn = feeds.resumes.acquire().await.map_err(|e| e.to_string())?;
+                    let found = feeds.find(thread, since, created, joined_at).await;
+                    found.map_err(|e| e.to_string())
+                };
+                let found = self.lookups.get((thread, since), find).await;
+                found.map_err(StoreError::nats)?
+            }
         };
         watch.backlog = match since_at {
             Found::NotInThread => return Err(WatchError::UnknownSince(since)),
@@ -235,13 +262,22 @@ impl Feeds {
                 frames: Vec::new(),
                 skip_through: at,
             },
-            Found::At(at) => match self.backlog(thread, &shared, at, joined_at).await? {
-                Some(frames) => Backlog::Frames {
-                    frames,
-                    skip_through: joined_at,
-                },
-                None => Backlog::TooLong,
-            },
+            Found::At(at) => {
+                let (feeds, shared) = (self.clone(), shared.clone());
+                let read = move || async move {
+                    let _turn = feeds.resumes.acquire().await.map_err(|e| e.to_string())?;
+                    let frames = feeds.backlog(thread, &shared, at, joined_at).await;
+                    frames.map(|f| f.map(Arc::from)).map_err(|e| e.to_string())
+                };
+                let frames = self.backlogs.get((thread, at, joined_at), read).await;
+                match frames.map_err(StoreError::nats)? {
+                    Some(frames) => Backlog::Frames {
+                        frames: frames.to_vec(),
+                        skip_through: joined_at,
+                    },
+                    None => Backlog::TooLong,
+                }
+            }
         };
         Ok(watch)
     }
@@ -274,11 +310,11 @@ impl Feeds {
         let (least, most) = (BACKLOG_MAX as u64 + 1, 2 * (BACKLOG_MAX as u64 + 1));
         // Invariant: more than `most` messages from `low` on, fewer than `least` from `high`.
         let mut low = created + 1;
+        let mut high = through + 1;
         let mut start = None;
         if reader.count_from(low).await? <= most {
             start = Some((low, true));
         } else {
-            let mut high = through + 1;
             let mut step = least;
             while start.is_none() && high.saturating_sub(low) > 1 {
                 // Down from the top in growing steps (a busy thread's latest messages are
@@ -299,16 +335,30 @@ impl Feeds {
                     start = Some((probe, false));
                 }
             }
-            // Messages arrive faster than the window moves: read from the top.
-            start.get_or_insert((high, false));
         }
-        let (from, whole_thread) = start.unwrap_or((low, true));
+        // Without a start, messages arrive faster than the window moves: read from the top.
+        let (from, whole_thread) = start.unwrap_or((high.max(low), false));
         let latest = reader.read(from, None, 3 * BACKLOG_MAX + 3, true).await?;
-        if let Some(found) = latest
-            .iter()
-            .find(|m| m.sequence > created && message_id(m) == Some(id))
-        {
+        let latest: Vec<_> = latest.iter().filter(|m| m.sequence > created).collect();
+        if let Some(found) = latest.iter().find(|m| message_id(m) == Some(id)) {
             return Ok(Found::At(found.sequence));
+        }
+        // An outside publisher may leave `Nats-Msg-Id` out: the latest few such messages are
+        // read whole, one request each.
+        let unnamed = latest.iter().rev().filter(|m| message_id(m).is_none());
+        for message in unnamed.take(UNNAMED_LOOKUPS) {
+            let stored = stored_after(
+                self.log.jetstream(),
+                &self.log.settings().stream_name,
+                &subject,
+                message.sequence - 1,
+                Some(message.sequence),
+            )
+            .await?;
+            let shown = stored.first().and_then(|m| m.check(self.log.subjects()));
+            if shown.is_some_and(|shown| shown.id == id) {
+                return Ok(Found::At(message.sequence));
+            }
         }
         Ok(if whole_thread {
             Found::NotInThread
@@ -316,6 +366,7 @@ impl Feeds {
             Found::TooFarBack
         })
     }
+
     /// How many threads this process is watching.
     pub fn watched_threads(&self) -> usize {
         self.feeds.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -514,28 +565,39 @@ impl Follower {
     }
 
     /// Reads and shows what the stream stored after the last handled sequence, up to
-    /// `through` (everything if `None`).
+    /// `through` (everything if `None`): [`CATCH_UP_BATCH`] messages at a time, each batch
+    /// read through one consumer (two requests), so that a long gap costs bounded memory and
+    /// few requests.
     async fn catch_up(&mut self, through: Option<u64>) -> Result<(), StoreError> {
-        let stored = stored_after(
-            self.log.jetstream(),
-            &self.log.settings().stream_name,
-            &self.subject,
-            self.last(),
-            through,
-        )
-        .await
-        .inspect_err(
-            |e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {e}"),
-        )?;
         let room = (self.queue / 2).max(1);
-        for message in &stored {
-            let patience = tokio::time::Instant::now() + REPAIR_PATIENCE;
-            while self.shared.sender.len() >= room && tokio::time::Instant::now() < patience {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+        loop {
+            let from = self.last() + 1;
+            if through.is_some_and(|through| from > through) {
+                return Ok(());
             }
-            self.show(message);
+            let stored = ThreadReader {
+                client: self.log.client(),
+                jetstream: self.log.jetstream(),
+                stream: &self.log.settings().stream_name,
+                subject: &self.subject,
+                timeout: self.log.settings().nats_timeout,
+            }
+            .read(from, through, CATCH_UP_BATCH, false)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {e}"),
+            )?;
+            for message in &stored {
+                let patience = tokio::time::Instant::now() + REPAIR_PATIENCE;
+                while self.shared.sender.len() >= room && tokio::time::Instant::now() < patience {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                self.show(message);
+            }
+            if stored.len() < CATCH_UP_BATCH {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn last(&self) -> u64 {

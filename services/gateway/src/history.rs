@@ -1,5 +1,5 @@
-//! A thread's stored messages, read back from the event stream: what a feed replays when it
-//! starts, when its NATS connection comes back, when it sees a sequence gap, and what a socket
+//! A thread's stored messages, read back from the event stream: where a feed starts, what it
+//! replays when its NATS connection comes back or it sees a sequence gap, and what a socket
 //! that resumes with `since` gets first. Also the memory of which message ids a thread has
 //! shown, so that a repeat stored twice (outside the stream's duplicate window) shows once.
 
@@ -71,9 +71,9 @@ impl StoredMessage {
 }
 
 /// The messages stored on `subject` after stream sequence `after`, up to `through` (all of
-/// them if `None`), oldest first. One request to the stream leader per message: what a feed
-/// missed while its NATS connection was away or a republished copy was lost, normally a few.
-/// A message whose stored copy cannot be read stands as an invalid one (never shown).
+/// them if `None`), oldest first. One request to the stream leader per message: for the few
+/// messages a lookup needs whole; [`ThreadReader`] reads many. A message whose stored copy
+/// cannot be read stands as an invalid one (never shown).
 pub async fn stored_after(
     jetstream: &jetstream::Context,
     stream: &str,
