@@ -4,6 +4,7 @@
 //! the log holds gets exactly what follows it, or, past the backlog bound, a close code that
 //! tells the client to load the thread first.
 
+use crate::harness::client::STREAM;
 use crate::harness::gateway::frame_id;
 use crate::harness::proxy::Proxy;
 use crate::harness::*;
@@ -174,6 +175,18 @@ async fn a_since_past_the_backlog_bound_is_told_to_load_the_thread_first() {
         assert_eq!(&frame_id(&resumed.next_text().await), expected);
     }
     resumed.assert_silent(QUIET).await;
+
+    // The consumers the resumes read through leave nothing behind in the stream.
+    let js = app.jetstream().await;
+    eventually(
+        "the resumes' consumers removed",
+        Duration::from_secs(20),
+        || async {
+            let mut stream = js.get_stream(STREAM).await.ok()?;
+            (stream.info().await.ok()?.state.consumer_count == 0).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
