@@ -23,6 +23,7 @@ mod idempotency;
 mod leader_load;
 mod long_reads;
 mod long_threads;
+mod lookups;
 mod message_identity;
 mod messages;
 mod metrics;

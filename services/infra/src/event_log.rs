@@ -1,6 +1,6 @@
 //! The event log: an interface for the domain, and its NATS JetStream implementation.
 
-use crate::coalesce::Coalesce;
+use crate::coalesce::{Answer, Coalesce};
 use crate::existence::{self, KnownThreads};
 use crate::settings::NatsSettings;
 use crate::StoreError;
@@ -54,22 +54,25 @@ pub struct JetStreamLog {
     settings: NatsSettings,
     known_threads: KnownThreads,
     applied_floor: AtomicU64,
-    /// Lookups in flight, shared by every caller asking the same.
-    threads_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
-    last_sequences_asked: Coalesce<Uuid, Lookup<Option<u64>>>,
-    progress_asked: Coalesce<(), Lookup<u64>>,
-    head_asked: Coalesce<(), Lookup<u64>>,
+    /// Lookups in flight, shared by every caller asking the same. Each runs to its answer or
+    /// to `NATS_TIMEOUT` (its wait for a turn included), whether or not its callers still wait.
+    threads_asked: Coalesce<Uuid, Option<u64>>,
+    last_sequences_asked: Coalesce<Uuid, Option<u64>>,
+    progress_asked: Coalesce<(), u64>,
+    head_asked: Coalesce<(), u64>,
     /// Bounds the distinct lookups this process sends at once, so that requests for many
     /// unknown ids wait their turn instead of multiplying the stream leader's work.
     lookups_allowed: Arc<Semaphore>,
     connections: watch::Receiver<u64>,
 }
 
-/// The answer of a lookup in the stream, shared by every caller that waited for it.
-type Lookup<T> = Result<T, String>;
-
 /// How many distinct thread lookups one process sends to the stream leader at once.
 const LOOKUPS_AT_ONCE: usize = 32;
+
+/// How many distinct questions of one kind a process keeps in flight, sent or waiting for
+/// their turn; past it, a new one is answered "unavailable" at once. Each waits at most
+/// `NATS_TIMEOUT`.
+const LOOKUPS_IN_FLIGHT: usize = 1_024;
 
 impl JetStreamLog {
     /// Connects to NATS and creates (or checks) the event and dead-letter streams.
@@ -129,10 +132,10 @@ impl JetStreamLog {
             settings: settings.clone(),
             known_threads: KnownThreads::default(),
             applied_floor: AtomicU64::new(0),
-            threads_asked: Coalesce::default(),
-            last_sequences_asked: Coalesce::default(),
-            progress_asked: Coalesce::default(),
-            head_asked: Coalesce::default(),
+            threads_asked: Coalesce::new(settings.nats_timeout, LOOKUPS_IN_FLIGHT),
+            last_sequences_asked: Coalesce::new(settings.nats_timeout, LOOKUPS_IN_FLIGHT),
+            progress_asked: Coalesce::new(settings.nats_timeout, 1),
+            head_asked: Coalesce::new(settings.nats_timeout, 1),
             lookups_allowed: Arc::new(Semaphore::new(LOOKUPS_AT_ONCE)),
             connections,
         })
@@ -169,6 +172,24 @@ impl JetStreamLog {
     /// The stream sequence of the thread's first valid `ThreadCreated`, if the log holds one:
     /// the one rule of existence (see [`existence`](crate::existence)).
     pub async fn thread_created_at(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        self.bounded(self.first_creation(thread)).await
+    }
+
+    /// `lookup`, or an error once it has taken `NATS_TIMEOUT`: however many requests a caller
+    /// waits for in turn (one in flight, then a fresh one), it waits for the log that long at
+    /// most. The requests go on without it.
+    async fn bounded<T>(
+        &self,
+        lookup: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.settings.nats_timeout;
+        tokio::time::timeout(timeout, lookup)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::nats(format!("no answer within {timeout:?}"))))
+    }
+
+    /// The lookup behind [`thread_created_at`](Self::thread_created_at), without its bound.
+    async fn first_creation(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
         if let Some(known) = self.known_threads.get(thread).filter(|k| k.first) {
             return Ok(Some(known.sequence));
         }
@@ -184,23 +205,63 @@ impl JetStreamLog {
             }
         };
         // A thread that exists always will: a shared yes is right. A shared no may come from a
-        // request sent before the thread was created through another replica: ask afresh.
-        let mut created = self
+        // request sent before the thread was created through another replica: ask afresh,
+        // unless this caller sent the request itself.
+        let created = self
             .threads_asked
-            .get(thread, ask)
+            .get_fresh_if(thread, ask, |answer| matches!(answer, Ok(None)))
             .await
             .map_err(StoreError::nats)?;
-        if created.is_none() {
-            created = self
-                .threads_asked
-                .get_fresh(thread, ask)
-                .await
-                .map_err(StoreError::nats)?;
-        }
         if let Some(sequence) = created {
             self.known_threads.first(thread, sequence);
         }
         Ok(created)
+    }
+
+    /// The sequence behind [`EventLog::thread_last_sequence`], without its bound.
+    async fn last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        // Any valid creation this process knows of will do: the read model holds the thread
+        // once the projector has passed it.
+        let Some(created) = self.thread_created_for(thread, u64::MAX).await? else {
+            return Ok(None);
+        };
+        // Fresh: the answer must include every message appended before this call (read your
+        // writes), so a request already in flight is not enough.
+        let last_message = self
+            .last_sequences_asked
+            .get_fresh(thread, || {
+                let stream = self.stream.clone();
+                let subject = self.subjects.message_posted(thread);
+                let limit = self.lookups_allowed.clone();
+                async move {
+                    let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
+                    last_on_subject(&stream, &subject).await
+                }
+            })
+            .await
+            .map_err(StoreError::nats)?;
+        Ok(Some(last_message.map_or(created, |m| m.max(created))))
+    }
+
+    /// The answer behind [`EventLog::applied_everything`], without its bound.
+    async fn everything_applied(&self) -> Result<Option<u64>, StoreError> {
+        // Fresh: the answer must include every event appended before this call.
+        let stream = self.stream.clone();
+        let head = self
+            .head_asked
+            .get_fresh((), move || {
+                let stream = stream.clone();
+                async move {
+                    stream
+                        .get_info()
+                        .await
+                        .map(|info| info.state.last_sequence)
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await
+            .map_err(StoreError::nats)?;
+        Ok((self.applied_through(head).await? >= head).then_some(head))
     }
 
     /// A stream sequence `c` of a valid `ThreadCreated` of `thread` such that an event stored
@@ -308,7 +369,7 @@ fn record_fits(headers: &HeaderMap, payload: usize, max_payload: usize) -> bool 
 }
 
 /// The newest event on a subject of the event stream, if any, asked of the stream's leader.
-async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Result<Option<u64>, String> {
+async fn last_on_subject(stream: &stream::Stream, subject: &str) -> Answer<Option<u64>> {
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => Ok(Some(message.sequence)),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
@@ -536,31 +597,14 @@ impl EventLog for JetStreamLog {
     }
 
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {
-        Ok(self.thread_created_for(thread, u64::MAX).await?.is_some())
+        Ok(self
+            .bounded(self.thread_created_for(thread, u64::MAX))
+            .await?
+            .is_some())
     }
 
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
-        // Any valid creation this process knows of will do: the read model holds the thread
-        // once the projector has passed it.
-        let Some(created) = self.thread_created_for(thread, u64::MAX).await? else {
-            return Ok(None);
-        };
-        // Fresh: the answer must include every message appended before this call (read your
-        // writes), so a request already in flight is not enough.
-        let last_message = self
-            .last_sequences_asked
-            .get_fresh(thread, || {
-                let stream = self.stream.clone();
-                let subject = self.subjects.message_posted(thread);
-                let limit = self.lookups_allowed.clone();
-                async move {
-                    let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
-                    last_on_subject(&stream, &subject).await
-                }
-            })
-            .await
-            .map_err(StoreError::nats)?;
-        Ok(Some(last_message.map_or(created, |m| m.max(created))))
+        self.bounded(self.last_sequence(thread)).await
     }
 
     async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError> {
@@ -589,23 +633,7 @@ impl EventLog for JetStreamLog {
     }
 
     async fn applied_everything(&self) -> Result<Option<u64>, StoreError> {
-        // Fresh: the answer must include every event appended before this call.
-        let stream = self.stream.clone();
-        let head = self
-            .head_asked
-            .get_fresh((), move || {
-                let stream = stream.clone();
-                async move {
-                    stream
-                        .get_info()
-                        .await
-                        .map(|info| info.state.last_sequence)
-                        .map_err(|e| e.to_string())
-                }
-            })
-            .await
-            .map_err(StoreError::nats)?;
-        Ok((self.applied_through(head).await? >= head).then_some(head))
+        self.bounded(self.everything_applied()).await
     }
 }
 

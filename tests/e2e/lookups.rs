@@ -1,0 +1,84 @@
+//! What it costs to ask whether a thread exists, and that no client can make a process stop
+//! asking: a request shared by many callers runs to its answer or its timeout whatever they do.
+
+use crate::harness::*;
+use futures::future::join_all;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// How long a client that goes away waits for its answer before it closes its connection.
+const GIVE_UP_AFTER: Duration = Duration::from_millis(100);
+
+/// Clients of each kind that go away while the broker hangs: more than one process's lookups
+/// that may be in flight at once (32).
+const QUITTERS: usize = 40;
+
+/// How long a request of a client that stayed may take once the broker answers again.
+const SECONDS: Duration = Duration::from_secs(20);
+
+/// Sends `request` on a connection of its own, then closes it after [`GIVE_UP_AFTER`]
+/// without reading the answer, as a browser tab that is closed mid-request.
+async fn send_and_go_away(addr: SocketAddr, request: String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connecting");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("sending a request");
+    tokio::time::sleep(GIVE_UP_AFTER).await;
+}
+
+fn post_message_request(thread: &str) -> String {
+    let body = json!({"user": {"name": "Visitor"}, "thread": thread, "body": "hello"}).to_string();
+    format!(
+        "POST /chat/message/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn upgrade_request(thread: &str) -> String {
+    format!(
+        "GET /ws/chat/{thread}/ HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn clients_that_go_away_while_the_broker_hangs_leave_no_lookup_stuck() {
+    let mut app = options().replicas("api", 2).start().await;
+    let this = app.client(0, 0);
+    let other = app.client(1, 0);
+
+    // Every lookup of these one-off ids is sent and then waits for the hung broker; its only
+    // caller goes away, and nobody asks about the id again.
+    app.nats.pause();
+    let posts =
+        (0..QUITTERS).map(|_| send_and_go_away(this.api_addr, post_message_request(&new_id())));
+    let upgrades =
+        (0..QUITTERS).map(|_| send_and_go_away(this.ws_addr, upgrade_request(&new_id())));
+    join_all(posts).await;
+    join_all(upgrades).await;
+    app.nats.resume();
+
+    // A thread that this api and gateway replica have never heard of takes a lookup of its
+    // own on each.
+    let thread = other.new_thread().await;
+    within(
+        "the api replica whose clients went away to take a message",
+        SECONDS,
+        this.say(&thread, "still here"),
+    )
+    .await;
+    let mut ws = within(
+        "the gateway whose clients went away to open a socket",
+        SECONDS,
+        this.connect_ws(&thread),
+    )
+    .await;
+    let said = this.say(&thread, "and watched").await;
+    assert_eq!(ws.next_text().await, said.text);
+}
