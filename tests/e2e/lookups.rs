@@ -1,11 +1,12 @@
 //! What it costs to ask whether a thread exists, and that no client can make a process stop
-//! asking: a request shared by many callers runs to its answer or its timeout whatever they do.
+//! asking: a request shared by many callers runs to its answer or its timeout whatever they do,
+//! and an answer of "no" is remembered for a moment.
 
 use crate::harness::*;
 use futures::future::join_all;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -81,4 +82,53 @@ async fn clients_that_go_away_while_the_broker_hangs_leave_no_lookup_stuck() {
     .await;
     let said = this.say(&thread, "and watched").await;
     assert_eq!(ws.next_text().await, said.text);
+}
+
+/// The JetStream API requests that `during` makes (with those of the app's own background
+/// work meanwhile, which is little).
+async fn requests_to_the_log<T>(app: &App, during: impl std::future::Future<Output = T>) -> u64 {
+    let before = app.nats.jetstream_api_requests().await;
+    during.await;
+    app.nats.jetstream_api_requests().await - before
+}
+
+const ASKED: usize = 50;
+
+/// How long a process remembers that a thread does not exist (`NOT_FOUND_MEMORY` in infra's
+/// `existence.rs`).
+const NOT_FOUND_MEMORY: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_thread_that_does_not_exist_is_not_asked_about_again_at_once() {
+    let app = spawn_app().await;
+    let unknown = new_id();
+    let started = Instant::now();
+    let asked = requests_to_the_log(&app, async {
+        for _ in 0..ASKED {
+            let response = app
+                .post_message(&json!({"user": "u", "thread": unknown, "body": "hi"}))
+                .await;
+            assert_eq!(
+                response.expect(400),
+                json!({"thread": [format!("Invalid pk \"{unknown}\" - object does not exist.")]})
+            );
+            let refused = app
+                .try_connect_ws(&format!("/ws/chat/{unknown}/"))
+                .await
+                .err()
+                .expect("a socket on an unknown thread");
+            assert_eq!(refused.status, Some(404), "{refused:?}");
+        }
+    })
+    .await;
+    // Each process asks once per stretch of NOT_FOUND_MEMORY at most (two requests when a
+    // "no" is asked afresh), whatever the machine's speed; a few more for background work.
+    let stretches = (started.elapsed().as_secs_f64() / NOT_FOUND_MEMORY.as_secs_f64()).ceil();
+    let bound = (2.0 * 2.0 * (stretches + 1.0)) as u64 + 10;
+    assert!(
+        asked <= bound.min(2 * ASKED as u64),
+        "{ASKED} POSTs and upgrades on one unknown thread in {:?} made {asked} JetStream API \
+         requests",
+        started.elapsed()
+    );
 }

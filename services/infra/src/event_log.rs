@@ -1,7 +1,7 @@
 //! The event log: an interface for the domain, and its NATS JetStream implementation.
 
 use crate::coalesce::{Answer, Coalesce};
-use crate::existence::{self, KnownThreads};
+use crate::existence::{self, KnownThreads, MissingThreads};
 use crate::settings::NatsSettings;
 use crate::StoreError;
 use async_nats::jetstream::{self, stream};
@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use proto_events::{headers, EncodedEvent, EventKind, Subjects};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
@@ -53,6 +53,8 @@ pub struct JetStreamLog {
     subjects: Subjects,
     settings: NatsSettings,
     known_threads: KnownThreads,
+    /// Threads found missing a moment ago, not asked about again for clients meanwhile.
+    missing_threads: MissingThreads,
     applied_floor: AtomicU64,
     /// Lookups in flight, shared by every caller asking the same. Each runs to its answer or
     /// to `NATS_TIMEOUT` (its wait for a turn included), whether or not its callers still wait.
@@ -131,6 +133,7 @@ impl JetStreamLog {
             subjects,
             settings: settings.clone(),
             known_threads: KnownThreads::default(),
+            missing_threads: MissingThreads::default(),
             applied_floor: AtomicU64::new(0),
             threads_asked: Coalesce::new(settings.nats_timeout, LOOKUPS_IN_FLIGHT),
             last_sequences_asked: Coalesce::new(settings.nats_timeout, LOOKUPS_IN_FLIGHT),
@@ -167,6 +170,7 @@ impl JetStreamLog {
     /// folded by the projector). It proves that the thread exists; it may not be the first.
     pub fn remember_thread(&self, thread: Uuid, sequence: u64) {
         self.known_threads.seen(thread, sequence);
+        self.missing_threads.found(thread);
     }
 
     /// The stream sequence of the thread's first valid `ThreadCreated`, if the log holds one:
@@ -207,22 +211,40 @@ impl JetStreamLog {
         // A thread that exists always will: a shared yes is right. A shared no may come from a
         // request sent before the thread was created through another replica: ask afresh,
         // unless this caller sent the request itself.
+        let asked = Instant::now();
         let created = self
             .threads_asked
             .get_fresh_if(thread, ask, |answer| matches!(answer, Ok(None)))
             .await
             .map_err(StoreError::nats)?;
-        if let Some(sequence) = created {
-            self.known_threads.first(thread, sequence);
+        match created {
+            Some(sequence) => {
+                self.known_threads.first(thread, sequence);
+                self.missing_threads.found(thread);
+            }
+            None => self.missing_threads.missing(thread, asked),
         }
         Ok(created)
+    }
+
+    /// A valid `ThreadCreated` of `thread` for a client's request: any this process knows of,
+    /// else the first; `None` also when the thread was found missing a moment ago
+    /// ([`NOT_FOUND_MEMORY`](existence::NOT_FOUND_MEMORY)), without asking again.
+    async fn thread_created_for_client(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        if let Some(known) = self.known_threads.get(thread) {
+            return Ok(Some(known.sequence));
+        }
+        if self.missing_threads.recently(thread, Instant::now()) {
+            return Ok(None);
+        }
+        self.first_creation(thread).await
     }
 
     /// The sequence behind [`EventLog::thread_last_sequence`], without its bound.
     async fn last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
         // Any valid creation this process knows of will do: the read model holds the thread
         // once the projector has passed it.
-        let Some(created) = self.thread_created_for(thread, u64::MAX).await? else {
+        let Some(created) = self.thread_created_for_client(thread).await? else {
             return Ok(None);
         };
         // Fresh: the answer must include every message appended before this call (read your
@@ -598,7 +620,7 @@ impl EventLog for JetStreamLog {
 
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {
         Ok(self
-            .bounded(self.thread_created_for(thread, u64::MAX))
+            .bounded(self.thread_created_for_client(thread))
             .await?
             .is_some())
     }

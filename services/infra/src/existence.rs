@@ -11,15 +11,30 @@
 use crate::StoreError;
 use async_nats::jetstream::{self, message::StreamMessage, response::Response, stream::RawMessage};
 use proto_events::{headers, Event, Subjects};
+use quick_cache::unsync::Cache;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// How many threads each process remembers; past this bound the memory is cleared and
-/// refilled. Threads never disappear, so a remembered answer is never wrong.
-const KNOWN_THREADS_CAPACITY: usize = 100_000;
+/// How many threads each process remembers to exist. Past it, the threads used least of late
+/// are forgotten first, and threads seen once (as anonymous visitors create them by the
+/// thousand) cannot push out those in use: the cache is quick_cache's, bounded and
+/// scan-resistant. Threads never disappear, so a remembered answer is never wrong; a
+/// forgotten one is asked again.
+pub const KNOWN_THREADS_CAPACITY: usize = 100_000;
+
+/// How long a process remembers that a thread does not exist, for the requests of clients
+/// (a POST to it, a GET, a socket): a client that asks about the same unknown thread again
+/// and again costs the stream leader one lookup per this long. A thread created through
+/// another replica within this long after such an answer may be reported missing by this one
+/// until it has passed; what this process appends or folds itself is known at once.
+pub const NOT_FOUND_MEMORY: Duration = Duration::from_secs(2);
+
+/// How many threads found missing each process remembers; past it, the oldest are forgotten
+/// first (and asked about again).
+pub const MISSING_THREADS_CAPACITY: usize = 10_000;
 
 /// A valid `ThreadCreated` of a thread that this process knows of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,42 +46,56 @@ pub struct Known {
     pub first: bool,
 }
 
-/// The threads this process knows to exist.
-#[derive(Default)]
+/// The threads this process knows to exist, the most used of late of them.
 pub struct KnownThreads {
-    known: Mutex<HashMap<Uuid, Known>>,
+    known: Mutex<Cache<Uuid, Known>>,
+}
+
+impl Default for KnownThreads {
+    fn default() -> Self {
+        Self::with_capacity(KNOWN_THREADS_CAPACITY)
+    }
 }
 
 impl KnownThreads {
+    /// Remembers at most `capacity` threads.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            known: Mutex::new(Cache::new(capacity)),
+        }
+    }
+
     pub fn get(&self, thread: Uuid) -> Option<Known> {
         self.lock().get(&thread).copied()
+    }
+
+    /// How many threads it remembers.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Notes a valid `ThreadCreated` of `thread` at `sequence`, which may not be the first.
     pub fn seen(&self, thread: Uuid, sequence: u64) {
         let mut known = self.lock();
-        Self::bound(&mut known);
-        known
-            .entry(thread)
-            .and_modify(|k| {
-                if sequence < k.sequence {
-                    *k = Known {
-                        sequence,
-                        first: false,
-                    };
-                }
-            })
-            .or_insert(Known {
+        if known.peek(&thread).is_some_and(|k| k.sequence <= sequence) {
+            return;
+        }
+        known.insert(
+            thread,
+            Known {
                 sequence,
                 first: false,
-            });
+            },
+        );
     }
 
     /// Notes the first valid `ThreadCreated` of `thread`, as the stream answered.
     pub fn first(&self, thread: Uuid, sequence: u64) {
-        let mut known = self.lock();
-        Self::bound(&mut known);
-        known.insert(
+        self.lock().insert(
             thread,
             Known {
                 sequence,
@@ -75,14 +104,58 @@ impl KnownThreads {
         );
     }
 
-    fn bound(known: &mut HashMap<Uuid, Known>) {
-        if known.len() >= KNOWN_THREADS_CAPACITY {
-            known.clear();
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache<Uuid, Known>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The threads this process found missing a moment ago ([`NOT_FOUND_MEMORY`]), with when.
+pub struct MissingThreads {
+    missing: Mutex<Cache<Uuid, Instant>>,
+    memory: Duration,
+}
+
+impl Default for MissingThreads {
+    fn default() -> Self {
+        Self::new(MISSING_THREADS_CAPACITY, NOT_FOUND_MEMORY)
+    }
+}
+
+impl MissingThreads {
+    /// Remembers at most `capacity` threads, each for `memory`.
+    pub fn new(capacity: usize, memory: Duration) -> Self {
+        Self {
+            missing: Mutex::new(Cache::new(capacity)),
+            memory,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Known>> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    /// Notes that the log held no valid `ThreadCreated` of `thread` when it was asked at
+    /// `asked`.
+    pub fn missing(&self, thread: Uuid, asked: Instant) {
+        self.lock().insert(thread, asked);
+    }
+
+    /// Whether `thread` was found missing less than the memory's length before `now`.
+    pub fn recently(&self, thread: Uuid, now: Instant) -> bool {
+        let mut missing = self.lock();
+        match missing.peek(&thread) {
+            Some(asked) if now.saturating_duration_since(*asked) < self.memory => true,
+            Some(_) => {
+                missing.remove(&thread);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets that `thread` was missing: it exists now.
+    pub fn found(&self, thread: Uuid) {
+        self.lock().remove(&thread);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache<Uuid, Instant>> {
+        self.missing.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -212,6 +285,48 @@ mod tests {
             })
         );
         assert_eq!(known.get(Uuid::from_u128(3)), None);
+    }
+
+    #[test]
+    fn threads_in_use_stay_known_while_many_others_come_and_go() {
+        let known = KnownThreads::with_capacity(1_000);
+        let in_use = Uuid::from_u128(1);
+        known.first(in_use, 1);
+        for n in 0..10_000u128 {
+            // One-off threads, as anonymous visitors create them, between reads of one in use.
+            known.seen(Uuid::from_u128(1_000_000 + n), 2 + n as u64);
+            assert!(known.len() <= 1_000, "{} threads kept", known.len());
+            assert_eq!(
+                known.get(in_use),
+                Some(Known {
+                    sequence: 1,
+                    first: true
+                }),
+                "after {n} others"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_thread_is_remembered_for_a_moment() {
+        let missing = MissingThreads::new(2, Duration::from_secs(2));
+        let (thread, asked) = (Uuid::from_u128(1), Instant::now());
+        assert!(!missing.recently(thread, asked));
+        missing.missing(thread, asked);
+        assert!(missing.recently(thread, asked + Duration::from_secs(1)));
+        assert!(!missing.recently(thread, asked + Duration::from_secs(2)));
+        // Forgotten once out of date: asked about again from then on.
+        assert!(!missing.recently(thread, asked));
+
+        missing.missing(thread, asked);
+        missing.found(thread);
+        assert!(!missing.recently(thread, asked));
+
+        // Bounded: past its capacity, some are forgotten.
+        for n in 0..100 {
+            missing.missing(Uuid::from_u128(10 + n), asked);
+        }
+        assert!(missing.lock().len() <= 2);
     }
 
     fn stored(subject: &str, payload: &str) -> StreamMessage {
