@@ -1,6 +1,7 @@
 //! What it costs to ask whether a thread exists, and that no client can make a process stop
 //! asking: a request shared by many callers runs to its answer or its timeout whatever they do,
-//! and an answer of "no" is remembered for a moment.
+//! a request the gateway would refuse anyway asks the log nothing, and an answer of "no" is
+//! remembered for a moment.
 
 use crate::harness::*;
 use futures::future::join_all;
@@ -93,6 +94,65 @@ async fn requests_to_the_log<T>(app: &App, during: impl std::future::Future<Outp
 }
 
 const ASKED: usize = 50;
+
+#[tokio::test]
+async fn a_request_on_a_socket_path_that_is_no_upgrade_asks_the_log_nothing() {
+    let app = spawn_app().await;
+    let known = app.new_thread().await;
+    let app = &app;
+    let plain_get = |thread: String| async move {
+        app.request_to(
+            app.ws_addr,
+            "GET",
+            &format!("/ws/chat/{thread}/"),
+            None,
+            None,
+        )
+        .await
+    };
+    let on_known = plain_get(known).await;
+    assert!(
+        (400..500).contains(&on_known.status),
+        "a plain GET of a known thread's socket: {on_known:?}"
+    );
+    let asked = requests_to_the_log(app, async {
+        for _ in 0..ASKED {
+            let answer = plain_get(new_id()).await;
+            // The same answer whether the thread exists or not: no existence oracle either.
+            assert_eq!(
+                (answer.status, &answer.text),
+                (on_known.status, &on_known.text)
+            );
+        }
+    })
+    .await;
+    assert!(
+        asked < 10,
+        "{ASKED} plain GETs of unknown threads' sockets made {asked} JetStream API requests"
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_refused_by_admission_asks_the_log_nothing() {
+    let app = options().env("WS_MAX_SOCKETS_PER_IP", "1").start().await;
+    let known = app.new_thread().await;
+    let _open = app.connect_ws(&known).await;
+    let asked = requests_to_the_log(&app, async {
+        for _ in 0..ASKED {
+            let refused = app
+                .try_connect_ws(&format!("/ws/chat/{}/", new_id()))
+                .await
+                .err()
+                .expect("a second socket from one address");
+            assert_eq!(refused.status, Some(429), "{refused:?}");
+        }
+    })
+    .await;
+    assert!(
+        asked < 10,
+        "{ASKED} upgrades past the per-address limit made {asked} JetStream API requests"
+    );
+}
 
 /// How long a process remembers that a thread does not exist (`NOT_FOUND_MEMORY` in infra's
 /// `existence.rs`).

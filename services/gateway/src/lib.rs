@@ -175,8 +175,8 @@ pub fn router(gateway: Gateway) -> Router {
         .with_state(gateway)
 }
 
-/// The upgrade request, read only after the thread is known to exist: a request for an
-/// unknown thread is answered 404 whether or not it asks for a websocket.
+/// The upgrade request, or why it is none (answered with a status and a JSON body, after the
+/// checks of the path).
 struct Upgrade(Result<WebSocketUpgrade, Response>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
@@ -292,11 +292,9 @@ async fn connect(
         Ok(since) => since,
         Err(value) => return bad_since(&value, "\u{201c}{}\u{201d} is not a valid UUID."),
     };
-    match gateway.log.thread_exists(thread).await {
-        Ok(true) => {}
-        Ok(false) => return not_found(),
-        Err(e) => return unavailable(e),
-    }
+    // Whatever would be refused anyway (a request that is no upgrade, one past the limits of
+    // sockets) is refused before the log is asked: only an upgrade that may open a socket
+    // costs the stream leader a lookup, and it holds its place in the limits meanwhile.
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection,
@@ -310,6 +308,11 @@ async fn connect(
         Ok(permit) => permit,
         Err(refusal) => return refused(refusal),
     };
+    match gateway.log.thread_exists(thread).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(e) => return unavailable(e),
+    }
     let mut watch = match gateway.feeds.watch(thread, since).await {
         Ok(watch) => watch,
         Err(WatchError::UnknownSince(id)) => {
