@@ -52,6 +52,10 @@ const UNNAMED_LOOKUPS: usize = 32;
 /// wait their turn, so that resumes cost the stream leader a bounded load.
 const RESUMES_AT_ONCE: usize = 8;
 
+/// Most distinct resumes (a `since` lookup or a backlog read) in flight per process; past it
+/// a new one is refused (503) without a request.
+const RESUMES_IN_FLIGHT: usize = 1_024;
+
 /// Where a `since` id is in its thread.
 #[derive(Debug, Clone, Copy)]
 enum Found {
@@ -80,8 +84,8 @@ pub struct Feeds {
     /// Resumes in flight, shared by the sockets that ask the same at the same time (a
     /// thread's visitors reconnecting after a gateway restart): where a `since` is, by thread
     /// and id, and a backlog, by thread and the sequences it runs between.
-    lookups: Coalesce<(Uuid, Uuid), Result<Found, String>>,
-    backlogs: Coalesce<(Uuid, u64, u64), Result<Option<SharedBacklog>, String>>,
+    lookups: Coalesce<(Uuid, Uuid), Found>,
+    backlogs: Coalesce<(Uuid, u64, u64), Option<SharedBacklog>>,
 }
 
 /// A backlog read once for every socket that resumes from the same place at the same time.
@@ -179,13 +183,16 @@ impl Drop for Watch {
 
 impl Feeds {
     pub fn new(log: Arc<JetStreamLog>, queue: usize) -> Arc<Self> {
+        // A resume's lookup and backlog read each end within one NATS_TIMEOUT, their turn
+        // among the resumes included, whether or not its socket still waits.
+        let timeout = log.settings().nats_timeout;
         Arc::new(Self {
             log,
             queue: queue.max(1),
             feeds: Mutex::new(HashMap::new()),
             resumes: Semaphore::new(RESUMES_AT_ONCE),
-            lookups: Coalesce::default(),
-            backlogs: Coalesce::default(),
+            lookups: Coalesce::new(timeout, RESUMES_IN_FLIGHT),
+            backlogs: Coalesce::new(timeout, RESUMES_IN_FLIGHT),
         })
     }
 
