@@ -2,8 +2,11 @@
 //! through any api replica, and the thread holds the message once; another body under a used
 //! key gets 422. No phantom writes: a POST answered 503 while the broker is down is never
 //! stored later, and one answered 503 while it hangs is made safe by retrying with its key.
+//! The bucket of keys is bounded: unique keys fill it to IDEMPOTENCY_MAX_BYTES and no further,
+//! a record holds its event once, and requests without a key are served all the while.
 
 use crate::harness::*;
+use async_nats::jetstream::stream::State;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -159,4 +162,108 @@ async fn a_post_answered_503_while_nats_is_down_is_never_stored() {
         [marker["id"].clone()],
         "the message answered 503 was stored"
     );
+}
+
+/// The state of the api's idempotency bucket's stream.
+async fn bucket(app: &App) -> State {
+    app.jetstream()
+        .await
+        .get_stream("KV_THREADLINE_IDEMPOTENCY")
+        .await
+        .expect("the idempotency bucket")
+        .info()
+        .await
+        .expect("its info")
+        .state
+        .clone()
+}
+
+#[tokio::test]
+async fn unique_keys_fill_the_bucket_to_its_bound_and_plain_posts_go_on() {
+    const BOUND: u64 = 64 * 1024;
+    let app = options()
+        .env("IDEMPOTENCY_MAX_BYTES", "64KiB")
+        .start()
+        .await;
+    let thread = app.new_thread().await;
+    let body = message(&thread, &"x".repeat(1000));
+    let first_key = new_id();
+    let first = app
+        .post_with_key("/chat/message/", &body, &first_key)
+        .await
+        .expect("an answer");
+    assert_eq!(first.status, 201, "{}", first.text);
+    // Each record holds about 1 kB: the bound is reached long before 200 of them.
+    let mut refused = None;
+    for n in 1..200 {
+        let answer = app
+            .post_with_key("/chat/message/", &body, &new_id())
+            .await
+            .expect("an answer");
+        match answer.status {
+            201 => {}
+            503 => {
+                refused = Some(n);
+                break;
+            }
+            other => panic!("a keyed POST answered {other}: {}", answer.text),
+        }
+    }
+    let stored = bucket(&app).await;
+    assert!(
+        refused.is_some(),
+        "200 unique keys were all recorded: the bucket holds {} bytes",
+        stored.bytes
+    );
+    assert!(
+        stored.bytes <= BOUND,
+        "the bucket holds {} bytes, more than its bound",
+        stored.bytes
+    );
+    // The operator reads why, naming the setting.
+    eventually(
+        "the api to log that the bucket is full",
+        PROJECTION_TIMEOUT,
+        || async {
+            app.logs("api", 0)
+                .contains("IDEMPOTENCY_MAX_BYTES")
+                .then_some(())
+        },
+    )
+    .await;
+    // Requests without a key do not need the bucket.
+    let plain = app.say(&thread, "without a key").await;
+    assert_eq!(plain.status, 201, "{}", plain.text);
+    // A key recorded before the bucket filled still gets its answer.
+    let again = app
+        .post_with_key("/chat/message/", &body, &first_key)
+        .await
+        .expect("an answer");
+    assert_eq!((again.status, again.text), (201, first.text));
+}
+
+#[tokio::test]
+async fn a_record_holds_its_event_once() {
+    let app = spawn_app().await;
+    let thread = app.new_thread().await;
+    let text = "y".repeat(100_000);
+    let key = new_id();
+    let posted = app
+        .post_with_key("/chat/message/", &message(&thread, &text), &key)
+        .await
+        .expect("an answer");
+    assert_eq!(posted.status, 201, "{}", posted.text);
+    let stored = bucket(&app).await;
+    assert_eq!(stored.messages, 1);
+    assert!(
+        stored.bytes < 110_000,
+        "a record of a {}-byte event takes {} bytes",
+        posted.text.len(),
+        stored.bytes
+    );
+    let again = app
+        .post_with_key("/chat/message/", &message(&thread, &text), &key)
+        .await
+        .expect("an answer");
+    assert_eq!((again.status, again.text), (201, posted.text));
 }

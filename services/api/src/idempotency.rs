@@ -5,7 +5,8 @@
 //!
 //! How it maps onto the event log: the first request under a key records, in a key-value
 //! bucket shared by the replicas, a fingerprint of its body and the event it built (subject
-//! and payload bytes, which hold the event's id and timestamp) before appending it. A retry
+//! and payload bytes, which hold the event's id and timestamp) before appending it; the
+//! response is made again from that event. A retry
 //! finds that record and appends the *same* event again: its id is its `Nats-Msg-Id`, so
 //! JetStream stores it once within the stream's duplicate window, and past that window the
 //! read model and the gateway keep the first copy of a message id. Records expire after
@@ -15,8 +16,8 @@ use crate::error::ApiError;
 use crate::AppState;
 use axum::http::HeaderMap;
 use bytes::Bytes;
-use proto_events::{EncodedEvent, Subjects};
-use serde::{Deserialize, Serialize};
+use proto_events::{EncodedEvent, Event, Subjects, ThreadView};
+use serde::Deserialize;
 use std::sync::Arc;
 use threadline_infra::{IdempotencyStore, StoreError};
 use uuid::Uuid;
@@ -57,27 +58,88 @@ impl Key {
     }
 }
 
-/// What was recorded for a key.
-#[derive(Debug, Serialize, Deserialize)]
+/// What is recorded for a key: `<fingerprint> <subject>` on a first line, then the event's
+/// payload exactly as appended. The 201's body is made again from the event on a retry
+/// ([`answer`]), so that a record holds the event once: about its size, no more.
+#[derive(Debug, PartialEq)]
 struct Record {
     /// Of the request body's bytes.
     fingerprint: String,
     subject: String,
     /// The event's payload, exactly as appended.
+    event: Bytes,
+}
+
+/// A record as versions before the line-and-payload form wrote it (JSON, with the response
+/// kept too): read while such records have not expired yet.
+#[derive(Deserialize)]
+struct JsonRecord {
+    fingerprint: String,
+    subject: String,
     event: String,
-    /// The 201 response body, exactly as answered.
-    response: String,
+}
+
+impl Record {
+    fn encode(&self) -> Bytes {
+        let mut bytes =
+            Vec::with_capacity(self.fingerprint.len() + self.subject.len() + self.event.len() + 2);
+        bytes.extend_from_slice(self.fingerprint.as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(self.subject.as_bytes());
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&self.event);
+        bytes.into()
+    }
+
+    fn decode(bytes: Bytes) -> Result<Record, String> {
+        if bytes.first() == Some(&b'{') {
+            let json: JsonRecord = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            return Ok(Record {
+                fingerprint: json.fingerprint,
+                subject: json.subject,
+                event: Bytes::from(json.event),
+            });
+        }
+        let malformed = || "an idempotency record without its first line".to_owned();
+        let end = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(malformed)?;
+        let line = std::str::from_utf8(&bytes[..end]).map_err(|_| malformed())?;
+        let (fingerprint, subject) = line.split_once(' ').ok_or_else(malformed)?;
+        Ok(Record {
+            fingerprint: fingerprint.to_owned(),
+            subject: subject.to_owned(),
+            event: bytes.slice(end + 1..),
+        })
+    }
+}
+
+/// The 201's body for the request that built `event`: the message itself, or the new thread
+/// without messages.
+fn answer(event: &EncodedEvent) -> Result<Bytes, ApiError> {
+    match event.event() {
+        Event::MessagePosted(_) => Ok(event.payload().clone()),
+        Event::ThreadCreated(created) => {
+            let view = ThreadView {
+                id: created.id,
+                user: created.user.clone(),
+                timestamp: created.timestamp,
+                messages: Vec::new(),
+            };
+            serde_json::to_vec(&view)
+                .map(Bytes::from)
+                .map_err(ApiError::internal)
+        }
+    }
 }
 
 /// What to do with a request under a key.
 enum Outcome {
-    /// The first request under this key: append `event`, answer `response`.
+    /// The first request under this key: append its own event.
     First,
-    /// A retry: append this event again (stored once) and answer this response.
-    Repeat {
-        event: EncodedEvent,
-        response: Bytes,
-    },
+    /// A retry: append this event again (stored once) and answer as the first time.
+    Repeat(EncodedEvent),
 }
 
 /// The API's side of the idempotency store.
@@ -92,14 +154,13 @@ impl Idempotency {
         Self { store, subjects }
     }
 
-    /// Records the request (its body `raw`, the event built for it and the response it will
-    /// get) under `key`, or finds the earlier request recorded there.
+    /// Records the request (a fingerprint of its body `raw` and the event built for it) under
+    /// `key`, or finds the earlier request recorded there.
     async fn claim(
         &self,
         key: &Key,
         raw: &[u8],
         event: &EncodedEvent,
-        response: &Bytes,
     ) -> Result<Outcome, ApiError> {
         let fingerprint = Uuid::new_v5(&NAMESPACE, raw).simple().to_string();
         let record = Record {
@@ -107,27 +168,18 @@ impl Idempotency {
             subject: self
                 .subjects
                 .event(event.event().thread(), event.event().kind()),
-            event: String::from_utf8_lossy(event.payload()).into_owned(),
-            response: String::from_utf8_lossy(response).into_owned(),
+            event: event.payload().clone(),
         };
-        let bytes = serde_json::to_vec(&record).map_err(ApiError::internal)?;
-        let Some(existing) = self.store.claim(&key.0, bytes.into()).await? else {
+        let Some(existing) = self.store.claim(&key.0, record.encode()).await? else {
             return Ok(Outcome::First);
         };
-        let earlier: Record = serde_json::from_slice(&existing).map_err(ApiError::internal)?;
+        let earlier = Record::decode(existing).map_err(ApiError::internal)?;
         if earlier.fingerprint != fingerprint {
             return Err(ApiError::IdempotencyKeyReused);
         }
-        let event = EncodedEvent::from_payload(
-            &self.subjects,
-            &earlier.subject,
-            Bytes::from(earlier.event),
-        )
-        .map_err(ApiError::internal)?;
-        Ok(Outcome::Repeat {
-            event,
-            response: Bytes::from(earlier.response),
-        })
+        let event = EncodedEvent::from_payload(&self.subjects, &earlier.subject, earlier.event)
+            .map_err(ApiError::internal)?;
+        Ok(Outcome::Repeat(event))
     }
 }
 
@@ -144,17 +196,10 @@ pub async fn append_once(
     let work = async {
         let encoded = match key {
             None => encoded,
-            Some(key) => match state
-                .idempotency
-                .claim(key, raw, &encoded, response)
-                .await?
-            {
+            Some(key) => match state.idempotency.claim(key, raw, &encoded).await? {
                 Outcome::First => encoded,
-                Outcome::Repeat {
-                    event,
-                    response: earlier,
-                } => {
-                    *response = earlier;
+                Outcome::Repeat(event) => {
+                    *response = answer(&event)?;
                     event
                 }
             },
@@ -196,6 +241,63 @@ mod tests {
             Key::from_headers(&HeaderMap::new(), "message").unwrap(),
             None
         );
+    }
+
+    fn encoded(event: Event) -> (Subjects, String, EncodedEvent) {
+        let subjects = Subjects::default();
+        let subject = subjects.event(event.thread(), event.kind());
+        (subjects, subject, event.encode())
+    }
+
+    fn thread_created() -> Event {
+        Event::ThreadCreated(proto_events::ThreadCreated {
+            id: Uuid::from_u128(7),
+            user: proto_events::UserJson::from_stored(r#"{"name":"Ada"}"#.to_owned())
+                .expect("user JSON"),
+            timestamp: proto_events::Timestamp::now(),
+        })
+    }
+
+    #[test]
+    fn a_record_holds_the_event_once_and_reads_back() {
+        let (_, subject, event) = encoded(thread_created());
+        let record = Record {
+            fingerprint: "f".repeat(32),
+            subject,
+            event: event.payload().clone(),
+        };
+        let bytes = record.encode();
+        assert!(bytes.len() < event.payload().len() + 128, "{bytes:?}");
+        assert_eq!(Record::decode(bytes), Ok(record));
+        assert!(Record::decode(Bytes::from_static(b"no first line")).is_err());
+    }
+
+    #[test]
+    fn records_of_earlier_versions_are_read() {
+        let (_, subject, event) = encoded(thread_created());
+        let json = serde_json::json!({
+            "fingerprint": "abc",
+            "subject": subject,
+            "event": std::str::from_utf8(event.payload()).expect("UTF-8"),
+            "response": "{}",
+        });
+        let record = Record::decode(serde_json::to_vec(&json).expect("JSON").into());
+        assert_eq!(
+            record.map(|r| (r.fingerprint, r.event)),
+            Ok(("abc".to_owned(), event.payload().clone()))
+        );
+    }
+
+    #[test]
+    fn the_answer_of_a_created_thread_is_the_thread_without_messages() {
+        let (subjects, subject, event) = encoded(thread_created());
+        let again = EncodedEvent::from_payload(&subjects, &subject, event.payload().clone())
+            .expect("the event");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer(&again).expect("an answer")).expect("JSON");
+        assert_eq!(answer["id"], Uuid::from_u128(7).to_string());
+        assert_eq!(answer["user"], serde_json::json!({"name": "Ada"}));
+        assert_eq!(answer["messages"], serde_json::json!([]));
     }
 
     #[test]

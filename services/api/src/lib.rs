@@ -53,6 +53,13 @@ pub struct ApiSettings {
     #[arg(long, env = "IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_idempotency_window)]
     pub idempotency_window: Duration,
 
+    /// Most bytes of requests answered under an `Idempotency-Key` that are remembered, e.g.
+    /// 1GB (0: no bound). A record takes about the size of its event; when the bound is
+    /// reached, requests with a key are answered 503 until the oldest records expire, and
+    /// requests without one are served as before.
+    #[arg(long, env = "IDEMPOTENCY_MAX_BYTES", default_value = "1GB", value_parser = parse_bytes)]
+    pub idempotency_max_bytes: ByteSize,
+
     /// Memory for threads kept to answer GETs without PostgreSQL, while the event log holds
     /// nothing newer of them (0: none). A thread larger than a whole read (1,000 messages or
     /// 1 MiB) is never kept.
@@ -130,6 +137,7 @@ impl AppState {
             &log,
             &log.settings().idempotency_bucket,
             settings.idempotency_window,
+            settings.idempotency_max_bytes,
         )
         .await?;
         let idempotency = Idempotency::new(Arc::new(store), log.subjects().clone());

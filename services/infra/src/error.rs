@@ -14,6 +14,10 @@ pub enum StoreError {
     /// callers answer 503 with `Retry-After`; the dependency itself is fine.
     #[error("{what} is busy: {cause}")]
     Overloaded { what: &'static str, cause: String },
+    /// A bounded store holds all it may (its setting says how much): what is in it stays,
+    /// nothing new is taken until some of it expires. Callers answer 503.
+    #[error("{what} is full: {cause}")]
+    Full { what: String, cause: String },
     /// An operator's input cannot be used (a payload that is not an event, an unknown
     /// sequence).
     #[error("{0}")]

@@ -5,7 +5,13 @@
 //! already, and hands back the record that was there. Creating an entry is atomic in
 //! JetStream (an expected last sequence of 0), so of two replicas racing for one key, one
 //! wins and the other reads the winner's record.
+//!
+//! The bucket is bounded (IDEMPOTENCY_MAX_BYTES): anyone may send a key, so unique keys would
+//! otherwise fill the JetStream store that the event stream needs too. When it is full, new
+//! records are refused ([`StoreError::Full`]) until the oldest expire, and the records it
+//! holds keep their promise; requests without a key never touch it.
 
+use crate::settings::ByteSize;
 use crate::{JetStreamLog, StoreError};
 use async_nats::jetstream::{kv, stream};
 use async_trait::async_trait;
@@ -23,21 +29,26 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 pub struct KvIdempotency {
     store: kv::Store,
     timeout: Duration,
+    bucket: String,
+    max_bytes: ByteSize,
 }
 
 impl KvIdempotency {
-    /// Opens the bucket `bucket`, creating it with entries kept for `window` if it is missing.
+    /// Opens the bucket `bucket`, creating it with entries kept for `window` and at most
+    /// `max_bytes` of them (`None`: no bound) if it is missing.
     pub async fn open(
         log: &JetStreamLog,
         bucket: &str,
         window: Duration,
+        max_bytes: ByteSize,
     ) -> Result<Self, StoreError> {
         let jetstream = log.jetstream();
         // The bucket's stream, as async-nats' create_key_value would make it: that call first
         // reads the account's info, which async-nats 0.42 cannot parse from nats-server 2.9.
         // Replicated as the event stream is (STREAM_REPLICAS): a record lost with a server
         // would let a retry append its message twice. An existing bucket follows changes of
-        // the replicas and of the window.
+        // the replicas, the window and the bound. When full, new records are refused rather
+        // than old ones deleted: a record deleted early would let its retry append twice.
         crate::event_log::ensure_stream(
             jetstream,
             stream::Config {
@@ -52,9 +63,9 @@ impl KvIdempotency {
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
                 num_replicas: log.settings().stream_replicas.into(),
-                // No byte limit, as the server stores it: so that an unchanged bucket is not
+                // -1 is no bound, as the server stores it: so that an unchanged bucket is not
                 // updated on every start.
-                max_bytes: -1,
+                max_bytes: max_bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
                 ..Default::default()
             },
         )
@@ -67,6 +78,8 @@ impl KvIdempotency {
         Ok(Self {
             store,
             timeout: log.settings().nats_timeout,
+            bucket: bucket.to_owned(),
+            max_bytes,
         })
     }
 }
@@ -75,20 +88,49 @@ impl KvIdempotency {
 impl IdempotencyStore for KvIdempotency {
     async fn claim(&self, key: &str, record: Bytes) -> Result<Option<Bytes>, StoreError> {
         let attempt = async {
-            match self.store.create(key, record).await {
+            // An update expecting revision 0 is `create` without its fallback for deleted keys
+            // (records are never deleted, only expired whole), and it keeps the server's
+            // reason for a refusal, which `create` drops.
+            match self.store.update(key, record, 0).await {
                 Ok(_) => Ok(None),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     match self.store.get(key).await.map_err(StoreError::nats)? {
                         Some(existing) => Ok(Some(existing)),
                         // Expired between the two calls: the window is over for this key.
                         None => Err(StoreError::nats("idempotency record expired meanwhile")),
                     }
                 }
-                Err(e) => Err(StoreError::nats(e)),
+                Err(e) if is_full(&e) => Err(StoreError::Full {
+                    what: format!("the idempotency bucket {}", self.bucket),
+                    cause: format!(
+                        "it holds IDEMPOTENCY_MAX_BYTES ({} bytes) of records; requests with an \
+                         Idempotency-Key are refused until the oldest expire (IDEMPOTENCY_WINDOW)",
+                        self.max_bytes.unwrap_or_default()
+                    ),
+                }),
+                Err(e) => Err(StoreError::nats(chain(&e))),
             }
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
             .unwrap_or_else(|_| Err(StoreError::nats("idempotency store timed out")))
     }
+}
+
+/// Whether the server refused a record because the bucket holds its most bytes (JetStream
+/// answers a stream with `discard: new` that is full with "maximum bytes exceeded").
+fn is_full(error: &kv::UpdateError) -> bool {
+    chain(error).contains("maximum bytes exceeded")
+}
+
+/// An error with its causes, as one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
