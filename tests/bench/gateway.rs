@@ -132,7 +132,7 @@ impl Bench {
         let nats = NatsServer::start().await?;
         // The publisher makes the streams, as the api does; the gateway only waits for them.
         let mut settings: NatsSettings = from_environment()?;
-        settings.nats_url = nats.url.clone();
+        settings.nats_url = nats.url.as_str().into();
         settings.nats_timeout = Duration::from_secs(10);
         let log = Arc::new(JetStreamLog::connect(&settings).await?);
         let port = free_port()?;

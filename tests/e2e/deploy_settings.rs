@@ -59,6 +59,7 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
     let (nats, pg) = servers().await;
     let superuser = pg.url("postgres");
     create_roles(&superuser).await;
+    // roles.sql's example passwords, allowed as for a trial.
     let owner = role_url(&superuser, "threadline_owner", "owner-change-me");
     let api_url = role_url(&superuser, "threadline_api", "api-change-me");
     let projector_url = role_url(&superuser, "threadline_projector", "projector-change-me");
@@ -66,7 +67,11 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
     // Before the migration, a role that may not create tables cannot start by itself.
     let api_alone = run_threadline(
         &["migrate"],
-        &env(&[("DATABASE_URL", &api_url), ("DATABASE_TIMEOUT", "2s")]),
+        &env(&[
+            ("DATABASE_URL", &api_url),
+            ("DATABASE_TIMEOUT", "2s"),
+            ("ALLOW_EXAMPLE_PASSWORDS", "true"),
+        ]),
     )
     .await;
     assert!(!api_alone.status.success(), "the api role migrated");
@@ -76,9 +81,13 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
         stderr(&api_alone)
     );
 
-    let migrated = run_threadline(&["migrate"], &env(&[("DATABASE_URL", &owner)])).await;
+    let as_owner = env(&[
+        ("DATABASE_URL", &owner),
+        ("ALLOW_EXAMPLE_PASSWORDS", "true"),
+    ]);
+    let migrated = run_threadline(&["migrate"], &as_owner).await;
     assert!(migrated.status.success(), "{}", stderr(&migrated));
-    let again = run_threadline(&["migrate"], &env(&[("DATABASE_URL", &owner)])).await;
+    let again = run_threadline(&["migrate"], &as_owner).await;
     assert!(
         again.status.success(),
         "a second migrate: {}",
@@ -91,6 +100,7 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
             ("NATS_URL", &nats_url),
             ("DATABASE_URL", url),
             ("MIGRATE_ON_START", "false"),
+            ("ALLOW_EXAMPLE_PASSWORDS", "true"),
         ])
     };
     let mut roles = Roles::default();

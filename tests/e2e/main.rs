@@ -36,6 +36,7 @@ mod rebuild_switch;
 mod replay_stall;
 mod replicas;
 mod resume;
+mod secrets;
 mod secure_connections;
 mod shutdown;
 mod slow_client;

@@ -100,7 +100,7 @@ impl JetStreamLog {
                 }
                 std::future::ready(())
             })
-            .connect(settings.nats_url.as_str())
+            .connect(settings.nats_url.expose())
             .await
             .map_err(|e| {
                 StoreError::nats(format!("cannot connect to {}: {e}", settings.nats_url))

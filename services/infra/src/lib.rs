@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod read_model;
 pub mod retry;
+pub mod secret;
 pub mod server;
 pub mod settings;
 pub mod startup;

@@ -175,10 +175,11 @@ const MESSAGE_JSON: &str = r#"coalesce(m.json, concat('{"id":"', m.id, '","user"
 impl PgReadModel {
     /// Checks the URL; a malformed one is a configuration error, not worth retrying.
     pub fn options(settings: &DatabaseSettings) -> Result<PgConnectOptions, String> {
-        let url = &settings.database_url;
+        let url = settings.database_url.expose();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(format!(
-                "DATABASE_URL {url:?} is not a PostgreSQL URL (postgres://user@host:port/database)"
+                "DATABASE_URL {} is not a PostgreSQL URL (postgres://user@host:port/database)",
+                settings.database_url
             ));
         }
         let statement_timeout = format!("{}", settings.database_timeout.as_millis());
@@ -186,7 +187,7 @@ impl PgReadModel {
             .map(|o| o.options([("statement_timeout", statement_timeout.as_str())]))
             .map_err(|e| {
                 format!(
-                    "DATABASE_URL {:?} is not a PostgreSQL URL: {e}",
+                    "DATABASE_URL {} is not a PostgreSQL URL: {e}",
                     settings.database_url
                 )
             })
@@ -211,7 +212,7 @@ impl PgReadModel {
     /// `threadline migrate` does, as the role that owns the tables. TLS and credentials come
     /// from DATABASE_URL (`sslmode`, `sslrootcert`, user and password).
     pub async fn migrate(settings: &DatabaseSettings) -> Result<(), StoreError> {
-        let url = &settings.database_url;
+        let url = settings.database_url.expose();
         let options = Self::options(settings).map_err(StoreError::database)?;
         let exists = Postgres::database_exists(url)
             .await
@@ -626,7 +627,7 @@ mod tests {
     #[test]
     fn a_database_url_of_another_kind_is_refused() {
         let settings = |url: &str| DatabaseSettings {
-            database_url: url.to_owned(),
+            database_url: url.into(),
             database_max_connections: 1,
             database_timeout: std::time::Duration::from_secs(1),
             migrate_on_start: true,

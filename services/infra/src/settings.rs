@@ -4,12 +4,19 @@ use clap::{ArgAction, Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::secret::{Secret, SecretUrl};
+
 /// Where the event log lives and how it is named.
 #[derive(Debug, Clone, Args)]
 pub struct NatsSettings {
     /// URL of the NATS server (JetStream enabled).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
+    pub nats_url: SecretUrl,
 
     /// Name of the JetStream stream that holds the events.
     #[arg(long, env = "STREAM_NAME", default_value = "THREADLINE")]
@@ -124,8 +131,9 @@ impl NatsSettings {
     /// Checks what can be checked without a server: a wrong setting is not worth retrying.
     pub fn validate(&self) -> Result<(), String> {
         self.nats_url
+            .expose()
             .parse::<async_nats::ServerAddr>()
-            .map_err(|e| format!("NATS_URL {:?} is not a NATS URL: {e}", self.nats_url))?;
+            .map_err(|e| format!("NATS_URL {} is not a NATS URL: {e}", self.nats_url))?;
         proto_events::Subjects::new(&self.subject_prefix)
             .map_err(|e| format!("SUBJECT_PREFIX: {e}"))?;
         let valid_name = |n: &str| {
@@ -237,9 +245,10 @@ pub struct DatabaseSettings {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/threadline"
+        default_value = "postgres://postgres@127.0.0.1:5432/threadline",
+        hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
 
     /// Most connections this process opens to PostgreSQL.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
@@ -322,29 +331,6 @@ pub struct LogSettings {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// A setting that must not show up in logs or debug output.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
 }
 
 /// A size in bytes; `None` is no limit.
@@ -452,12 +438,5 @@ mod tests {
             Ok(2)
         );
         assert!(http(&["www.example.com"]).cors_origins().is_err());
-    }
-
-    #[test]
-    fn secrets_do_not_show_in_debug_output() {
-        let secret: Secret = "hunter2".parse().unwrap_or_else(|e| match e {});
-        assert_eq!(format!("{secret:?}"), "\"***\"");
-        assert_eq!(secret.expose(), "hunter2");
     }
 }

@@ -61,7 +61,7 @@ const COPY_SCHEMA: &str = "threadline_copy_bench";
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut nats: NatsSettings = from_environment()?;
-    nats.nats_url = args.nats_url.clone();
+    nats.nats_url = args.nats_url.as_str().into();
     nats.stream_name = "THREADLINE_BENCH".into();
     nats.subject_prefix = "bench".into();
     nats.dead_letter_stream = "THREADLINE_BENCH_DEAD_LETTERS".into();
@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("DATABASE_URL {:?} has no database name", args.database_url)
     };
     let mut database: DatabaseSettings = from_environment()?;
-    database.database_url = format!("{server}/threadline_bench");
+    database.database_url = format!("{server}/threadline_bench").into();
     database.database_max_connections = 4;
     database.database_timeout = Duration::from_secs(30);
 
@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     );
     if args.live {
         let live = DatabaseSettings {
-            database_url: format!("{server}/threadline_bench_live"),
+            database_url: format!("{server}/threadline_bench_live").into(),
             ..database
         };
         let (events, elapsed) = live_replay(log, &live).await?;
@@ -138,7 +138,7 @@ async fn live_replay(
     log: JetStreamLog,
     database: &DatabaseSettings,
 ) -> anyhow::Result<(u64, Duration)> {
-    let url = &database.database_url;
+    let url = database.database_url.expose();
     if sqlx::Postgres::database_exists(url).await? {
         sqlx::Postgres::drop_database(url).await?;
     }

@@ -286,7 +286,7 @@ pub async fn bulk_connection(
     settings: &threadline_infra::DatabaseSettings,
 ) -> Result<PgConnection, ProjectorError> {
     use std::str::FromStr;
-    let options = sqlx::postgres::PgConnectOptions::from_str(&settings.database_url)
+    let options = sqlx::postgres::PgConnectOptions::from_str(settings.database_url.expose())
         .map_err(ProjectorError::database)?
         .options([("statement_timeout", "0")]);
     PgConnection::connect_with(&options)

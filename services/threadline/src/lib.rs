@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use threadline_api::{ApiSettings, AppState};
 use threadline_gateway::{Gateway, GatewaySettings};
+use threadline_infra::secret::ExamplePasswordSettings;
 use threadline_infra::settings::LogFormat;
 use threadline_infra::startup::{self, Started};
 use threadline_infra::{
@@ -30,6 +31,8 @@ pub struct Cli {
     pub role: Role,
     #[command(flatten)]
     pub log: LogSettings,
+    #[command(flatten)]
+    pub example_passwords: ExamplePasswordSettings,
 }
 
 /// The role this process plays.

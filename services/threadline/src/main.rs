@@ -1,15 +1,21 @@
 //! `threadline <role>`: parses the settings and runs one role (or `all`), or an operator
 //! command.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 use threadline::{
     commands, init_logging, init_logging_at, probe, run, shutdown_on_signals, Cli, Role,
 };
+use threadline_infra::secret::refuse_example_passwords;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let refused = match cli.example_passwords.allow_example_passwords {
+        true => Ok(()),
+        false => refuse_example_passwords(&matches),
+    };
     if let Role::Probe(settings) = cli.role {
         // No logging: a health check prints one line and exits.
         return probe::run(settings).await;
@@ -18,9 +24,18 @@ async fn main() -> ExitCode {
         // Operator commands print their results on standard output; their logs say only
         // what an operator needs (progress, warnings).
         init_logging_at(cli.log.log_format, commands::DEFAULT_LOG);
+        if let Err(e) = refused {
+            eprintln!("threadline: {e}");
+            return ExitCode::from(3);
+        }
         return commands::run(command, shutdown_on_signals()).await;
     }
     let logs = init_logging(cli.log.log_format);
+    if let Err(e) = refused {
+        tracing::error!("{e}");
+        drop(logs);
+        return ExitCode::FAILURE;
+    }
     let shutdown = shutdown_on_signals();
     let code = match run(cli.role, shutdown).await {
         Ok(()) => {
