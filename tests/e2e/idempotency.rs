@@ -267,3 +267,44 @@ async fn a_record_holds_its_event_once() {
         .expect("an answer");
     assert_eq!((again.status, again.text), (201, posted.text));
 }
+
+#[tokio::test]
+async fn a_keyed_event_too_large_for_the_log_is_413_and_leaves_no_record() {
+    // nats-server's own default max_payload is 1 MB, below the API's 2.5 MiB body limit.
+    let app = options().nats_config("").start().await;
+    let thread = app.new_thread().await;
+    let max = app.nats().await.server_info().max_payload;
+    let too_large = app
+        .post_with_key(
+            "/chat/message/",
+            &message(&thread, &"a".repeat(1_500_000)),
+            &new_id(),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(too_large.status, 413, "{}", too_large.text);
+    assert_eq!(bucket(&app).await.messages, 0);
+    // Around the log's limit, every refused event leaves no record and every stored one one.
+    let mut recorded = 0;
+    for size in (max - 1200..max).step_by(100) {
+        let answer = app
+            .post_with_key(
+                "/chat/message/",
+                &message(&thread, &"e".repeat(size)),
+                &new_id(),
+            )
+            .await
+            .expect("an answer");
+        match answer.status {
+            201 => recorded += 1,
+            413 => {}
+            other => panic!("a {size}-byte body answered {other}: {}", answer.text),
+        }
+        assert_eq!(
+            bucket(&app).await.messages,
+            recorded,
+            "after a {size}-byte body"
+        );
+    }
+    assert!(recorded > 0, "no body near the limit was stored");
+}

@@ -28,6 +28,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 /// The idempotency store in a JetStream key-value bucket.
 pub struct KvIdempotency {
     store: kv::Store,
+    client: async_nats::Client,
     timeout: Duration,
     bucket: String,
     max_bytes: ByteSize,
@@ -77,6 +78,7 @@ impl KvIdempotency {
             .map_err(|e| StoreError::nats(format!("cannot open key-value bucket {bucket}: {e}")))?;
         Ok(Self {
             store,
+            client: log.client().clone(),
             timeout: log.settings().nats_timeout,
             bucket: bucket.to_owned(),
             max_bytes,
@@ -87,6 +89,17 @@ impl KvIdempotency {
 #[async_trait]
 impl IdempotencyStore for KvIdempotency {
     async fn claim(&self, key: &str, record: Bytes) -> Result<Option<Bytes>, StoreError> {
+        // A record is its event and a line more; the event log refuses an event that leaves
+        // less than APPEND_HEADROOM of the server's max_payload. Refused by the same margin,
+        // a record is never left behind by an append that is then refused (at the price of
+        // refusing the few events that would fit only without that line).
+        let max = self.client.server_info().max_payload;
+        if max > 0 && record.len() + APPEND_HEADROOM > max {
+            return Err(StoreError::TooLarge {
+                size: record.len(),
+                max,
+            });
+        }
         let attempt = async {
             // An update expecting revision 0 is `create` without its fallback for deleted keys
             // (records are never deleted, only expired whole), and it keeps the server's
@@ -116,6 +129,9 @@ impl IdempotencyStore for KvIdempotency {
             .unwrap_or_else(|_| Err(StoreError::nats("idempotency store timed out")))
     }
 }
+
+/// The room the event log keeps under the server's `max_payload` for an event's headers.
+const APPEND_HEADROOM: usize = 512;
 
 /// Whether the server refused a record because the bucket holds its most bytes (JetStream
 /// answers a stream with `discard: new` that is full with "maximum bytes exceeded").
