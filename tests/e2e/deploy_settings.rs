@@ -7,62 +7,15 @@ use crate::harness::deployment::{
 };
 use crate::harness::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// Creates the `threadline` database and applies deploy/postgres/roles.sql to it with psql,
-/// as an operator would.
-async fn create_roles(superuser_url: &str) {
-    let pool = sqlx::PgPool::connect(superuser_url)
-        .await
-        .expect("connecting as the superuser");
-    sqlx::query("CREATE DATABASE threadline")
-        .execute(&pool)
-        .await
-        .expect("creating the database");
-    pool.close().await;
-    let psql = crate::harness::process::find_program("psql", &[]).expect("psql is installed");
-    let roles = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/postgres/roles.sql");
-    let output = std::process::Command::new(psql)
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            superuser_url,
-            "-f",
-        ])
-        .arg(&roles)
-        .output()
-        .expect("running psql");
-    assert!(
-        output.status.success(),
-        "roles.sql failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// `postgres://<role>:<password>@host:port/threadline` on the cluster of `superuser_url`.
-fn role_url(superuser_url: &str, role: &str, password: &str) -> String {
-    let host = superuser_url
-        .trim_start_matches("postgres://postgres@")
-        .split('/')
-        .next()
-        .expect("host:port");
-    format!("postgres://{role}:{password}@{host}/threadline")
-}
 
 #[tokio::test]
 async fn roles_with_least_privilege_serve_after_a_separate_migration() {
     let (nats, pg) = servers().await;
-    let superuser = pg.url("postgres");
-    create_roles(&superuser).await;
-    // roles.sql's example passwords, allowed as for a trial.
-    let owner = role_url(&superuser, "threadline_owner", "owner-change-me");
-    let api_url = role_url(&superuser, "threadline_api", "api-change-me");
-    let projector_url = role_url(&superuser, "threadline_projector", "projector-change-me");
+    // deploy/postgres/roles.sql, run by psql as an operator runs it.
+    let roles = pg.deploy_roles().await;
+    let (owner, api_url, projector_url) = (roles.owner, roles.api, roles.projector);
 
     // Before the migration, a role that may not create tables cannot start by itself.
     let api_alone = run_threadline(
@@ -70,7 +23,6 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
         &env(&[
             ("DATABASE_URL", &api_url),
             ("DATABASE_TIMEOUT", "2s"),
-            ("ALLOW_EXAMPLE_PASSWORDS", "true"),
         ]),
     )
     .await;
@@ -81,10 +33,7 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
         stderr(&api_alone)
     );
 
-    let as_owner = env(&[
-        ("DATABASE_URL", &owner),
-        ("ALLOW_EXAMPLE_PASSWORDS", "true"),
-    ]);
+    let as_owner = env(&[("DATABASE_URL", &owner)]);
     let migrated = run_threadline(&["migrate"], &as_owner).await;
     assert!(migrated.status.success(), "{}", stderr(&migrated));
     let again = run_threadline(&["migrate"], &as_owner).await;
@@ -100,7 +49,6 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
             ("NATS_URL", &nats_url),
             ("DATABASE_URL", url),
             ("MIGRATE_ON_START", "false"),
-            ("ALLOW_EXAMPLE_PASSWORDS", "true"),
         ])
     };
     let mut roles = Roles::default();

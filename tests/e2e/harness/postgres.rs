@@ -4,6 +4,7 @@
 //! refuses to run as root. Killed by its own pid and removed on drop. A test can pause
 //! (SIGSTOP) the whole server, the postmaster and every backend, to play a database that hangs.
 
+use super::ids::new_id;
 use super::process::{die_with_parent, drain, find_program, signal, stop_child, temp_dir, Logs};
 use sqlx::Connection;
 use std::net::TcpListener;
@@ -14,6 +15,21 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The database `deploy/postgres/roles.sql` sets up.
+pub const DEPLOY_DATABASE: &str = "threadline";
+
+/// The `DATABASE_URL`s of the roles of `deploy/postgres/roles.sql`.
+#[derive(Debug, Clone)]
+pub struct DeployRoles {
+    /// `threadline_owner`: owns the tables; `migrate`, `rebuild` and the other operator
+    /// commands.
+    pub owner: String,
+    /// `threadline_api`: reads.
+    pub api: String,
+    /// `threadline_projector`: reads and writes rows (and runs `threadline all`).
+    pub projector: String,
+}
 
 /// Where PostgreSQL's programs are and whom to run them as.
 struct Install {
@@ -232,6 +248,52 @@ impl Postgres {
     /// The URL of database `db` on this cluster, as superuser `postgres`.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The URL of database `db` as `role` with `password`.
+    pub fn role_url(&self, role: &str, password: &str, db: &str) -> String {
+        format!("postgres://{role}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates the database `threadline` and the roles of `deploy/postgres/roles.sql` (that
+    /// very file, run by psql as an operator runs it), each with a fresh password; their URLs.
+    pub async fn deploy_roles(&self) -> DeployRoles {
+        let admin = sqlx::PgPool::connect(&self.url("postgres"))
+            .await
+            .expect("connecting as the superuser");
+        sqlx::query(&format!("CREATE DATABASE {DEPLOY_DATABASE}"))
+            .execute(&admin)
+            .await
+            .expect("creating the database");
+        admin.close().await;
+        let passwords = ["owner", "api", "projector"].map(|role| (role, format!("pw-{}", new_id())));
+        let mut psql = Command::new(install().bin.join("psql"));
+        psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.url("postgres"));
+        for (role, password) in &passwords {
+            psql.arg("-v").arg(format!("{role}_password={password}"));
+        }
+        let roles = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/postgres/roles.sql");
+        let output = psql
+            .arg("-f")
+            .arg(&roles)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running psql");
+        assert!(
+            output.status.success(),
+            "deploy/postgres/roles.sql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = |role: &str| {
+            let (_, password) = passwords.iter().find(|(r, _)| *r == role).expect("a role");
+            self.role_url(&format!("threadline_{role}"), password, DEPLOY_DATABASE)
+        };
+        DeployRoles {
+            owner: url("owner"),
+            api: url("api"),
+            projector: url("projector"),
+        }
     }
 
     /// A fast shutdown (SIGINT), waited for; SIGKILL if it takes too long.
