@@ -38,6 +38,7 @@ mod replicas;
 mod resume;
 mod secrets;
 mod secure_connections;
+mod shipped_roles;
 mod shutdown;
 mod slow_client;
 mod startup;

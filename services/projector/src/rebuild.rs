@@ -9,7 +9,8 @@
 //! 3. Switch-over, in one transaction: take the switch lock exclusively (every projector
 //!    transaction holds it shared, so none is in flight and the next ones name the new
 //!    tables), apply the events up to the stream's last sequence now, lock the serving tables,
-//!    move them out of the way and the new ones into the serving schema. Operators keep
+//!    give the new tables the owner and the rights of the serving ones (each role keeps
+//!    exactly what it may do), move the serving tables out of the way and the new ones into the serving schema. Operators keep
 //!    querying `threads` and `messages`; the api's prepared statements are re-planned against
 //!    the new tables by PostgreSQL. Each lock waits at most `--switch-wait`: a lock not granted
 //!    by then (a reader's open transaction holds the tables, a projector transaction hangs)
@@ -258,17 +259,18 @@ async fn switch_over(
     let tables = tables::TABLES
         .map(|t| format!("{serving_q}.{t}"))
         .join(", ");
-    let steps = [
-        format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"),
-        switch_statements(&serving_q, settings.keep_old),
-    ];
-    for step in &steps {
-        if !granted(sqlx::raw_sql(step).execute(&mut *tx).await)? {
-            tx.rollback().await.map_err(ProjectorError::database)?;
-            return Ok(Switch::GaveWay(
-                "another session held the tables (a reader's open transaction, pg_dump)",
-            ));
-        }
+    let held = "another session held the tables (a reader's open transaction, pg_dump)";
+    let lock = format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE");
+    if !granted(sqlx::raw_sql(&lock).execute(&mut *tx).await)? {
+        tx.rollback().await.map_err(ProjectorError::database)?;
+        return Ok(Switch::GaveWay(held));
+    }
+    // Every role keeps exactly the rights it had on the tables being replaced.
+    tables::copy_privileges(&mut tx, serving, BUILD_SCHEMA).await?;
+    let switch = switch_statements(&serving_q, settings.keep_old);
+    if !granted(sqlx::raw_sql(&switch).execute(&mut *tx).await)? {
+        tx.rollback().await.map_err(ProjectorError::database)?;
+        return Ok(Switch::GaveWay(held));
     }
     tx.commit().await.map_err(ProjectorError::database)?;
     Ok(Switch::Done(through))

@@ -45,6 +45,68 @@ pub async fn create_like(
     Ok(())
 }
 
+/// Gives each table of `to` the owner and exactly the rights (grantees, privileges, grant
+/// options) of the table of the same name in `from`. Rights follow a table when it moves to
+/// another schema, but a table created elsewhere and moved into the serving schema never got
+/// the serving schema's default privileges, which is how the shipped roles receive theirs
+/// (deploy/postgres/roles.sql): without this, a rebuild would leave the api and the projector
+/// without the right to read or write the tables it puts in place.
+pub async fn copy_privileges(
+    conn: &mut PgConnection,
+    from: &str,
+    to: &str,
+) -> Result<(), ProjectorError> {
+    for table in TABLES {
+        let statements: Vec<String> = sqlx::query_scalar(PRIVILEGE_STATEMENTS)
+            .bind(from)
+            .bind(to)
+            .bind(table)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(ProjectorError::database)?;
+        if statements.is_empty() {
+            return Err(ProjectorError::Replay(format!(
+                "cannot read the rights on {from}.{table} and {to}.{table}"
+            )));
+        }
+        sqlx::raw_sql(&statements.concat())
+            .execute(&mut *conn)
+            .await
+            .map_err(ProjectorError::database)?;
+    }
+    Ok(())
+}
+
+/// The statements that make the table `$3` of schema `$2` like that of schema `$1` in owner
+/// and rights: the old table's owner, every right of the new one revoked, then every right of
+/// the old one granted, to the grantees it names (`PUBLIC` is grantee 0). A table without an
+/// ACL of its own has the default one (`acldefault`).
+const PRIVILEGE_STATEMENTS: &str = "\
+WITH old AS (
+    SELECT c.relowner, coalesce(c.relacl, acldefault('r', c.relowner)) AS acl
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND c.relname = $3
+), new AS (
+    SELECT c.relowner, coalesce(c.relacl, acldefault('r', c.relowner)) AS acl,
+           format('%I.%I', n.nspname, c.relname) AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $2 AND c.relname = $3
+)
+SELECT s FROM (
+    SELECT 0 AS step, format('ALTER TABLE %s OWNER TO %I;', new.name, pg_get_userbyid(old.relowner)) AS s
+    FROM old, new
+    UNION ALL
+    SELECT DISTINCT 1, format('REVOKE ALL ON %s FROM %s;', new.name,
+        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+    FROM old, new, aclexplode(new.acl) a
+    UNION ALL
+    SELECT 2, format('GRANT %s ON %s TO %s%s;', a.privilege_type, new.name,
+        CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+        CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+    FROM old, new, aclexplode(old.acl) a
+) statements
+ORDER BY step, s";
+
 /// A serving table's index: table, index, its definition, and the constraint it backs.
 type IndexRow = (String, String, String, Option<String>, Option<String>);
 

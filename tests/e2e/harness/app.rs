@@ -3,12 +3,18 @@
 //! any setting (environment variable) for all of them or for one, another NATS configuration.
 //! Each service is named by its role and replica index (`("gateway", 1)`) and can be killed,
 //! sent SIGTERM, paused, restarted on its own address, or joined by a new replica.
+//!
+//! By default everything runs with the least privilege we ship: the PostgreSQL roles of
+//! `deploy/postgres/roles.sql` (the owner migrates and runs the operator commands, the api and
+//! the projector run as their own roles, `threadline all` as the projector) and the NATS users
+//! of `deploy/nats/auth.conf`. A test that needs more asks for it ([`Options::superuser`],
+//! [`Options::open_nats`]) and says why.
 
 use super::client::{Client, PROJECTION_TIMEOUT, REQUEST_TIMEOUT};
 use super::client::{DEAD_LETTER_STREAM, STREAM, SUBJECT_PREFIX};
 use super::ids::new_id;
 use super::nats::{NatsServer, DEFAULT_CONFIG};
-use super::postgres::Postgres;
+use super::postgres::{DeployRoles, Postgres, DEPLOY_DATABASE};
 use super::process::{Logs, Service, SERVICE_START_TIMEOUT};
 use super::wait::eventually;
 use std::net::SocketAddr;
@@ -30,6 +36,8 @@ pub struct Options {
     nats_includes: Vec<PathBuf>,
     nats_env: Vec<(String, String)>,
     nats_logins: Vec<(String, String)>,
+    nats_users: bool,
+    superuser: bool,
 }
 
 /// The NATS users of `deploy/nats/auth.conf`: threadline's roles, its operator commands and
@@ -47,6 +55,8 @@ pub fn options() -> Options {
         nats_includes: Vec::new(),
         nats_env: Vec::new(),
         nats_logins: Vec::new(),
+        nats_users: true,
+        superuser: false,
     }
 }
 
@@ -70,10 +80,30 @@ impl Options {
         self
     }
 
-    /// One `threadline all` process instead of the separate roles.
+    /// One `threadline all` process instead of the separate roles. It connects to
+    /// PostgreSQL as the projector's role, which has the rights of both; NATS runs without
+    /// users ([`open_nats`](Self::open_nats)), since `deploy/nats/auth.conf` has none for a
+    /// process that is the api, the projector and the gateway at once.
     pub fn all_in_one(mut self) -> Self {
         self.all_in_one = true;
         self.replicas = vec![("all", 1)];
+        self.open_nats()
+    }
+
+    /// Every role and operator command connects to PostgreSQL as the superuser and creates
+    /// and migrates its own database on start (`MIGRATE_ON_START`), as on a developer's
+    /// machine, instead of the roles of `deploy/postgres/roles.sql`. Only for a test of that
+    /// very path, or one that needs a right no shipped role has: say which in the test.
+    pub fn superuser(mut self) -> Self {
+        self.superuser = true;
+        self
+    }
+
+    /// nats-server without users: every client may publish and subscribe anywhere, as on a
+    /// developer's machine, instead of the users of `deploy/nats/auth.conf`. Only for a test
+    /// that must do what no shipped user may (say which in the test).
+    pub fn open_nats(mut self) -> Self {
+        self.nats_users = false;
         self
     }
 
@@ -92,10 +122,15 @@ impl Options {
     }
 
     /// Runs nats-server with the users and permissions of `deploy/nats/auth.conf` (that very
-    /// file, included), each with a fresh password. Every role, the operator commands and
-    /// the test's own NATS client (as `operator`) connect as their own user, with their own
-    /// inbox prefix; [`App::nats_login`] gives a client any user's login.
+    /// file, included), each with a fresh password: the default. Every role, the operator
+    /// commands and the test's own NATS client (as `operator`) connect as their own user, with
+    /// their own inbox prefix; [`App::nats_login`] gives a client any user's login.
     pub fn deploy_nats_users(mut self) -> Self {
+        self.nats_users = true;
+        self
+    }
+
+    fn add_nats_users(mut self) -> Self {
         let auth = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/auth.conf");
         self.nats_includes.push(auth);
         for user in NATS_USERS {
@@ -125,14 +160,23 @@ impl Options {
         self
     }
 
-    /// Starts the servers, then every replica side by side (they race to create the
-    /// database, as in production), and waits until each one answers `/readyz` with 200.
-    pub async fn start(self) -> App {
+    /// Starts the servers, sets the database up (the shipped roles and `threadline migrate`
+    /// as the owner; as the superuser, nothing: the replicas race to create and migrate it),
+    /// then every replica side by side, and waits until each one answers `/readyz` with 200.
+    pub async fn start(mut self) -> App {
+        if self.nats_users {
+            self = self.add_nats_users();
+        }
         let nats = NatsServer::start(&self.nats_config, &self.nats_includes, &self.nats_env);
         let pg = Postgres::start().await;
-        // A database that does not exist yet: the services create it.
-        let database = format!("threadline_{}", new_id().replace('-', ""));
-        let database_url = pg.url(&database);
+        let (database_url, roles) = if self.superuser {
+            // A database that does not exist yet: the services create it.
+            let database = format!("threadline_{}", new_id().replace('-', ""));
+            (pg.url(&database), None)
+        } else {
+            let roles = pg.deploy_roles().await;
+            (pg.url(DEPLOY_DATABASE), Some(roles))
+        };
         let read_your_writes = format!("{}s", PROJECTION_TIMEOUT.as_secs());
         let mut env: Vec<(String, String)> = [
             ("NATS_URL", nats.url()),
@@ -147,6 +191,23 @@ impl Options {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if let Some(roles) = &roles {
+            // As docker-compose.yml and the k8s base run it: the owner migrates once, then
+            // each role connects as its own.
+            set(&mut env, "DATABASE_URL", &roles.owner);
+            set(&mut env, "MIGRATE_ON_START", "false");
+            migrate(&env).await;
+            for (role, url) in [
+                ("api", &roles.api),
+                ("projector", &roles.projector),
+                ("all", &roles.projector),
+                ("operator", &roles.owner),
+            ] {
+                // First, so that a test's own setting wins.
+                self.role_env
+                    .insert(0, (role.to_owned(), "DATABASE_URL".to_owned(), url.clone()));
+            }
+        }
         for (key, value) in self.env {
             set(&mut env, &key, &value);
         }
@@ -160,6 +221,7 @@ impl Options {
             env,
             role_env: self.role_env,
             nats_logins: self.nats_logins,
+            roles,
             db: None,
         };
         app.client = app.with_login(app.client.clone());
@@ -178,6 +240,12 @@ impl Options {
         }
         app
     }
+}
+
+/// Runs `threadline migrate` with `env`, as a deployment does before the roles start.
+async fn migrate(env: &[(String, String)]) {
+    let out = super::operator::run_command_with(&["migrate"], env).await;
+    out.expect(0);
 }
 
 /// Sets `key` in `env`, replacing an earlier value.
@@ -215,11 +283,14 @@ pub struct App {
     services: Vec<Replica>,
     pub nats: NatsServer,
     pub pg: Postgres,
+    /// The read model's database as the superuser, for the test's own looks and changes
+    /// ([`App::db`]); the roles connect as their own ([`App::roles`]).
     pub database_url: String,
     env: Vec<(String, String)>,
     role_env: Vec<(String, String, String)>,
     /// Each NATS user's password, if the server has users.
     nats_logins: Vec<(String, String)>,
+    roles: Option<DeployRoles>,
     db: Option<sqlx::PgPool>,
 }
 
@@ -258,6 +329,12 @@ impl App {
             .iter()
             .find(|(u, _)| u == user)
             .map(|(u, p)| (u.clone(), p.clone()))
+    }
+
+    /// The PostgreSQL roles the services run as, unless the app runs as the superuser
+    /// ([`Options::superuser`]).
+    pub fn roles(&self) -> Option<&DeployRoles> {
+        self.roles.as_ref()
     }
 
     /// Every replica's name and address, in start order.

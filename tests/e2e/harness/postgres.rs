@@ -250,9 +250,40 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The URL of database `db` as `role` with `password`.
     pub fn role_url(&self, role: &str, password: &str, db: &str) -> String {
         format!("postgres://{role}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Makes every role but the superuser `postgres` log in over TCP with its password
+    /// (`scram-sha-256`, as the postgres image does), instead of the harness's `trust`. The
+    /// server reloads its configuration at once; a connection opened in the same moment may
+    /// still be let in by the old rules.
+    pub async fn require_passwords(&self) {
+        let admin = sqlx::PgPool::connect(&self.url("postgres"))
+            .await
+            .expect("connecting as the superuser");
+        let hba: String = sqlx::query_scalar("SHOW hba_file")
+            .fetch_one(&admin)
+            .await
+            .expect("SHOW hba_file");
+        std::fs::write(
+            &hba,
+            "local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("writing pg_hba.conf");
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&admin)
+            .await
+            .expect("reloading the configuration");
+        admin.close().await;
     }
 
     /// Creates the database `threadline` and the roles of `deploy/postgres/roles.sql` (that
@@ -266,7 +297,8 @@ impl Postgres {
             .await
             .expect("creating the database");
         admin.close().await;
-        let passwords = ["owner", "api", "projector"].map(|role| (role, format!("pw-{}", new_id())));
+        let passwords =
+            ["owner", "api", "projector"].map(|role| (role, format!("pw-{}", new_id())));
         let mut psql = Command::new(install().bin.join("psql"));
         psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(self.url("postgres"));
@@ -285,6 +317,7 @@ impl Postgres {
             "deploy/postgres/roles.sql failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        self.require_passwords().await;
         let url = |role: &str| {
             let (_, password) = passwords.iter().find(|(r, _)| *r == role).expect("a role");
             self.role_url(&format!("threadline_{role}"), password, DEPLOY_DATABASE)
