@@ -135,6 +135,20 @@ async fn roles_sh_gives_each_role_the_password_of_its_environment() {
         "roles.sh failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut admin = sqlx::PgConnection::connect(&pg.url("postgres"))
+        .await
+        .expect("connecting as the superuser");
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT rolpassword FROM pg_authid WHERE rolname LIKE 'threadline%' ORDER BY rolname",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("reading the stored passwords");
+    assert_eq!(stored.len(), 3);
+    assert!(
+        stored.iter().all(|p| p.starts_with("SCRAM-SHA-256$")),
+        "a password is not stored as SCRAM"
+    );
     for (role, password) in passwords {
         let url = pg.role_url(&format!("threadline_{role}"), password, DEPLOY_DATABASE);
         let conn = sqlx::PgConnection::connect(&url).await;

@@ -260,8 +260,9 @@ impl Postgres {
         format!("postgres://{role}:{password}@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Makes every role but the superuser `postgres` log in over TCP with its password
-    /// (`scram-sha-256`, as the postgres image does), instead of the harness's `trust`. The
+    /// Makes every role but the superuser `postgres` log in over TCP with its password,
+    /// instead of the harness's `trust`: `md5` in pg_hba.conf, which asks for SCRAM of a role
+    /// whose password is stored so (PostgreSQL's default, and the postgres image's). The
     /// server reloads its configuration at once; a connection opened in the same moment may
     /// still be let in by the old rules.
     pub async fn require_passwords(&self) {
@@ -276,7 +277,7 @@ impl Postgres {
             &hba,
             "local all all trust\n\
              host all postgres 127.0.0.1/32 trust\n\
-             host all all 127.0.0.1/32 scram-sha-256\n",
+             host all all 127.0.0.1/32 md5\n",
         )
         .expect("writing pg_hba.conf");
         sqlx::query("SELECT pg_reload_conf()")
@@ -300,6 +301,11 @@ impl Postgres {
         let passwords =
             ["owner", "api", "projector"].map(|role| (role, format!("pw-{}", new_id())));
         let mut psql = Command::new(install().bin.join("psql"));
+        // Passwords stored as MD5, so that a login costs one hash: SCRAM's 4096 rounds in the
+        // tests' debug-built client take seconds for a pool under load, and what the tests
+        // are about is each role's rights, not the hash. (roles_sh_… in shipped_roles logs in
+        // with SCRAM, as a deployment does.)
+        psql.env("PGOPTIONS", "-c password_encryption=md5");
         psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(self.url("postgres"));
         for (role, password) in &passwords {
