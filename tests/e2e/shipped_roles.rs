@@ -276,3 +276,27 @@ async fn roles_started_side_by_side_as_the_superuser_create_and_migrate_the_data
         ["on a fresh database"]
     );
 }
+
+/// An operator who runs `threadline rebuild` as the superuser (which may do anything, hence
+/// `run_command_with` and the superuser's URL) still leaves the tables to the owner, with
+/// every role's rights as they were: a later `threadline migrate` as the owner still works.
+#[tokio::test]
+async fn a_rebuild_as_the_superuser_leaves_the_tables_to_the_owner_with_the_same_rights() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    app.say(&thread, "before the rebuild").await;
+    let before = rights(&mut app).await;
+    let mut env = app.env_of("operator");
+    env.retain(|(key, _)| key != "DATABASE_URL");
+    env.push(("DATABASE_URL".to_owned(), app.database_url.clone()));
+    crate::harness::operator::run_command_with(&["rebuild"], &env)
+        .await
+        .expect(0);
+    assert_eq!(rights(&mut app).await, before);
+    app.say(&thread, "after the rebuild").await;
+    assert_eq!(
+        bodies(&app.get_thread(&thread).await),
+        ["before the rebuild", "after the rebuild"]
+    );
+    run_command(&app, &["migrate"]).await.expect(0);
+}
