@@ -245,6 +245,15 @@ async fn a_rebuild_under_the_shipped_roles_keeps_every_roles_rights() {
     let fresh = app.new_thread().await;
     app.say(&fresh, "a new thread").await;
     assert_eq!(bodies(&app.get_thread(&fresh).await), ["a new thread"]);
+    // As the operator goes on: verify as the owner, and a projector restarted on the new
+    // tables writes them too.
+    run_command(&app, &["verify"]).await.expect(0);
+    app.restart("projector", 0).await;
+    app.say(&fresh, "after a restart").await;
+    assert_eq!(
+        bodies(&app.get_thread(&fresh).await),
+        ["a new thread", "after a restart"]
+    );
     for role in ["api", "projector"] {
         assert!(
             !app.logs(role, 0).contains("permission denied"),
