@@ -32,6 +32,7 @@ mod operations;
 mod outside_publisher;
 mod projector_crash;
 mod projector_progress;
+mod projector_restart;
 mod rebuild_switch;
 mod replay_stall;
 mod replicas;

@@ -22,7 +22,7 @@ pub use error::ProjectorError;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::Message;
+use async_nats::jetstream::{AckKind, Message};
 use clap::Args;
 use fold::{Incoming, Verdict};
 use proto_events::{headers, EventError};
@@ -40,6 +40,10 @@ use threadline_infra::{
     ReadModel, StoreError,
 };
 use tokio_util::sync::CancellationToken;
+
+/// How long after a projector stops the events it handed back are delivered again (see
+/// [`Projector::run`]): time for its unsubscription to reach the server first.
+const HAND_BACK_DELAY: Duration = Duration::from_millis(250);
 
 /// How the projector consumes.
 #[derive(Debug, Clone, Args)]
@@ -117,7 +121,7 @@ impl Projector {
         self.stall.clone()
     }
 
-    /// Consumes until `shutdown` fires; the batch in hand is finished and acknowledged first.
+    /// Consumes until `shutdown` fires; events read and not applied by then are handed back.
     pub async fn run(&self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             let Some(messages) =
@@ -138,7 +142,10 @@ impl Projector {
             );
             loop {
                 let batch = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        self.hand_back(Vec::new(), ahead).await;
+                        return;
+                    }
                     batch = ahead.next_batch(self.settings.batch_size) => batch,
                 };
                 let Some(batch) = batch else {
@@ -146,13 +153,54 @@ impl Projector {
                     break;
                 };
                 let limits = self.settings.limits();
-                for part in batch::cut(batch.items, |m| m.length, limits) {
-                    if !self.project(part, &shutdown).await {
+                let mut parts = batch::cut(batch.items, |m| m.length, limits).into_iter();
+                while let Some(part) = parts.next() {
+                    if !self.project(&part, &shutdown).await {
+                        let unapplied = part.into_iter().chain(parts.flatten()).collect();
+                        self.hand_back(unapplied, ahead).await;
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// On shutdown: gives the broker back (NAK) the events in hand and read ahead but not
+    /// applied, so that it delivers them again at once (to the next projector) instead of
+    /// after the consumer's acknowledgement wait.
+    async fn hand_back(&self, unapplied: Vec<Message>, ahead: ReadAhead<Message>) {
+        let mut events = unapplied;
+        // Stopped, the consumer's subscription goes: its unsubscription is queued on the
+        // connection (by a task of the client's own) before the NAKs, so that the server
+        // does not deliver them again to this projector's pull requests, where they would
+        // be dropped and wait for the acknowledgement wait after all. The short delay of
+        // each NAK covers that task running late.
+        events.extend(ahead.stop().await);
+        if events.is_empty() {
+            return;
+        }
+        tokio::task::yield_now().await;
+        if let Err(e) = self.log.client().flush().await {
+            tracing::warn!("handing back unapplied events: {e}");
+        }
+        let mut failed = 0usize;
+        for event in &events {
+            if event
+                .ack_with(AckKind::Nak(Some(HAND_BACK_DELAY)))
+                .await
+                .is_err()
+            {
+                failed += 1;
+            }
+        }
+        if let Err(e) = self.log.client().flush().await {
+            tracing::warn!("handing back unapplied events: {e}");
+        }
+        tracing::info!(
+            events = events.len(),
+            failed,
+            "handed back the events read and not applied"
+        );
     }
 
     async fn open_consumer(
@@ -205,9 +253,9 @@ impl Projector {
     /// it succeeds or shutdown fires, and then the batch stays unacknowledged and is
     /// delivered again. `false` if shutdown fired.
     #[tracing::instrument(skip_all, fields(first_seq, last_seq, events = messages.len()))]
-    async fn project(&self, messages: Vec<Message>, shutdown: &CancellationToken) -> bool {
+    async fn project(&self, messages: &[Message], shutdown: &CancellationToken) -> bool {
         let incoming: Vec<Incoming> = messages.iter().filter_map(incoming).collect();
-        record_lag(&messages);
+        record_lag(messages);
         let first_seq = incoming.first().map_or(0, |i| i.sequence);
         if let (Some(first), Some(last)) = (incoming.first(), incoming.last()) {
             tracing::Span::current().record("first_seq", first.sequence);
@@ -293,7 +341,7 @@ impl Projector {
                 return false;
             }
         }
-        for message in &messages {
+        for message in messages {
             if let Err(e) = message.ack().await {
                 tracing::warn!("acknowledging failed (the event will be applied again): {e}");
             }

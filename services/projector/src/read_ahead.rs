@@ -11,18 +11,27 @@
 //! What is read ahead is bounded by count and by bytes: an item holds its share of the byte
 //! bound until the batch it went into is written (its [`Batch`] dropped), so the events
 //! queued and in hand together stay within the bound, plus the one the reader waits to
-//! queue. Nothing read ahead is acknowledged before it is written; what is still queued when
-//! the projector stops is delivered again, as any unacknowledged event is.
+//! queue. Nothing read ahead is acknowledged before it is written. When the projector stops,
+//! [`ReadAhead::stop`] hands back everything read and not taken, with what the source holds
+//! already received, so that the projector gives it back to the broker (a NAK): otherwise the
+//! broker would hand those events to the next projector only after its acknowledgement wait
+//! (30 s), newer events first, and read-your-writes GETs would wait for them meanwhile.
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Errors in a row of the source that end the draining of what it holds on [`ReadAhead::stop`].
+const DRAIN_ERRORS: usize = 8;
 
 /// Items of a source, read ahead by a task of their own; see the module's documentation.
 pub struct ReadAhead<T> {
     queued: mpsc::Receiver<(T, Option<OwnedSemaphorePermit>)>,
-    reader: JoinHandle<()>,
+    /// The reader ends with the items it read and could not queue.
+    reader: JoinHandle<Vec<T>>,
+    stop: CancellationToken,
 }
 
 /// Items taken together; their share of the byte bound is given back when this is dropped.
@@ -44,32 +53,77 @@ impl<T: Send + 'static> ReadAhead<T> {
         let (queue, queued) = mpsc::channel(items.max(1));
         let bound = bytes.map(|b| b.clamp(1, u32::MAX as usize));
         let room = bound.map(|b| Arc::new(Semaphore::new(b)));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let reader = tokio::spawn(async move {
             let mut source = source;
-            while let Some(item) = source.next().await {
+            let mut left = Vec::new();
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    _ = stopped.cancelled() => break,
+                    item = source.next() => item,
+                };
                 let item = match item {
-                    Ok(item) => item,
-                    Err(e) => {
+                    Some(Ok(item)) => item,
+                    Some(Err(e)) => {
                         tracing::warn!("consumer: {e}");
                         continue;
                     }
+                    None => return left,
                 };
                 let held = match (&room, bound) {
                     (Some(room), Some(bound)) => {
                         let share = size(&item).clamp(1, bound) as u32;
-                        match room.clone().acquire_many_owned(share).await {
-                            Ok(permit) => Some(permit),
-                            Err(_) => return,
+                        tokio::select! {
+                            biased;
+                            _ = stopped.cancelled() => {
+                                left.push(item);
+                                break;
+                            }
+                            permit = room.clone().acquire_many_owned(share) => match permit {
+                                Ok(permit) => Some(permit),
+                                Err(_) => {
+                                    left.push(item);
+                                    break;
+                                }
+                            },
                         }
                     }
                     _ => None,
                 };
-                if queue.send((item, held)).await.is_err() {
-                    return;
+                let place = tokio::select! {
+                    biased;
+                    _ = stopped.cancelled() => None,
+                    place = queue.reserve() => place.ok(),
+                };
+                match place {
+                    Some(place) => place.send((item, held)),
+                    None => {
+                        left.push(item);
+                        break;
+                    }
                 }
             }
+            // What the source has received already, without asking it for more.
+            let mut errors = 0;
+            while errors < DRAIN_ERRORS {
+                match source.next().now_or_never() {
+                    Some(Some(Ok(item))) => {
+                        errors = 0;
+                        left.push(item);
+                    }
+                    Some(Some(Err(_))) => errors += 1,
+                    Some(None) | None => break,
+                }
+            }
+            left
         });
-        Self { queued, reader }
+        Self {
+            queued,
+            reader,
+            stop,
+        }
     }
 
     /// The items read ahead, at most `limit` of them, waiting for one if there is none;
@@ -86,6 +140,20 @@ impl<T: Send + 'static> ReadAhead<T> {
             held.extend(permit);
         }
         Some(Batch { items, _held: held })
+    }
+
+    /// Stops reading and hands back, in order, every item read and not taken: those queued,
+    /// then those the source had received already (the source is dropped afterwards).
+    pub async fn stop(mut self) -> Vec<T> {
+        self.stop.cancel();
+        let left = (&mut self.reader).await.unwrap_or_default();
+        self.queued.close();
+        let mut items = Vec::new();
+        while let Ok((item, _)) = self.queued.try_recv() {
+            items.push(item);
+        }
+        items.extend(left);
+        items
     }
 }
 
@@ -173,6 +241,32 @@ mod tests {
         let last = ahead.next_batch(10).await.expect("the last item");
         assert_eq!(last.items, vec![5]);
         assert!(ahead.next_batch(10).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn stopping_hands_back_what_was_read_and_not_taken_in_order() {
+        let (source, read) = counted(100);
+        let mut ahead = ReadAhead::start(Box::pin(source), ten_bytes, 100, Some(30));
+        settle().await;
+        let batch = ahead.next_batch(2).await.expect("a batch");
+        assert_eq!(batch.items, vec![0, 1]);
+        // Queued: 2; waiting for room: 3; received by the source and not read yet: the rest.
+        let left = ahead.stop().await;
+        assert_eq!(left, (2..100).collect::<Vec<_>>());
+        assert_eq!(read.load(Ordering::SeqCst), 100);
+    }
+
+    #[tokio::test]
+    async fn stopping_does_not_wait_for_the_source() {
+        let source =
+            futures::stream::iter([Ok::<_, String>(1), Ok(2)]).chain(futures::stream::pending());
+        let mut ahead = ReadAhead::start(Box::pin(source), |_: &i32| 1, 1, None);
+        let first = ahead.next_batch(1).await.expect("a batch");
+        assert_eq!(first.items, vec![1]);
+        let left = tokio::time::timeout(Duration::from_secs(5), ahead.stop())
+            .await
+            .expect("stopped at once");
+        assert_eq!(left, vec![2]);
     }
 
     #[tokio::test]
