@@ -43,6 +43,7 @@ struct Entry {
 struct ByBytes;
 
 impl Weighter<Uuid, Entry> for ByBytes {
+    /// The body's bytes are its allocation: [`HotThreads::keep`] copies it to one of its own.
     fn weight(&self, _: &Uuid, entry: &Entry) -> u64 {
         entry.body.len() as u64 + ENTRY_OVERHEAD
     }
@@ -104,12 +105,15 @@ impl HotThreads {
         {
             return;
         }
+        // A copy of its own, of exactly its length: the body given may hold a larger
+        // allocation (a buffer grown by doubling, or a slice of a larger one), and the
+        // bound counts the bytes kept in memory, not the bytes of the response.
         entries.insert(
             thread,
             Entry {
                 through,
                 epoch,
-                body: body.clone(),
+                body: Bytes::copy_from_slice(body),
             },
         );
     }
@@ -168,6 +172,72 @@ mod tests {
         hot.keep(thread, 20, 3, &body("twenty"));
         hot.keep(thread, 10, 3, &body("ten"));
         assert_eq!(hot.get(thread).map(|k| k.body), Some(body("twenty")));
+    }
+
+    /// Counts the bytes each thread has allocated and not freed, so that a test sees what it
+    /// allocated whatever the other tests do meanwhile.
+    struct Counting;
+
+    thread_local! {
+        static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn count(bytes: isize) {
+        let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
+    }
+
+    fn live() -> isize {
+        LIVE.with(|live| live.get())
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            count(layout.size() as isize);
+            std::alloc::System.alloc(layout)
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+            count(layout.size() as isize);
+            std::alloc::System.alloc_zeroed(layout)
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            count(-(layout.size() as isize));
+            std::alloc::System.dealloc(ptr, layout)
+        }
+
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            count(new_size as isize - layout.size() as isize);
+            std::alloc::System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    #[test]
+    fn memory_is_bounded_in_bytes_allocated() {
+        let bound: u64 = 1 << 20;
+        let before = live();
+        let hot = HotThreads::new(Some(bound), Changes::fixed(1));
+        for through in 0..500 {
+            // As the read model builds a body: in a buffer grown by doubling, half full.
+            let mut buffer = Vec::with_capacity(16 << 10);
+            buffer.resize((8 << 10) + 1, b'x');
+            hot.keep(Uuid::new_v4(), through, 1, &Bytes::from(buffer));
+        }
+        let held = (live() - before) as u64;
+        assert!(hot.weight() <= bound, "{}", hot.weight());
+        assert!(
+            held <= bound + bound / 10,
+            "{held} bytes held for a bound of {bound}"
+        );
     }
 
     #[test]
