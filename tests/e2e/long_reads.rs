@@ -234,3 +234,81 @@ async fn short_and_streamed_threads_answer_the_bytes_their_posts_did() {
         );
     }
 }
+
+/// Large messages: this many ...
+const LARGE_MESSAGES: usize = 48;
+/// ... of about the most bytes a message may have.
+const LARGE_BODY: usize = 2_500_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_of_a_thread_of_large_messages_hold_a_few_pages_in_memory() {
+    // The rows written by hand below are not announced, and a kept thread would hide them.
+    let mut app = options().env("HOT_THREADS_BYTES", "0").start().await;
+    let thread = app.new_thread().await;
+    let first = app
+        .say(&thread, "the first, through the log")
+        .await
+        .expect(201);
+    assert_eq!(
+        message_ids(&app.get_thread(&thread).await),
+        vec![first["id"].clone()]
+    );
+    // 120 MB of bodies, written straight into the read model (see `bulk_insert`).
+    let db = app.db().await;
+    sqlx::query(
+        r#"INSERT INTO messages (id, thread_id, user_json, body, send_by_user, created_at, stream_seq)
+           SELECT gen_random_uuid(), $1, '{"name":"Agent Smith"}', repeat(md5(g::text), $3 / 32),
+             false, now(), (SELECT max(stream_seq) FROM messages) + g
+           FROM generate_series(1, $2) g"#,
+    )
+    .bind(thread.parse::<uuid::Uuid>().expect("thread id"))
+    .bind(LARGE_MESSAGES as i64)
+    .bind(LARGE_BODY as i32)
+    .execute(&db)
+    .await
+    .expect("inserting large messages");
+
+    let api = app.addr("api", 0);
+    let before = resident_bytes_of_listener(api);
+    let peak = Arc::new(AtomicU64::new(before));
+    let reading = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (peak, reading) = (peak.clone(), reading.clone());
+        async move {
+            while reading.load(Ordering::Relaxed) {
+                peak.fetch_max(resident_bytes_of_listener(api), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let path = format!("/chat/thread/{thread}/");
+    join_all((0..2).map(|_| async {
+        let answer = app.get(&path).await;
+        assert_eq!(answer.status, 200);
+        let text = answer.text;
+        let thread = thread.clone();
+        tokio::task::spawn_blocking(move || {
+            assert!(text.ends_with("}]}"), "the whole JSON");
+            let (id, messages) = ids_in(&text);
+            assert_eq!(id, thread);
+            assert_eq!(messages.len(), LARGE_MESSAGES + 1, "every message");
+            assert!(text.len() > LARGE_MESSAGES * LARGE_BODY);
+        })
+        .await
+        .expect("checking the thread");
+    }))
+    .await;
+    reading.store(false, Ordering::Relaxed);
+    sampler.await.expect("memory sampler");
+    let grown = peak.load(Ordering::Relaxed).saturating_sub(before);
+    println!(
+        "2 GETs of {LARGE_MESSAGES} messages of {LARGE_BODY} bytes: the api grew by {} MiB",
+        grown / MIB
+    );
+    assert!(
+        grown < 48 * MIB,
+        "the api grew by {} MiB during 2 reads of {} MB",
+        grown / MIB,
+        LARGE_MESSAGES * LARGE_BODY / 1_000_000
+    );
+}

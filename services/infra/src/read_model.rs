@@ -68,8 +68,11 @@ impl AppliedMessage {
 pub const WHOLE_READ_MESSAGES: i64 = 1_000;
 /// ... and up to this many bytes of bodies and users.
 pub const WHOLE_READ_BYTES: i64 = 1 << 20;
-/// Messages per page of a streamed thread.
+/// Messages per page of a streamed thread, at most ...
 const PAGE_MESSAGES: i64 = 1_000;
+/// ... and bytes of their JSON (of bodies and users for a row without stored JSON), unless
+/// the page's one message is larger.
+const PAGE_BYTES: i64 = 1 << 20;
 /// Pages a streamed thread reads ahead of its reader.
 const PAGES_AHEAD: usize = 2;
 /// How long a streamed thread waits for its reader to take a page before it gives up, freeing
@@ -160,8 +163,9 @@ type WholeRow = (
 );
 
 /// A page of a long thread: its messages' JSON joined by commas, the last one's sequence,
-/// how many.
-type PageRow = (Option<String>, Option<i64>, i64);
+/// how many, and how many the page's count bound would have taken (more than the page holds
+/// when its byte bound cut it).
+type PageRow = (Option<String>, Option<i64>, i64, Option<i64>);
 
 /// A message as the public JSON of a thread's `messages` holds it: the `json` column the
 /// projector wrote with [`MessageJson`], so that a read only copies bytes, in PostgreSQL and
@@ -357,19 +361,28 @@ impl PgReadModel {
             };
             let mut after = -1i64;
             loop {
-                // A page comes as one value: the API only copies its bytes.
+                // A page comes as one value: the API only copies its bytes. It holds the
+                // next messages up to a count and up to a size (known without reading the
+                // bodies), and at least one; only those are rendered.
                 let page: Result<PageRow, StoreError> = sqlx::query_as(&format!(
-                    "SELECT string_agg(json, ',' ORDER BY stream_seq), max(stream_seq), count(*) \
-                     FROM (SELECT {MESSAGE_JSON} AS json, stream_seq FROM messages m \
-                       WHERE thread_id = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3) page"
+                    "SELECT string_agg({MESSAGE_JSON}, ',' ORDER BY m.stream_seq), \
+                       max(m.stream_seq), count(*), max(m.considered) \
+                     FROM (SELECT *, sum(size) OVER (ORDER BY stream_seq) - size AS before, \
+                             count(*) OVER () AS considered \
+                           FROM (SELECT *, coalesce(octet_length(json), \
+                                   octet_length(body) + octet_length(user_json) + 200) AS size \
+                                 FROM messages WHERE thread_id = $1 AND stream_seq > $2 \
+                                 ORDER BY stream_seq LIMIT $3) first) m \
+                     WHERE m.before < $4"
                 ))
                 .bind(id)
                 .bind(after)
                 .bind(PAGE_MESSAGES)
+                .bind(PAGE_BYTES)
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(StoreError::sql);
-                let (messages, last, count) = match page {
+                let (messages, last, count, considered) = match page {
                     Ok(page) => page,
                     Err(e) => {
                         tracing::warn!(thread_id = %id, "reading a long thread failed: {e}");
@@ -377,7 +390,8 @@ impl PgReadModel {
                         return;
                     }
                 };
-                let last_page = count < PAGE_MESSAGES;
+                let last_page =
+                    considered.unwrap_or(0) < PAGE_MESSAGES && count == considered.unwrap_or(0);
                 if let (Some(messages), Some(last)) = (messages, last) {
                     body.push(&messages);
                     after = last;
