@@ -134,3 +134,47 @@ async fn what_was_kept_before_postgresql_went_away_is_read_again() {
     )
     .await;
 }
+
+/// GETs of the first api answered from memory so far.
+async fn from_memory(app: &App) -> f64 {
+    let metrics = scrape(app, app.addr("api", 0)).await;
+    sample(&metrics, READS, &[("from", "memory")]).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn nothing_is_answered_from_memory_while_postgresql_is_silent() {
+    let mut app = spawn_app().await;
+    let thread = app.new_thread().await;
+    app.say(&thread, "kept").await;
+    let kept = app.get_thread(&thread).await;
+    assert_eq!(app.get_thread(&thread).await, kept);
+    assert!(from_memory(&app).await >= 1.0, "the thread was not kept");
+
+    // The api's listening connection stays open and hears nothing, as a connection does
+    // whose server or network went away without a reset: a rebuild's notice would be
+    // missed, so the kept thread must not be answered.
+    app.pg.pause();
+    let path = format!("/chat/thread/{thread}/");
+    eventually(
+        "GETs to stop answering from memory",
+        std::time::Duration::from_secs(20),
+        || async {
+            let answer = app.get(&path).await;
+            (answer.status != 200).then_some(())
+        },
+    )
+    .await;
+
+    app.pg.resume();
+    let before = from_memory(&app).await;
+    eventually(
+        "GETs to answer from memory again",
+        PROJECTION_TIMEOUT,
+        || async {
+            let answer = app.get(&path).await;
+            (answer.status == 200 && answer.json() == kept && from_memory(&app).await > before)
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -78,6 +78,11 @@ const PAGES_AHEAD: usize = 2;
 /// How long a streamed thread waits for its reader to take a page before it gives up, freeing
 /// its connection.
 const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the connection that listens for read model changes is asked whether it is
+/// alive, and how long it may take to answer: a connection lost without a reset (a failover,
+/// a partition) is noticed within both.
+const LISTENER_PING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const LISTENER_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Long reads waiting for a turn, at most; more are answered 503 at once. A turn always comes:
 /// a long read's pages are bounded by DATABASE_TIMEOUT each and by SLOW_READER for its reader.
 const LONG_READS_WAITING: usize = 64;
@@ -263,8 +268,10 @@ impl PgReadModel {
         let epoch = changes.epoch.clone();
         tokio::spawn(async move {
             // One connection, apart from the pool that serves reads.
+            // A connection given up is tested before it is used again, within the bound.
             let pool = PgPoolOptions::new()
                 .max_connections(1)
+                .acquire_timeout(LISTENER_PING_EVERY + LISTENER_PING_TIMEOUT)
                 .connect_lazy_with(options);
             let mut next = 1;
             while !shutdown.is_cancelled() {
@@ -282,9 +289,29 @@ impl PgReadModel {
                 // Everything heard of before is forgotten: notices may have been missed.
                 epoch.store(next, Ordering::SeqCst);
                 next += 1;
+                let mut ping = tokio::time::interval(LISTENER_PING_EVERY);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
+                        // A connection that hears nothing may be gone without a reset: it
+                        // must answer, or it is given up (and nothing kept is served until
+                        // another one listens).
+                        _ = ping.tick() => {
+                            let alive = tokio::time::timeout(
+                                LISTENER_PING_TIMEOUT,
+                                sqlx::query("SELECT 1").execute(&mut listener),
+                            )
+                            .await;
+                            if !matches!(alive, Ok(Ok(_))) {
+                                epoch.store(0, Ordering::SeqCst);
+                                tracing::warn!(
+                                    "the connection listening for read model changes does not \
+                                     answer; threads kept in memory are not served until it does"
+                                );
+                                break;
+                            }
+                        }
                         heard = listener.try_recv() => match heard {
                             Ok(Some(_)) => {
                                 tracing::info!("the serving read model was replaced");
