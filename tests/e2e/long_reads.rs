@@ -312,3 +312,76 @@ async fn reads_of_a_thread_of_large_messages_hold_a_few_pages_in_memory() {
         LARGE_MESSAGES * LARGE_BODY / 1_000_000
     );
 }
+
+/// Long reads (transactions whose last statement read a page) open for more than `seconds`.
+async fn long_reads_older_than(db: &sqlx::PgPool, seconds: f64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND query LIKE '%string_agg%' \
+         AND xact_start < now() - make_interval(secs => $1)",
+    )
+    .bind(seconds)
+    .fetch_one(db)
+    .await
+    .expect("reading pg_stat_activity")
+}
+
+#[tokio::test]
+async fn a_slow_reader_holds_a_long_reads_snapshot_no_longer_than_its_deadline() {
+    let mut app = options()
+        .env("HOT_THREADS_BYTES", "0")
+        .role_env("api", "LONG_READ_TIMEOUT", "3s")
+        .start()
+        .await;
+    let long = app.new_thread().await;
+    let first = app.say(&long, "the first").await.expect(201);
+    assert_eq!(
+        message_ids(&app.get_thread(&long).await),
+        vec![first["id"].clone()]
+    );
+    let db = app.db().await;
+    bulk_insert(&db, long.parse().expect("thread id"), MESSAGES - 1).await;
+
+    // A reader that takes 16 KiB every 100 ms through a small receive buffer: a page about
+    // every second, each well within the wait for a slow reader; the whole thread (30 MB)
+    // in minutes.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(8192).expect("a small buffer");
+    let mut stream = socket
+        .connect(app.addr("api", 0))
+        .await
+        .expect("connecting to the api");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET /chat/thread/{long}/ HTTP/1.1\r\nHost: api\r\n\r\n").as_bytes())
+        .await
+        .expect("sending the GET");
+    let reader = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 16 << 10];
+        let mut total = 0usize;
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+            // Pacing the reader, not waiting for anything.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    eventually(
+        "the long read to hold its snapshot",
+        PROJECTION_TIMEOUT,
+        || async { (long_reads_older_than(&db, 0.0).await > 0).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the long read to give up its snapshot",
+        Duration::from_secs(20),
+        || async { (long_reads_older_than(&db, 5.0).await == 0).then_some(()) },
+    )
+    .await;
+    let read = within("the body to end", Duration::from_secs(60), reader)
+        .await
+        .expect("the reader");
+    assert!(read > 0, "the reader got part of the thread");
+}

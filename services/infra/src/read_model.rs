@@ -78,6 +78,10 @@ const PAGES_AHEAD: usize = 2;
 /// How long a streamed thread waits for its reader to take a page before it gives up, freeing
 /// its connection.
 const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long after the wait for a slow reader a long read's transaction may stay idle before
+/// PostgreSQL ends it (`idle_in_transaction_session_timeout`): a bound that holds even if
+/// the process stops tending the read.
+const IDLE_IN_LONG_READ_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often the connection that listens for read model changes is asked whether it is
 /// alive, and how long it may take to answer: a connection lost without a reset (a failover,
 /// a partition) is noticed within both.
@@ -155,6 +159,8 @@ pub struct PgReadModel {
     /// connection from short reads and writes.
     long_reads: Arc<Semaphore>,
     long_reads_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// How long a long read may take in all.
+    long_read_timeout: std::time::Duration,
 }
 
 /// A row of a whole read: the thread, and the JSON of one of its messages if it has any, with
@@ -214,6 +220,7 @@ impl PgReadModel {
             pool,
             long_reads: Arc::new(Semaphore::new(long_reads)),
             long_reads_waiting: Arc::default(),
+            long_read_timeout: settings.long_read_timeout,
         })
     }
 
@@ -349,6 +356,18 @@ impl PgReadModel {
             .execute(&mut *conn)
             .await
             .map_err(StoreError::sql)?;
+        // The snapshot is held while the reader takes each page: PostgreSQL ends the
+        // transaction if it stays idle past the wait for a slow reader, whatever this
+        // process does meanwhile.
+        let idle = SLOW_READER.min(self.long_read_timeout) + IDLE_IN_LONG_READ_MARGIN;
+        sqlx::query(&format!(
+            "SET LOCAL idle_in_transaction_session_timeout = {}",
+            idle.as_millis()
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(StoreError::sql)?;
+        let deadline = tokio::time::Instant::now() + self.long_read_timeout;
         let thread: Option<(String, DateTime<Utc>)> =
             sqlx::query_as("SELECT user_json, created_at FROM threads WHERE id = $1")
                 .bind(id)
@@ -377,17 +396,29 @@ impl PgReadModel {
         tokio::spawn(async move {
             let _turn = turn;
             let started = std::time::Instant::now();
+            // A page waits for its reader at most SLOW_READER, and the whole read ends by
+            // its deadline: a reader that takes a page just before each wait ends cannot
+            // hold the snapshot for longer.
             let send = |page| {
                 let pages = &pages;
                 async move {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let wait = SLOW_READER.min(left);
                     matches!(
-                        tokio::time::timeout(SLOW_READER, pages.send(page)).await,
+                        tokio::time::timeout(wait, pages.send(page)).await,
                         Ok(Ok(()))
                     )
                 }
             };
             let mut after = -1i64;
             loop {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        thread_id = %id,
+                        "a long read took longer than LONG_READ_TIMEOUT; its body is cut short"
+                    );
+                    break;
+                }
                 // A page comes as one value: the API only copies its bytes. It holds the
                 // next messages up to a count and up to a size (known without reading the
                 // bodies), and at least one; only those are rendered.
@@ -428,7 +459,11 @@ impl PgReadModel {
                 } else {
                     body.take()
                 };
-                if !send(Ok(page)).await || last_page {
+                if !send(Ok(page)).await {
+                    tracing::debug!(thread_id = %id, "a long read's client stopped taking pages");
+                    break;
+                }
+                if last_page {
                     break;
                 }
             }
@@ -437,8 +472,15 @@ impl PgReadModel {
             }
             tracing::debug!(thread_id = %id, elapsed = ?started.elapsed(), "long read done");
         });
-        let pages = futures::stream::unfold(taken, |mut taken| async move {
-            taken.recv().await.map(|page| (page, taken))
+        // Past the deadline the body ends with an error, whatever pages are still queued, so
+        // that the connection ends early and the client sees a truncated body.
+        let pages = futures::stream::unfold(Some(taken), move |taken| async move {
+            let mut taken = taken?;
+            if tokio::time::Instant::now() >= deadline {
+                let late = StoreError::database("the long read took longer than LONG_READ_TIMEOUT");
+                return Some((Err(late), None));
+            }
+            taken.recv().await.map(|page| (page, Some(taken)))
         });
         Ok(ThreadRead::Streamed(pages.boxed()))
     }
@@ -671,6 +713,7 @@ mod tests {
             database_url: url.into(),
             database_max_connections: 1,
             database_timeout: std::time::Duration::from_secs(1),
+            long_read_timeout: std::time::Duration::from_secs(1),
             migrate_on_start: true,
         };
         assert!(PgReadModel::options(&settings("mysql://localhost/x")).is_err());

@@ -258,6 +258,11 @@ pub struct DatabaseSettings {
     #[arg(long, env = "DATABASE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub database_timeout: Duration,
 
+    /// How long a streamed GET of a long thread may take in all: a client reading slower
+    /// than that gets a body cut short, and the read's snapshot in PostgreSQL is released.
+    #[arg(long, env = "LONG_READ_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub long_read_timeout: Duration,
+
     /// Create the database if missing and run the migrations on start. With least-privileged
     /// roles, set it to false and run `threadline migrate` as the tables' owner instead.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = ArgAction::Set)]
