@@ -20,10 +20,7 @@ async fn roles_with_least_privilege_serve_after_a_separate_migration() {
     // Before the migration, a role that may not create tables cannot start by itself.
     let api_alone = run_threadline(
         &["migrate"],
-        &env(&[
-            ("DATABASE_URL", &api_url),
-            ("DATABASE_TIMEOUT", "2s"),
-        ]),
+        &env(&[("DATABASE_URL", &api_url), ("DATABASE_TIMEOUT", "2s")]),
     )
     .await;
     assert!(!api_alone.status.success(), "the api role migrated");
