@@ -5,62 +5,17 @@
 
 use crate::harness::client::REQUEST_TIMEOUT;
 use crate::harness::operator::{dead_letters_on, run_command, run_command_with, Running};
+use crate::harness::seed::{seed, thread_created};
 use crate::harness::*;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use serde_json::{json, Value};
-use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-fn thread_created(id: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","user":{{"name":"Visitor","n":1.50}},"timestamp":"{}"}}"#,
-        now_timestamp()
-    )
-}
 
 fn message_posted(id: &str, thread: &str, body: &str) -> String {
     format!(
         r#"{{"id":"{id}","user":{{"name":"Agent"}},"timestamp":"{}","body":"{body}","send_by_user":false,"thread":"{thread}"}}"#,
         now_timestamp()
     )
-}
-
-/// Publishes `threads` threads of `per_thread` events each (one ThreadCreated, then
-/// messages) straight to JetStream, messages interleaved across threads; returns the thread
-/// ids and the last sequence.
-async fn seed(app: &App, threads: usize, per_thread: usize) -> (Vec<String>, u64) {
-    let js = app.jetstream().await;
-    let ids: Vec<String> = (0..threads).map(|_| new_id()).collect();
-    let mut events = Vec::new();
-    for id in &ids {
-        events.push((format!("chat.thread.{id}.created"), thread_created(id)));
-    }
-    for n in 1..per_thread {
-        for id in &ids {
-            events.push((
-                app.message_subject(id),
-                message_posted(&new_id(), id, &format!("message {n}")),
-            ));
-        }
-    }
-    let mut pending = FuturesUnordered::new();
-    let mut last = 0;
-    for (subject, payload) in events {
-        let ack = js
-            .publish(subject, payload.into())
-            .await
-            .expect("publishing a seed event");
-        pending.push(ack.into_future());
-        if pending.len() >= 1000 {
-            last = last.max(pending.next().await.unwrap().expect("ack").sequence);
-        }
-    }
-    while let Some(ack) = pending.next().await {
-        last = last.max(ack.expect("ack").sequence);
-    }
-    (ids, last)
 }
 
 async fn schema_table_exists(app: &mut App, table: &str) -> bool {

@@ -6,59 +6,13 @@
 use crate::harness::client::{REQUEST_TIMEOUT, STREAM};
 use crate::harness::load::Load;
 use crate::harness::operator::{app_env, command, run_command, COMMAND_TIMEOUT};
+use crate::harness::seed::seed;
 use crate::harness::*;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use sqlx::Connection;
-use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
-
-/// Publishes `threads` threads of `per_thread` events each (one ThreadCreated, then
-/// messages) straight to JetStream; returns the thread ids and the last sequence.
-pub async fn seed(app: &App, threads: usize, per_thread: usize) -> (Vec<String>, u64) {
-    let js = app.jetstream().await;
-    let ids: Vec<String> = (0..threads).map(|_| new_id()).collect();
-    let mut events = Vec::new();
-    for id in &ids {
-        events.push((app.created_subject(id), thread_created(id)));
-    }
-    for n in 1..per_thread {
-        for id in &ids {
-            events.push((
-                app.message_subject(id),
-                agent_reply(&new_id(), id, &format!("message {n}")),
-            ));
-        }
-    }
-    let mut pending = FuturesUnordered::new();
-    let mut last = 0;
-    for (subject, payload) in events {
-        let ack = js
-            .publish(subject, payload.into())
-            .await
-            .expect("publishing a seed event");
-        pending.push(ack.into_future());
-        if pending.len() >= 1000 {
-            if let Some(ack) = pending.next().await {
-                last = last.max(ack.expect("ack").sequence);
-            }
-        }
-    }
-    while let Some(ack) = pending.next().await {
-        last = last.max(ack.expect("ack").sequence);
-    }
-    (ids, last)
-}
-
-fn thread_created(id: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","user":{{"name":"Visitor"}},"timestamp":"{}"}}"#,
-        now_timestamp()
-    )
-}
 
 /// `threadline <args>` run as an operator runs it, its standard error (the progress log)
 /// gathered line by line while it runs.

@@ -4,8 +4,9 @@
 
 use crate::harness::client::{STREAM, SUBJECT_PREFIX};
 use crate::harness::operator::run_command;
+use crate::harness::seed::seed;
 use crate::harness::*;
-use crate::rebuild_switch::{last_sequence, seed, Operator};
+use crate::rebuild_switch::{last_sequence, Operator};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,6 +12,7 @@ pub mod operator;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod seed;
 pub mod wait;
 pub mod ws;
 
