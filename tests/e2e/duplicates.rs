@@ -132,3 +132,38 @@ async fn one_message_id_twice_in_one_batch_is_shown_once_with_the_first_body() {
     let thread = app.new_thread().await;
     assert_first_of_two_wins(&mut app, &thread, true).await;
 }
+
+#[tokio::test]
+async fn a_repeat_of_a_message_stored_before_the_thread_s_first_socket_is_not_shown() {
+    let app = spawn_app().await;
+    let thread = app.new_thread().await;
+    let subject = app.message_subject(&thread);
+    let id = new_id();
+    let payload = agent_reply(&id, &thread, "stored before any socket");
+    app.publish_event(&subject, &[("Nats-Msg-Id", &id)], payload.clone())
+        .await;
+    eventually("the first copy in GET", PROJECTION_TIMEOUT, || async {
+        message_ids(&app.get_thread(&thread).await)
+            .contains(&json!(id))
+            .then_some(())
+    })
+    .await;
+
+    // The thread's first socket: its gateway starts following the thread now.
+    let mut ws = app.connect_ws(&thread).await;
+    // Past the duplicate window, as JetStream sees it: a new `Nats-Msg-Id`.
+    let repeat = app
+        .publish_event(&subject, &[("Nats-Msg-Id", &new_id())], payload)
+        .await;
+    assert!(!repeat.duplicate, "the repeat is stored");
+    let marker = marker(&app, &thread).await;
+
+    assert_eq!(
+        ws.next_text().await,
+        marker,
+        "the socket showed a repeat of a message stored before it opened"
+    );
+    let stored = app.get_thread(&thread).await;
+    let copies = message_ids(&stored).iter().filter(|m| **m == id).count();
+    assert_eq!(copies, 1, "GET lists the message once: {stored}");
+}

@@ -1,5 +1,6 @@
 //! A thread's length does not make its sockets dear: opening a socket on a thread of 100,000
-//! messages costs a bounded number of requests to the stream leader and bounded memory,
+//! messages costs a bounded number of requests to the stream leader and bounded memory (its
+//! feed reads the ids of the thread's last 10,000 messages, not their payloads),
 //! each time its last socket closes and a new one opens; a socket that resumes from any id
 //! the log holds gets exactly what follows it, or, past the backlog bound, a close code that
 //! tells the client to load the thread first.
@@ -99,10 +100,11 @@ async fn fifty_sockets_open_on_a_thread_of_100_000_messages_at_a_bounded_cost() 
     let memory_before = resident_bytes_of_listener(gateway);
     let mut requests = ApiRequests::start(&app).await;
 
-    // Each socket is the thread's only one: its feed starts afresh every time.
+    // Each socket is the thread's only one: its feed starts afresh every time, and learns
+    // the ids of the thread's last 10,000 messages (headers only).
     within(
         "opening 50 sockets, one after another",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         async {
             for _ in 0..50 {
                 let ws = app.connect_ws(&thread).await;
@@ -114,8 +116,10 @@ async fn fifty_sockets_open_on_a_thread_of_100_000_messages_at_a_bounded_cost() 
     let asked = requests.counted().await;
     let grown = resident_bytes_of_listener(gateway).saturating_sub(memory_before);
     eprintln!("50 sockets: {asked} JetStream API requests, the gateway grew by {grown} bytes");
+    // A feed's start: the thread's last sequence (1 request), where its last 10,000
+    // messages begin (2 here) and their ids, 1,000 a time (10): at most 13 for each socket.
     assert!(
-        asked <= 100,
+        asked <= 700,
         "50 sockets on a thread of 100,000 messages made {asked} JetStream API requests"
     );
     assert!(

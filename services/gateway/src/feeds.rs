@@ -5,10 +5,12 @@
 //! a message published but not stored never reaches a socket, and a missed one shows as a gap
 //! that the feed fills from the stream before going on. The same happens when the NATS
 //! connection comes back. Each message is checked once and its payload bytes are shared by
-//! every socket: serialise once, fan out shared bytes.
+//! every socket: serialise once, fan out shared bytes. A feed that starts learns the ids of
+//! its thread's latest messages (headers only), so that it drops a repeat of a message stored
+//! before it started, as `GET` does.
 
 use crate::history::{
-    message_id, payload_size, stored_after, Shown, ShownIds, StoredMessage, ThreadReader,
+    payload_size, stored_after, Shown, ShownIds, StoredMessage, ThreadReader, REMEMBERED_MESSAGES,
 };
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
@@ -29,6 +31,9 @@ const REPAIR_RETRY: Duration = Duration::from_secs(1);
 /// How many messages a feed filling a gap reads at a time.
 const CATCH_UP_BATCH: usize = 256;
 
+/// How many messages' ids (headers only) a feed that starts reads at a time.
+const IDS_BATCH: usize = 1000;
+
 /// Longest a feed filling a gap waits, per message, for its slowest socket to make room in
 /// the queue; past it, that socket falls behind and is closed as too slow (1013).
 const REPAIR_PATIENCE: Duration = Duration::from_secs(2);
@@ -48,8 +53,9 @@ pub const LOAD_THE_THREAD_FIRST: u16 = 4000;
 /// `since` among them.
 const UNNAMED_LOOKUPS: usize = 32;
 
-/// How many sockets of this process look their `since` up in the stream at once; the others
-/// wait their turn, so that resumes cost the stream leader a bounded load.
+/// How many sockets of this process look their `since` up in the stream, or feeds learn
+/// their thread's latest ids, at once; the others wait their turn, so that resumes and
+/// threads' first sockets cost the stream leader a bounded load.
 const RESUMES_AT_ONCE: usize = 8;
 
 /// Most distinct resumes (a `since` lookup or a backlog read) in flight per process; past it
@@ -301,10 +307,9 @@ impl Feeds {
 
     /// Where the message `id` is stored in the thread (created at stream sequence `created`),
     /// looked up among the thread's latest ids (headers only): the last [`BACKLOG_MAX`] to
-    /// twice as many messages, found by counting what the thread holds from a few stream
-    /// sequences on, fewer than 2 log2(the stream's length) requests; then one read. An id
-    /// further back cannot have a backlog a socket is sent; whether it is in the thread at
-    /// all is not worth reading the thread for.
+    /// twice as many messages ([`ThreadReader::latest_from`]), then one read, and the latest
+    /// few without a `Nats-Msg-Id` read whole. An id further back cannot have a backlog a
+    /// socket is sent; whether it is in the thread at all is not worth reading the thread for.
     async fn find(
         &self,
         thread: Uuid,
@@ -315,56 +320,16 @@ impl Feeds {
         let subject = self.log.subjects().message_posted(thread);
         let reader = self.reader(&subject);
         let (least, most) = (BACKLOG_MAX as u64 + 1, 2 * (BACKLOG_MAX as u64 + 1));
-        // Invariant: more than `most` messages from `low` on, fewer than `least` from `high`.
-        let mut low = created + 1;
-        let mut high = through + 1;
-        let mut start = None;
-        if reader.count_from(low).await? <= most {
-            start = Some((low, true));
-        } else {
-            let mut step = least;
-            while start.is_none() && high.saturating_sub(low) > 1 {
-                // Down from the top in growing steps (a busy thread's latest messages are
-                // close to the stream's end), then halving.
-                let probe = if step > 0 {
-                    high.saturating_sub(step).max(low + 1)
-                } else {
-                    low + (high - low) / 2
-                };
-                let count = reader.count_from(probe).await?;
-                if count > most {
-                    low = probe;
-                    step = 0;
-                } else if count < least {
-                    high = probe;
-                    step = step.saturating_mul(2);
-                } else {
-                    start = Some((probe, false));
-                }
-            }
+        let (from, whole_thread) = reader.latest_from(created, through, least, most).await?;
+        let max = 3 * BACKLOG_MAX + 3;
+        let latest = reader.ids(from, None, max, max).await?;
+        let latest: Vec<_> = latest.into_iter().filter(|(at, _)| *at > created).collect();
+        if let Some((at, _)) = latest.iter().find(|(_, named)| *named == Some(id)) {
+            return Ok(Found::At(*at));
         }
-        // Without a start, messages arrive faster than the window moves: read from the top.
-        let (from, whole_thread) = start.unwrap_or((high.max(low), false));
-        let latest = reader.read(from, None, 3 * BACKLOG_MAX + 3, true).await?;
-        let latest: Vec<_> = latest.iter().filter(|m| m.sequence > created).collect();
-        if let Some(found) = latest.iter().find(|m| message_id(m) == Some(id)) {
-            return Ok(Found::At(found.sequence));
-        }
-        // An outside publisher may leave `Nats-Msg-Id` out: the latest few such messages are
-        // read whole, one request each.
-        let unnamed = latest.iter().rev().filter(|m| message_id(m).is_none());
-        for message in unnamed.take(UNNAMED_LOOKUPS) {
-            let stored = stored_after(
-                self.log.jetstream(),
-                &self.log.settings().stream_name,
-                &subject,
-                message.sequence - 1,
-                Some(message.sequence),
-            )
-            .await?;
-            let shown = stored.first().and_then(|m| m.check(self.log.subjects()));
-            if shown.is_some_and(|shown| shown.id == id) {
-                return Ok(Found::At(message.sequence));
+        for at in unnamed(&latest) {
+            if self.unnamed_id(&subject, at).await? == Some(id) {
+                return Ok(Found::At(at));
             }
         }
         Ok(if whole_thread {
@@ -372,6 +337,62 @@ impl Feeds {
         } else {
             Found::TooFarBack
         })
+    }
+
+    /// The id of the message stored at `sequence` on `subject`, read whole (one request), if
+    /// it may be shown: for a message that carries no `Nats-Msg-Id`.
+    async fn unnamed_id(&self, subject: &str, sequence: u64) -> Result<Option<Uuid>, StoreError> {
+        let stored = stored_after(
+            self.log.jetstream(),
+            &self.log.settings().stream_name,
+            subject,
+            sequence - 1,
+            Some(sequence),
+        )
+        .await?;
+        Ok(stored
+            .first()
+            .and_then(|m| m.check(self.log.subjects()))
+            .map(|shown| shown.id))
+    }
+
+    /// The ids of the thread's latest messages stored after `created` up to `through`, oldest
+    /// first, with their stream sequences: the last [`REMEMBERED_MESSAGES`] (the window of
+    /// repeats a feed drops), read with headers only, [`IDS_BATCH`] at a time; each id from
+    /// its `Nats-Msg-Id`, and the latest [`UNNAMED_LOOKUPS`] messages without one read whole.
+    /// A few requests to find where they begin, then one per batch, whatever the thread's
+    /// length.
+    async fn latest_ids(
+        &self,
+        thread: Uuid,
+        created: u64,
+        through: u64,
+    ) -> Result<Vec<(u64, Uuid)>, StoreError> {
+        if through <= created {
+            return Ok(Vec::new());
+        }
+        let subject = self.log.subjects().message_posted(thread);
+        let reader = self.reader(&subject);
+        let least = REMEMBERED_MESSAGES as u64;
+        let (from, _) = reader
+            .latest_from(created, through, least, least + least / 4)
+            .await?;
+        let mut latest = reader
+            .ids(from, Some(through), IDS_BATCH, usize::MAX)
+            .await?;
+        latest.retain(|(at, _)| *at > created);
+        let keep_from = latest.len().saturating_sub(REMEMBERED_MESSAGES);
+        latest.drain(..keep_from);
+        for at in unnamed(&latest) {
+            let id = self.unnamed_id(&subject, at).await?;
+            if let Some(entry) = latest.iter_mut().find(|(stored, _)| *stored == at) {
+                entry.1 = id;
+            }
+        }
+        Ok(latest
+            .into_iter()
+            .filter_map(|(at, id)| Some((at, id?)))
+            .collect())
     }
 
     /// How many threads this process is watching.
@@ -420,9 +441,12 @@ impl Feeds {
     }
 
     /// Subscribes to the thread's stored messages, then asks the stream for the thread's last
-    /// sequence (one request, whatever the thread's length: the feed shows what follows it),
-    /// then hands over to a task that follows the live ones. The server handles a connection's operations in order, so the
-    /// subscription is in place before the stream is read: nothing falls between the two.
+    /// sequence (one request: the feed shows what follows it) and learns the ids of the
+    /// thread's latest messages up to it ([`latest_ids`](Self::latest_ids), a few requests
+    /// whatever the thread's length: the feed drops a repeat of any of them), then hands over
+    /// to a task that follows the live ones. The server handles a connection's operations in
+    /// order, so the subscription is in place before the stream is read: nothing falls
+    /// between the two. Sockets that open on the thread meanwhile wait for this one start.
     async fn start(
         &self,
         thread: Uuid,
@@ -454,7 +478,23 @@ impl Feeds {
             shared,
         };
         follower.learn_last().await?;
-        tracing::debug!(%thread, "watching");
+        let last = follower.last();
+        let latest = {
+            let _turn = self.resumes.acquire().await.map_err(StoreError::nats)?;
+            self.latest_ids(thread, created, last).await?
+        };
+        let learned = latest.len();
+        {
+            let mut state = follower
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (at, id) in latest {
+                state.shown.insert(id, at);
+            }
+        }
+        tracing::debug!(%thread, learned, "watching");
         let connections = self.log.connections();
         tokio::spawn(follower.run(subscriber, connections, stop));
         Ok(())
@@ -471,6 +511,13 @@ impl Feeds {
             }
         }
     }
+}
+
+/// The stream sequences of the latest [`UNNAMED_LOOKUPS`] messages without a `Nats-Msg-Id`
+/// among `latest` (oldest first), newest first.
+fn unnamed(latest: &[(u64, Option<Uuid>)]) -> Vec<u64> {
+    let unnamed = latest.iter().rev().filter(|(_, id)| id.is_none());
+    unnamed.take(UNNAMED_LOOKUPS).map(|(at, _)| *at).collect()
 }
 
 /// The task behind a feed: follows the thread's stored messages in stream order.

@@ -1,7 +1,8 @@
 //! A thread's stored messages, read back from the event stream: where a feed starts, what it
 //! replays when its NATS connection comes back or it sees a sequence gap, and what a socket
 //! that resumes with `since` gets first. Also the memory of which message ids a thread has
-//! shown, so that a repeat stored twice (outside the stream's duplicate window) shows once.
+//! shown, or held when its feed started, so that a repeat stored twice (outside the stream's
+//! duplicate window) shows once.
 
 use async_nats::jetstream::{self, response::Response, ErrorCode};
 use async_nats::HeaderMap;
@@ -16,9 +17,9 @@ use std::time::Duration;
 use threadline_infra::{existence, StoreError};
 use uuid::Uuid;
 
-/// How many message ids of a thread a feed remembers of those it has shown, with their stream
-/// sequences: the window of repeats it drops, and the resumes it answers without asking the
-/// stream.
+/// How many message ids of a thread a feed remembers, with their stream sequences: those of
+/// the thread's latest messages when it starts, then those it shows. The window of repeats it
+/// drops, and the resumes it answers without asking the stream.
 pub const REMEMBERED_MESSAGES: usize = 10_000;
 
 /// One `MessagePosted` event as the stream stored it.
@@ -171,11 +172,14 @@ impl ThreadReader<'_> {
     }
 
     /// Creates a consumer from stream sequence `from` on; the number of the thread's
-    /// messages there, and how many of them the server has pushed already.
+    /// messages there, and how many of them the server has pushed already. A consumer that
+    /// pushes to `push_to` pushes at most `max` messages: they are never acknowledged, and
+    /// the server stops at `max_ack_pending`, so that a read in batches costs each batch's
+    /// messages, not the rest of the thread each time.
     async fn create(
         &self,
         from: u64,
-        push_to: Option<&str>,
+        push_to: Option<(&str, usize)>,
         headers_only: bool,
     ) -> Result<u64, StoreError> {
         let mut config = json!({
@@ -189,8 +193,10 @@ impl ThreadReader<'_> {
             "mem_storage": true,
             "num_replicas": 1,
         });
-        if let Some(inbox) = push_to {
+        if let Some((inbox, max)) = push_to {
             config["deliver_subject"] = json!(inbox);
+            config["ack_policy"] = json!("explicit");
+            config["max_ack_pending"] = json!(i64::try_from(max.max(1)).unwrap_or(i64::MAX));
         }
         let response: Response<Created> = self
             .jetstream
@@ -228,7 +234,7 @@ impl ThreadReader<'_> {
             .subscribe(inbox.clone())
             .await
             .map_err(StoreError::nats)?;
-        let held = self.create(from, Some(&inbox), headers_only).await?;
+        let held = self.create(from, Some((&inbox, max)), headers_only).await?;
         let wanted = max.min(usize::try_from(held).unwrap_or(usize::MAX));
         let mut messages = Vec::with_capacity(wanted.min(1024));
         while messages.len() < wanted {
@@ -252,6 +258,78 @@ impl ThreadReader<'_> {
         // Dropping the subscription unsubscribes: the server stops pushing and removes the
         // consumer after `READER_LINGER`.
         Ok(messages)
+    }
+
+    /// Where the thread's latest messages begin: a stream sequence from which the thread
+    /// (created at stream sequence `created`) holds `least` to `most` messages, found by
+    /// counting what it holds from a few stream sequences on (fewer than 2 log2(the stream's
+    /// length) requests, none when the stream holds fewer than `least` messages after
+    /// `created` up to `through`), and whether that is the thread's first message. Without
+    /// such a sequence (messages arrive faster than the counts move), from near the top.
+    pub async fn latest_from(
+        &self,
+        created: u64,
+        through: u64,
+        least: u64,
+        most: u64,
+    ) -> Result<(u64, bool), StoreError> {
+        // Invariant: more than `most` messages from `low` on, fewer than `least` from `high`.
+        let mut low = created + 1;
+        let mut high = through + 1;
+        if high.saturating_sub(low) <= least || self.count_from(low).await? <= most {
+            return Ok((low, true));
+        }
+        let mut step = least;
+        while high.saturating_sub(low) > 1 {
+            // Down from the top in growing steps (a busy thread's latest messages are close
+            // to the stream's end), then halving.
+            let probe = if step > 0 {
+                high.saturating_sub(step).max(low + 1)
+            } else {
+                low + (high - low) / 2
+            };
+            let count = self.count_from(probe).await?;
+            if count > most {
+                low = probe;
+                step = 0;
+            } else if count < least {
+                high = probe;
+                step = step.saturating_mul(2);
+            } else {
+                return Ok((probe, false));
+            }
+        }
+        Ok((high.max(low), false))
+    }
+
+    /// The ids (`Nats-Msg-Id`, `None` where a message has none) and stream sequences of the
+    /// thread's messages from stream sequence `from` on, oldest first, none after `through`,
+    /// at most `max`: read with headers only, `batch` at a time, one consumer (one request)
+    /// per batch, so that only a batch of headers is held at once.
+    pub async fn ids(
+        &self,
+        from: u64,
+        through: Option<u64>,
+        batch: usize,
+        max: usize,
+    ) -> Result<Vec<(u64, Option<Uuid>)>, StoreError> {
+        let batch = batch.max(1);
+        let mut ids = Vec::new();
+        let mut next = from;
+        while ids.len() < max {
+            let read = self
+                .read(next, through, batch.min(max - ids.len()), true)
+                .await?;
+            let Some(last) = read.last().map(|m| m.sequence) else {
+                break;
+            };
+            ids.extend(read.iter().map(|m| (m.sequence, message_id(m))));
+            if read.len() < batch || through.is_some_and(|through| last >= through) {
+                break;
+            }
+            next = last + 1;
+        }
+        Ok(ids)
     }
 }
 
@@ -289,8 +367,8 @@ pub fn payload_size(message: &StoredMessage) -> usize {
         .unwrap_or(message.payload.len())
 }
 
-/// The ids a thread has shown, each with the stream sequence it was first stored at; the
-/// oldest are forgotten past [`REMEMBERED_MESSAGES`].
+/// The ids a thread has shown (or held when its feed started), each with the stream sequence
+/// it was first stored at; the oldest are forgotten past [`REMEMBERED_MESSAGES`].
 #[derive(Default)]
 pub struct ShownIds {
     first: HashMap<Uuid, u64>,
