@@ -133,14 +133,24 @@ async fn one_message_id_twice_in_one_batch_is_shown_once_with_the_first_body() {
     assert_first_of_two_wins(&mut app, &thread, true).await;
 }
 
-#[tokio::test]
-async fn a_repeat_of_a_message_stored_before_the_thread_s_first_socket_is_not_shown() {
+/// Stores message `id` on a thread that no socket watches (under `Nats-Msg-Id` `id`, or
+/// without one), opens the thread's first socket (its gateway starts following the thread
+/// now), then stores the message again under a new `Nats-Msg-Id` (or again without one), as
+/// a publisher repeating it after the duplicate window does: the socket does not show the
+/// repeat, and `GET` lists the message once.
+async fn assert_repeat_of_a_message_older_than_the_feed_is_not_shown(named: bool) {
     let app = spawn_app().await;
     let thread = app.new_thread().await;
     let subject = app.message_subject(&thread);
     let id = new_id();
     let payload = agent_reply(&id, &thread, "stored before any socket");
-    app.publish_event(&subject, &[("Nats-Msg-Id", &id)], payload.clone())
+    let first_msg_id = if named { id.clone() } else { String::new() };
+    let first_headers: &[(&str, &str)] = if named {
+        &[("Nats-Msg-Id", &first_msg_id)]
+    } else {
+        &[]
+    };
+    app.publish_event(&subject, first_headers, payload.clone())
         .await;
     eventually("the first copy in GET", PROJECTION_TIMEOUT, || async {
         message_ids(&app.get_thread(&thread).await)
@@ -149,12 +159,14 @@ async fn a_repeat_of_a_message_stored_before_the_thread_s_first_socket_is_not_sh
     })
     .await;
 
-    // The thread's first socket: its gateway starts following the thread now.
     let mut ws = app.connect_ws(&thread).await;
-    // Past the duplicate window, as JetStream sees it: a new `Nats-Msg-Id`.
-    let repeat = app
-        .publish_event(&subject, &[("Nats-Msg-Id", &new_id())], payload)
-        .await;
+    let repeat_msg_id = new_id();
+    let repeat_headers: &[(&str, &str)] = if named {
+        &[("Nats-Msg-Id", &repeat_msg_id)]
+    } else {
+        &[]
+    };
+    let repeat = app.publish_event(&subject, repeat_headers, payload).await;
     assert!(!repeat.duplicate, "the repeat is stored");
     let marker = marker(&app, &thread).await;
 
@@ -166,4 +178,14 @@ async fn a_repeat_of_a_message_stored_before_the_thread_s_first_socket_is_not_sh
     let stored = app.get_thread(&thread).await;
     let copies = message_ids(&stored).iter().filter(|m| **m == id).count();
     assert_eq!(copies, 1, "GET lists the message once: {stored}");
+}
+
+#[tokio::test]
+async fn a_repeat_of_a_message_stored_before_the_thread_s_first_socket_is_not_shown() {
+    assert_repeat_of_a_message_older_than_the_feed_is_not_shown(true).await;
+}
+
+#[tokio::test]
+async fn a_repeat_of_a_message_stored_without_a_msg_id_before_the_first_socket_is_not_shown() {
+    assert_repeat_of_a_message_older_than_the_feed_is_not_shown(false).await;
 }
