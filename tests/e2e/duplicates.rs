@@ -189,3 +189,36 @@ async fn a_repeat_of_a_message_stored_before_the_thread_s_first_socket_is_not_sh
 async fn a_repeat_of_a_message_stored_without_a_msg_id_before_the_first_socket_is_not_shown() {
     assert_repeat_of_a_message_older_than_the_feed_is_not_shown(false).await;
 }
+
+#[tokio::test]
+async fn a_message_whose_first_copy_was_set_aside_before_the_thread_s_first_socket_is_shown() {
+    let app = spawn_app().await;
+    let thread = app.new_thread().await;
+    let subject = app.message_subject(&thread);
+    let id = new_id();
+    // Invalid (a blank body): set aside, never a message of the thread.
+    app.publish_event(
+        &subject,
+        &[("Nats-Msg-Id", &id)],
+        agent_reply(&id, &thread, " "),
+    )
+    .await;
+    marker(&app, &thread).await;
+
+    let mut ws = app.connect_ws(&thread).await;
+    // The publisher corrects it and publishes it again, past the duplicate window.
+    let valid = agent_reply(&id, &thread, "corrected");
+    app.publish_event(&subject, &[("Nats-Msg-Id", &new_id())], valid.clone())
+        .await;
+    assert_eq!(
+        ws.next_text().await,
+        valid,
+        "the socket left out the message's first valid copy"
+    );
+    eventually("the message in GET", PROJECTION_TIMEOUT, || async {
+        let stored = app.get_thread(&thread).await;
+        let copies = message_ids(&stored).iter().filter(|m| **m == id).count();
+        (copies == 1).then_some(())
+    })
+    .await;
+}

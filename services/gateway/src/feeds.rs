@@ -10,7 +10,7 @@
 //! before it started, as `GET` does.
 
 use crate::history::{
-    payload_size, stored_after, Shown, ShownIds, StoredMessage, ThreadReader, REMEMBERED_MESSAGES,
+    id_stored_at, payload_size, Shown, ShownIds, StoredMessage, ThreadReader, REMEMBERED_MESSAGES,
 };
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
@@ -328,7 +328,7 @@ impl Feeds {
             return Ok(Found::At(*at));
         }
         for at in unnamed(&latest) {
-            if self.unnamed_id(&subject, at).await? == Some(id) {
+            if self.stored_id(&subject, at).await? == Some(id) {
                 return Ok(Found::At(at));
             }
         }
@@ -340,20 +340,12 @@ impl Feeds {
     }
 
     /// The id of the message stored at `sequence` on `subject`, read whole (one request), if
-    /// it may be shown: for a message that carries no `Nats-Msg-Id`.
-    async fn unnamed_id(&self, subject: &str, sequence: u64) -> Result<Option<Uuid>, StoreError> {
-        let stored = stored_after(
-            self.log.jetstream(),
-            &self.log.settings().stream_name,
-            subject,
-            sequence - 1,
-            Some(sequence),
-        )
-        .await?;
-        Ok(stored
-            .first()
-            .and_then(|m| m.check(self.log.subjects()))
-            .map(|shown| shown.id))
+    /// it may be shown: for a message that carries no `Nats-Msg-Id`, or one whose
+    /// `Nats-Msg-Id` a later copy of its id would repeat.
+    async fn stored_id(&self, subject: &str, sequence: u64) -> Result<Option<Uuid>, StoreError> {
+        let stream = &self.log.settings().stream_name;
+        let subjects = self.log.subjects();
+        id_stored_at(self.log.jetstream(), stream, subject, subjects, sequence).await
     }
 
     /// The ids of the thread's latest messages stored after `created` up to `through`, oldest
@@ -384,7 +376,7 @@ impl Feeds {
         let keep_from = latest.len().saturating_sub(REMEMBERED_MESSAGES);
         latest.drain(..keep_from);
         for at in unnamed(&latest) {
-            let id = self.unnamed_id(&subject, at).await?;
+            let id = self.stored_id(&subject, at).await?;
             if let Some(entry) = latest.iter_mut().find(|(stored, _)| *stored == at) {
                 entry.1 = id;
             }
@@ -425,16 +417,41 @@ impl Feeds {
         let stored = reader
             .read(after + 1, Some(through), BACKLOG_MAX, false)
             .await?;
-        let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (shown, unchecked) = {
+            let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let shown: Vec<_> = stored
+                .iter()
+                .filter_map(|m| Some((m.sequence, state.check(m, self.log.subjects())?)))
+                .collect();
+            let unchecked: Vec<_> = shown
+                .iter()
+                .filter_map(|(at, m)| Some((m.id, state.shown.unchecked(m.id, *at)?)))
+                .collect();
+            (shown, unchecked)
+        };
+        let unchecked: HashSet<_> = unchecked.into_iter().collect();
+        // A copy of an id that the feed knows from `Nats-Msg-Id` alone: its first copy is
+        // read whole before this one is taken for a repeat.
+        for (id, first) in unchecked {
+            let found = self.stored_id(&subject, first).await?;
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.shown.checked(id, first, found);
+        }
+        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut in_backlog = HashSet::new();
         Ok(Some(
-            stored
-                .iter()
-                .filter_map(|message| {
-                    let shown = state.check(message, self.log.subjects())?;
-                    (state.shown.is_first(shown.id, message.sequence)
-                        && in_backlog.insert(shown.id))
-                    .then_some(shown.frame)
+            shown
+                .into_iter()
+                .filter_map(|(at, shown)| {
+                    if !state.shown.is_first(shown.id, at) || !in_backlog.insert(shown.id) {
+                        return None;
+                    }
+                    // The first copy of an id whose learned copy turned out to be another
+                    // message: a later copy is its repeat.
+                    if state.shown.sequence_of(shown.id).is_none() {
+                        state.shown.insert(shown.id, at);
+                    }
+                    Some(shown.frame)
                 })
                 .collect(),
         ))
@@ -491,7 +508,7 @@ impl Feeds {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             for (at, id) in latest {
-                state.shown.insert(id, at);
+                state.shown.learn(id, at);
             }
         }
         tracing::debug!(%thread, learned, "watching");
@@ -592,13 +609,13 @@ impl Follower {
             tracing::info!(thread = %self.thread, last, previous, "filling a gap from the stream");
             Box::pin(self.catch_up(Some(sequence - 1))).await?;
         }
-        self.show(&StoredMessage {
+        self.check_and_show(&StoredMessage {
             sequence,
             subject,
             headers: message.headers,
             payload: message.payload,
-        });
-        Ok(())
+        })
+        .await
     }
 
     /// Asks the stream for the thread's last sequence, before any socket watches it: the
@@ -646,7 +663,7 @@ impl Follower {
                 while self.shared.sender.len() >= room && tokio::time::Instant::now() < patience {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                self.show(message);
+                self.check_and_show(message).await?;
             }
             if stored.len() < CATCH_UP_BATCH {
                 return Ok(());
@@ -662,14 +679,42 @@ impl Follower {
             .last
     }
 
-    /// Sends a stored message to the thread's sockets unless it is invalid or a repeat.
-    fn show(&self, message: &StoredMessage) {
+    /// Shows a stored message, after reading whole the first copy of its id if the feed
+    /// knows that copy from its `Nats-Msg-Id` alone (once per such id).
+    async fn check_and_show(&self, message: &StoredMessage) -> Result<(), StoreError> {
+        if let Some((id, first)) = self.show(message) {
+            let found = id_stored_at(
+                self.log.jetstream(),
+                &self.log.settings().stream_name,
+                &self.subject,
+                &self.subjects,
+                first,
+            )
+            .await?;
+            let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.shown.checked(id, first, found);
+            drop(state);
+            self.show(message);
+        }
+        Ok(())
+    }
+
+    /// Sends a stored message to the thread's sockets unless it is invalid or a repeat. If it
+    /// would repeat a copy that the feed knows from its `Nats-Msg-Id` alone, it is left for
+    /// [`check_and_show`](Self::check_and_show): the id and that copy's sequence.
+    fn show(&self, message: &StoredMessage) -> Option<(Uuid, u64)> {
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         if message.sequence <= state.last {
-            return;
+            return None;
+        }
+        let checked = state.check(message, &self.subjects);
+        if let Some(first) = checked
+            .as_ref()
+            .and_then(|shown| Some((shown.id, state.shown.unchecked(shown.id, message.sequence)?)))
+        {
+            return Some(first);
         }
         state.last = message.sequence;
-        let checked = state.check(message, &self.subjects);
         if let Some(shown) = checked {
             if state.shown.insert(shown.id, message.sequence) {
                 // An error only means no socket is listening right now.
@@ -679,5 +724,6 @@ impl Follower {
                 });
             }
         }
+        None
     }
 }

@@ -368,24 +368,57 @@ pub fn payload_size(message: &StoredMessage) -> usize {
 }
 
 /// The ids a thread has shown (or held when its feed started), each with the stream sequence
-/// it was first stored at; the oldest are forgotten past [`REMEMBERED_MESSAGES`].
+/// it was first stored at; the oldest are forgotten past [`REMEMBERED_MESSAGES`]. An id held
+/// when the feed started is known from the first copy's `Nats-Msg-Id` only, until that copy
+/// is read whole ([`checked`](Self::checked)): the first time another copy of the id comes.
 #[derive(Default)]
 pub struct ShownIds {
-    first: HashMap<Uuid, u64>,
-    order: VecDeque<Uuid>,
+    first: HashMap<Uuid, First>,
+    /// The ids in the order they were remembered, each with the sequence it was remembered at.
+    order: VecDeque<(Uuid, u64)>,
+}
+
+#[derive(Clone, Copy)]
+struct First {
+    sequence: u64,
+    /// Known from `Nats-Msg-Id` alone: the copy at `sequence` may be invalid, or another
+    /// message that its publisher gave this `Nats-Msg-Id`.
+    unchecked: bool,
 }
 
 impl ShownIds {
     /// Remembers a message stored at `sequence`; false if its id was shown before (a repeat).
     pub fn insert(&mut self, id: Uuid, sequence: u64) -> bool {
+        self.remember(id, sequence, false)
+    }
+
+    /// Remembers, from its `Nats-Msg-Id` alone, a message stored at `sequence` before the
+    /// feed started.
+    pub fn learn(&mut self, id: Uuid, sequence: u64) {
+        self.remember(id, sequence, true);
+    }
+
+    fn remember(&mut self, id: Uuid, sequence: u64, unchecked: bool) -> bool {
         if self.first.contains_key(&id) {
             return false;
         }
-        self.first.insert(id, sequence);
-        self.order.push_back(id);
+        self.first.insert(
+            id,
+            First {
+                sequence,
+                unchecked,
+            },
+        );
+        self.order.push_back((id, sequence));
         if self.order.len() > REMEMBERED_MESSAGES {
-            if let Some(old) = self.order.pop_front() {
-                self.first.remove(&old);
+            if let Some((old, at)) = self.order.pop_front() {
+                if self
+                    .first
+                    .get(&old)
+                    .is_some_and(|first| first.sequence == at)
+                {
+                    self.first.remove(&old);
+                }
             }
         }
         true
@@ -393,13 +426,62 @@ impl ShownIds {
 
     /// The sequence at which a remembered message was first stored.
     pub fn sequence_of(&self, id: Uuid) -> Option<u64> {
-        self.first.get(&id).copied()
+        self.first.get(&id).map(|first| first.sequence)
     }
 
     /// Whether the message stored at `sequence` is the first copy of `id` (not a repeat).
     pub fn is_first(&self, id: Uuid, sequence: u64) -> bool {
-        !matches!(self.first.get(&id), Some(first) if *first != sequence)
+        !matches!(self.first.get(&id), Some(first) if first.sequence != sequence)
     }
+
+    /// The sequence of the copy of `id` that a message stored at `sequence` would repeat, if
+    /// that copy is known from its `Nats-Msg-Id` alone: to be read whole before the message
+    /// is taken for a repeat.
+    pub fn unchecked(&self, id: Uuid, sequence: u64) -> Option<u64> {
+        let first = self.first.get(&id)?;
+        (first.unchecked && first.sequence != sequence).then_some(first.sequence)
+    }
+
+    /// Records what the copy stored at `sequence` turned out to be, read whole: `Some(id)`
+    /// keeps it as the first copy of `id`; anything else (invalid, or another message) forgets
+    /// it, so that the next copy of `id` is its first.
+    pub fn checked(&mut self, id: Uuid, sequence: u64, found: Option<Uuid>) {
+        let Some(first) = self.first.get_mut(&id) else {
+            return;
+        };
+        if first.sequence != sequence {
+            return;
+        }
+        if found == Some(id) {
+            first.unchecked = false;
+        } else {
+            self.first.remove(&id);
+        }
+    }
+}
+
+/// The id of the message stored at `sequence` on `subject`, read whole (one request), if it
+/// may be shown (`None` if it is invalid or gone).
+pub async fn id_stored_at(
+    jetstream: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    subjects: &Subjects,
+    sequence: u64,
+) -> Result<Option<Uuid>, StoreError> {
+    let stored = stored_after(
+        jetstream,
+        stream,
+        subject,
+        sequence.saturating_sub(1),
+        Some(sequence),
+    )
+    .await?;
+    Ok(stored
+        .first()
+        .filter(|m| m.sequence == sequence)
+        .and_then(|m| m.check(subjects))
+        .map(|shown| shown.id))
 }
 
 #[cfg(test)]
@@ -419,6 +501,30 @@ mod tests {
         }
         assert_eq!(shown.sequence_of(Uuid::from_u128(1)), None, "forgotten");
         assert!(shown.insert(Uuid::from_u128(1), 20_000));
+    }
+
+    #[test]
+    fn an_id_learned_from_its_msg_id_counts_once_its_first_copy_is_checked() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut shown = ShownIds::default();
+        shown.learn(a, 10);
+        shown.learn(b, 11);
+        assert_eq!(shown.unchecked(a, 10), None, "the copy itself");
+        assert_eq!(shown.unchecked(a, 15), Some(10));
+        shown.checked(a, 10, Some(a));
+        assert_eq!(shown.unchecked(a, 15), None);
+        assert!(!shown.insert(a, 15), "a repeat of a checked first copy");
+        // The copy at 11 was invalid, or another message: the next copy of b is its first.
+        shown.checked(b, 11, None);
+        assert_eq!(shown.sequence_of(b), None);
+        assert!(shown.insert(b, 16));
+        assert!(shown.is_first(b, 16));
+        // The stale place of b in the order does not forget its new first copy.
+        for i in 3..=(REMEMBERED_MESSAGES as u128 + 1) {
+            assert!(shown.insert(Uuid::from_u128(i), 100 + i as u64));
+        }
+        assert_eq!(shown.sequence_of(a), None, "forgotten");
+        assert_eq!(shown.sequence_of(b), Some(16));
     }
 
     #[test]
