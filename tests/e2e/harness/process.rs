@@ -152,11 +152,43 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// Sends `signal` to the process `pid` (one of ours).
+/// Sends `signal` to the process `pid` (one of ours). A SIGSTOP returns once every thread of
+/// the process has stopped.
 pub fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
     unsafe {
         libc::kill(pid as libc::pid_t, signal);
+    }
+    if signal == libc::SIGSTOP {
+        wait_until_stopped(pid);
+    }
+}
+
+/// kill(2) returns before the target has stopped: each of its threads stops on its own when
+/// the kernel next gets to it, and on a loaded machine a broker's thread was seen to store one
+/// more message after the SIGSTOP was sent. Waits (up to 5 s) until /proc shows every thread
+/// stopped (or gone).
+fn wait_until_stopped(pid: u32) {
+    let stopped = |stat: &str| {
+        // pid (comm) state ...: comm may hold spaces, so read after its ')'.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        matches!(state, Some("T" | "t" | "Z" | "X") | None)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
+        let all = threads.flatten().all(|thread| {
+            std::fs::read_to_string(thread.path().join("stat")).map_or(true, |s| stopped(&s))
+        });
+        if all {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
