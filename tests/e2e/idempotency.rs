@@ -308,3 +308,30 @@ async fn a_keyed_event_too_large_for_the_log_is_413_and_leaves_no_record() {
     }
     assert!(recorded > 0, "no body near the limit was stored");
 }
+
+#[tokio::test]
+async fn a_key_refused_for_another_cause_is_not_logged_as_a_full_bucket() {
+    let app = spawn_app().await;
+    let thread = app.new_thread().await;
+    // The bucket gone (an operator's mistake): the key cannot be recorded, but not for lack
+    // of room, and the operator must not be sent to IDEMPOTENCY_MAX_BYTES.
+    app.jetstream()
+        .await
+        .delete_stream("KV_THREADLINE_IDEMPOTENCY")
+        .await
+        .expect("the bucket deleted");
+    let answer = app
+        .post_with_key("/chat/message/", &message(&thread, "x"), &new_id())
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    eventually("the api to log the 503", PROJECTION_TIMEOUT, || async {
+        app.logs("api", 0).contains("answering 503").then_some(())
+    })
+    .await;
+    assert!(
+        !app.logs("api", 0).contains("IDEMPOTENCY_MAX_BYTES"),
+        "the refusal was logged as a full bucket: {}",
+        app.logs("api", 0).dump()
+    );
+}
