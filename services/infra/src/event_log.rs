@@ -4,6 +4,7 @@ use crate::coalesce::{Answer, Coalesce};
 use crate::existence::{self, KnownThreads, MissingThreads};
 use crate::settings::NatsSettings;
 use crate::StoreError;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
@@ -640,11 +641,13 @@ impl EventLog for JetStreamLog {
         let floor = self
             .progress_asked
             .get((), move || async move {
-                stream
-                    .consumer_info(&consumer)
-                    .await
-                    .map(|info| info.ack_floor.stream_sequence)
-                    .map_err(|e| e.to_string())
+                match stream.consumer_info(&consumer).await {
+                    Ok(info) => Ok(info.ack_floor.stream_sequence),
+                    // No projector has made its consumer yet (one is starting): it has applied
+                    // nothing, and a GET waits for it as for one that is behind.
+                    Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(0),
+                    Err(e) => Err(e.to_string()),
+                }
             })
             .await
             .map_err(StoreError::nats)?;
