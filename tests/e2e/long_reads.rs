@@ -5,7 +5,6 @@
 use crate::harness::*;
 use futures::future::join_all;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,18 +77,7 @@ async fn thirty_two_reads_of_a_long_thread_stream_in_bounded_memory() {
     let expected = Arc::new(expected);
 
     let api = app.addr("api", 0);
-    let before = resident_bytes_of_listener(api);
-    let peak = Arc::new(AtomicU64::new(before));
-    let reading = Arc::new(AtomicBool::new(true));
-    let sampler = tokio::spawn({
-        let (peak, reading) = (peak.clone(), reading.clone());
-        async move {
-            while reading.load(Ordering::Relaxed) {
-                peak.fetch_max(resident_bytes_of_listener(api), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let memory = PeakResident::start(api);
 
     let path = format!("/chat/thread/{long}/");
     let readers = join_all((0..READERS).map(|_| async {
@@ -123,10 +111,7 @@ async fn thirty_two_reads_of_a_long_thread_stream_in_bounded_memory() {
         (answer.status, started.elapsed())
     };
     let (_, (short_status, short_took)) = tokio::join!(readers, meanwhile);
-    reading.store(false, Ordering::Relaxed);
-    sampler.await.expect("memory sampler");
-
-    let grown = peak.load(Ordering::Relaxed).saturating_sub(before);
+    let grown = memory.growth().await;
     println!(
         "{READERS} GETs of {MESSAGES} messages: the api grew by {} MiB; a short GET meanwhile took {short_took:?}",
         grown / MIB
@@ -269,18 +254,7 @@ async fn reads_of_a_thread_of_large_messages_hold_a_few_pages_in_memory() {
     .expect("inserting large messages");
 
     let api = app.addr("api", 0);
-    let before = resident_bytes_of_listener(api);
-    let peak = Arc::new(AtomicU64::new(before));
-    let reading = Arc::new(AtomicBool::new(true));
-    let sampler = tokio::spawn({
-        let (peak, reading) = (peak.clone(), reading.clone());
-        async move {
-            while reading.load(Ordering::Relaxed) {
-                peak.fetch_max(resident_bytes_of_listener(api), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    });
+    let memory = PeakResident::start(api);
     let path = format!("/chat/thread/{thread}/");
     join_all((0..2).map(|_| async {
         let answer = app.get(&path).await;
@@ -298,9 +272,7 @@ async fn reads_of_a_thread_of_large_messages_hold_a_few_pages_in_memory() {
         .expect("checking the thread");
     }))
     .await;
-    reading.store(false, Ordering::Relaxed);
-    sampler.await.expect("memory sampler");
-    let grown = peak.load(Ordering::Relaxed).saturating_sub(before);
+    let grown = memory.growth().await;
     println!(
         "2 GETs of {LARGE_MESSAGES} messages of {LARGE_BODY} bytes: the api grew by {} MiB",
         grown / MIB

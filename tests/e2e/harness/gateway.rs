@@ -157,6 +157,49 @@ pub async fn send_until_refused(
     unreachable!()
 }
 
+/// The peak resident memory of the process listening on an address, sampled every 10 ms
+/// from [`PeakResident::start`] until [`PeakResident::growth`].
+pub struct PeakResident {
+    before: u64,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampling: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl PeakResident {
+    pub fn start(addr: SocketAddr) -> PeakResident {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let before = resident_bytes_of_listener(addr);
+        let peak = std::sync::Arc::new(AtomicU64::new(before));
+        let sampling = std::sync::Arc::new(AtomicBool::new(true));
+        let sampler = tokio::spawn({
+            let (peak, sampling) = (peak.clone(), sampling.clone());
+            async move {
+                while sampling.load(Ordering::Relaxed) {
+                    peak.fetch_max(resident_bytes_of_listener(addr), Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        });
+        PeakResident {
+            before,
+            peak,
+            sampling,
+            sampler,
+        }
+    }
+
+    /// Stops sampling; how far above its first sample the peak went, in bytes.
+    pub async fn growth(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.sampling.store(false, Ordering::Relaxed);
+        self.sampler.await.expect("memory sampler");
+        self.peak
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.before)
+    }
+}
+
 /// Resident memory (VmRSS) in bytes of the process listening on `addr`'s port.
 pub fn resident_bytes_of_listener(addr: SocketAddr) -> u64 {
     let port = format!("{:04X}", addr.port());

@@ -18,7 +18,7 @@ pub mod ws;
 
 pub use app::{options, spawn_all, spawn_app, App};
 pub use client::{header, publish_event, Client, HttpResponse, PROJECTION_TIMEOUT};
-pub use gateway::resident_bytes_of_listener;
+pub use gateway::{resident_bytes_of_listener, PeakResident};
 pub use ids::{
     agent_reply, assert_same_json, assert_timestamp, assert_uuid1, keys, message_ids, new_id,
     now_timestamp,
