@@ -38,11 +38,7 @@ fn id_of(message: &serde_json::Value) -> String {
 #[tokio::test]
 async fn a_cut_nats_connection_loses_a_socket_nothing() {
     let mut app = options().replicas("gateway", 0).start().await;
-    let proxy = Proxy::in_front_of(&app.nats.url()).await;
-    let gateway = app
-        .start_replica("gateway", &[("NATS_URL", &proxy.nats_url())])
-        .await;
-    let client = app.client(0, gateway);
+    let (proxy, gateway, client) = Proxy::gateway_behind(&mut app).await;
     let thread = client.new_thread().await;
     let mut ws = client.connect_ws(&thread).await;
 
@@ -76,11 +72,7 @@ async fn a_cut_nats_connection_loses_a_socket_nothing() {
 #[tokio::test]
 async fn a_stored_message_lost_on_a_live_nats_connection_reaches_the_socket_in_order() {
     let mut app = options().replicas("gateway", 0).start().await;
-    let proxy = Proxy::in_front_of(&app.nats.url()).await;
-    let gateway = app
-        .start_replica("gateway", &[("NATS_URL", &proxy.nats_url())])
-        .await;
-    let client = app.client(0, gateway);
+    let (proxy, _, client) = Proxy::gateway_behind(&mut app).await;
     let thread = client.new_thread().await;
     let mut ws = client.connect_ws(&thread).await;
     let first = id_of(&client.say(&thread, "before the loss").await.json());

@@ -240,11 +240,7 @@ async fn a_gap_of_3_000_messages_is_filled_at_a_bounded_cost() {
         .replicas("projector", 0)
         .start()
         .await;
-    let proxy = Proxy::in_front_of(&app.nats.url()).await;
-    let gateway = app
-        .start_replica("gateway", &[("NATS_URL", &proxy.nats_url())])
-        .await;
-    let client = app.client(0, gateway);
+    let (proxy, _, client) = Proxy::gateway_behind(&mut app).await;
     let thread = client.new_thread().await;
     let mut ws = client.connect_ws(&thread).await;
 

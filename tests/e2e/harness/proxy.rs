@@ -30,6 +30,19 @@ struct Losses {
 }
 
 impl Proxy {
+    /// A new gateway replica of `app` whose NATS connection goes through a proxy: the proxy,
+    /// the replica's index and a client of that gateway.
+    pub async fn gateway_behind(
+        app: &mut super::app::App,
+    ) -> (Proxy, usize, super::client::Client) {
+        let proxy = Proxy::in_front_of(&app.nats.url()).await;
+        let gateway = app
+            .start_replica("gateway", &[("NATS_URL", &proxy.nats_url())])
+            .await;
+        let client = app.client(0, gateway);
+        (proxy, gateway, client)
+    }
+
     /// Listens on a free port of 127.0.0.1 and forwards every connection to the NATS server
     /// at a `nats://ip:port` URL (plain text, no TLS), reading what the server sends as NATS
     /// protocol, so that [`lose_next`](Self::lose_next) can leave a message out.
