@@ -27,7 +27,8 @@ use serde_json::value::RawValue;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use threadline_infra::{DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_postgres::{DatabaseSettings, PgReadModel};
 use uuid::Uuid;
 
 /// A baseline server for the HTTP benchmark: one JetStream publish or one PostgreSQL query

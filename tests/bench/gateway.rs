@@ -18,8 +18,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use threadline_infra::settings::from_environment;
-use threadline_infra::{EventLog, JetStreamLog, NatsSettings};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_ports::EventLog;
+use threadline_runtime::settings::from_environment;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -56,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
     /// How long each latency run posts.
-    #[arg(long, default_value = "10s", value_parser = threadline_infra::settings::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = threadline_ports::settings::parse_duration)]
     duration: Duration,
     /// Threads of the latency runs (posts go round-robin).
     #[arg(long, default_value_t = 100)]

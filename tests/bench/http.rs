@@ -21,7 +21,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use threadline_infra::settings::parse_duration;
+use threadline_ports::settings::parse_duration;
 use uuid::Uuid;
 
 /// The wrk script: POST bodies, and one result line per run.

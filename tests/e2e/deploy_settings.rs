@@ -302,7 +302,7 @@ async fn streams_take_their_replicas_and_limits_from_the_settings() {
         let mut api = base.clone();
         api.extend(env(&[("IDEMPOTENCY_WINDOW", window)]));
         roles.spawn("api", &api).await;
-        let wanted = threadline_infra::settings::parse_duration(window).expect("window");
+        let wanted = threadline_ports::settings::parse_duration(window).expect("window");
         // The api listens (for its probes) before it has opened its dependencies.
         let bucket = eventually(
             &format!("the idempotency bucket to keep records for {window}"),

@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
-use threadline_infra::StoreError;
+use threadline_ports::StoreError;
 
 /// Errors per field, in the order DRF reports them: `{"<field>": ["<message>", ...]}`.
 pub type FieldErrors = Map<String, Value>;
@@ -71,7 +71,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
-                json!({"detail": threadline_infra::server::NOT_FOUND_DETAIL}),
+                json!({"detail": threadline_runtime::server::NOT_FOUND_DETAIL}),
             ),
             ApiError::Store(StoreError::Overloaded { .. }) => {
                 tracing::warn!("answering 503 (overloaded): {self}");

@@ -10,14 +10,14 @@
 //!
 //! The read model also changes without events when a rebuild replaces it (a fixed fold may
 //! render old events differently). The rebuild tells every API replica through PostgreSQL
-//! ([`CHANGED_CHANNEL`](threadline_infra::read_model::CHANGED_CHANNEL)); an entry is kept
+//! ([`CHANGED_CHANNEL`](threadline_postgres::read_model::CHANGED_CHANNEL)); an entry is kept
 //! under the epoch of [`Changes`] current before its read and served only while that epoch
 //! lasts. While nothing listens (PostgreSQL unreachable), nothing is kept or served.
 
 use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
-use threadline_infra::read_model::Changes;
+use threadline_ports::Changes;
 use uuid::Uuid;
 
 /// What an entry costs beyond its body: the key, the fields and the cache's own slot.

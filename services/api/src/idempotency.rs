@@ -19,7 +19,7 @@ use bytes::Bytes;
 use proto_events::{EncodedEvent, Event, Subjects, ThreadView};
 use serde::Deserialize;
 use std::sync::Arc;
-use threadline_infra::{IdempotencyStore, StoreError};
+use threadline_ports::{IdempotencyStore, StoreError};
 use uuid::Uuid;
 
 /// The request header.

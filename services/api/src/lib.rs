@@ -24,12 +24,12 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use threadline_infra::settings::{parse_bytes, parse_duration, ByteSize};
-use threadline_infra::startup::{self, Started};
-use threadline_infra::{
-    health_router, serve, DatabaseSettings, EventLog, HttpSettings, JetStreamLog, KvIdempotency,
-    NatsSettings, PgReadModel, ReadModel, StoreError,
-};
+use threadline_nats::{JetStreamLog, KvIdempotency, NatsSettings};
+use threadline_ports::settings::{parse_bytes, parse_duration, ByteSize};
+use threadline_ports::{EventLog, ReadModel, StoreError};
+use threadline_postgres::{DatabaseSettings, PgReadModel};
+use threadline_runtime::startup::{self, Started};
+use threadline_runtime::{health_router, serve, HttpSettings};
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
@@ -120,7 +120,7 @@ impl AppState {
             settings.hot_threads_bytes,
             read.watch_changes(shutdown.clone()),
         );
-        threadline_infra::retry::until_ready("opening the idempotency bucket", shutdown, || {
+        threadline_runtime::retry::until_ready("opening the idempotency bucket", shutdown, || {
             Self::open(log.clone(), read.clone(), settings.clone(), hot.clone())
         })
         .await
@@ -164,7 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/message/", only(post(messages::post_message)))
         .route(
             "/openapi.json",
-            get(openapi).fallback(threadline_infra::server::method_not_allowed),
+            get(openapi).fallback(threadline_runtime::server::method_not_allowed),
         )
         .with_state(state)
 }
@@ -180,7 +180,7 @@ async fn openapi() -> impl IntoResponse {
 fn only(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
     route
         .options(options)
-        .fallback(threadline_infra::server::method_not_allowed)
+        .fallback(threadline_runtime::server::method_not_allowed)
 }
 
 async fn options() -> impl IntoResponse {
@@ -211,8 +211,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    threadline_infra::metrics::register::api();
-    let app = threadline_infra::server::finish(
+    threadline_runtime::metrics::register::api();
+    let app = threadline_runtime::server::finish(
         router(state).merge(health_router(vec![log, read])),
         &settings.http,
     );

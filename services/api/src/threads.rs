@@ -11,8 +11,8 @@ use bytes::Bytes;
 use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use threadline_infra::metrics::names;
-use threadline_infra::read_model::ThreadRead;
+use threadline_ports::ThreadRead;
+use threadline_runtime::metrics::names;
 use uuid::Uuid;
 
 /// Opens a thread: appends `ThreadCreated` and answers once the log has stored it.

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
-use threadline_infra::{existence, StoreError};
+use threadline_nats::existence;
+use threadline_ports::StoreError;
 use uuid::Uuid;
 
 /// How many message ids of a thread a feed remembers, with their stream sequences: those of

@@ -29,10 +29,12 @@ use socket::{close_for_backlog, session, SessionLimits};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use threadline_infra::server::{method_not_allowed, NOT_FOUND_DETAIL};
-use threadline_infra::settings::parse_duration;
-use threadline_infra::startup::{self, Started};
-use threadline_infra::{health_router, serve, EventLog, HttpSettings, JetStreamLog, NatsSettings};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_ports::settings::parse_duration;
+use threadline_ports::EventLog;
+use threadline_runtime::server::{method_not_allowed, NOT_FOUND_DETAIL};
+use threadline_runtime::startup::{self, Started};
+use threadline_runtime::{health_router, serve, HttpSettings};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -360,14 +362,14 @@ struct OpenSocket;
 
 impl OpenSocket {
     fn new() -> Self {
-        metrics::gauge!(threadline_infra::metrics::names::SOCKETS_OPEN).increment(1.0);
+        metrics::gauge!(threadline_runtime::metrics::names::SOCKETS_OPEN).increment(1.0);
         OpenSocket
     }
 }
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {
-        metrics::gauge!(threadline_infra::metrics::names::SOCKETS_OPEN).decrement(1.0);
+        metrics::gauge!(threadline_runtime::metrics::names::SOCKETS_OPEN).decrement(1.0);
     }
 }
 
@@ -385,8 +387,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         return Ok(());
     };
     let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
-    threadline_infra::metrics::register::gateway();
-    let app = threadline_infra::server::finish(
+    threadline_runtime::metrics::register::gateway();
+    let app = threadline_runtime::server::finish(
         router(gateway.clone()).merge(health_router(vec![log])),
         &settings.http,
     );

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 /// A proxy whose forwarding header is believed (the type of every role's `TRUSTED_PROXIES`).
-pub use threadline_infra::server::TrustedProxy;
+pub use threadline_runtime::server::TrustedProxy;
 
 /// The admission rules and the count of open sockets.
 pub struct Admission {

@@ -8,7 +8,7 @@ use crate::feeds::{Frame, LOAD_THE_THREAD_FIRST};
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::time::Duration;
-use threadline_infra::metrics::names;
+use threadline_runtime::metrics::names;
 use tokio::sync::broadcast;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;

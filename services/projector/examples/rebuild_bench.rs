@@ -26,10 +26,11 @@ use sqlx::PgConnection;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use threadline_infra::settings::from_environment;
-use threadline_infra::{DatabaseSettings, JetStreamLog, NatsSettings, PgReadModel};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_postgres::{DatabaseSettings, PgReadModel};
 use threadline_projector::rebuild::{self, RebuildSettings};
 use threadline_projector::{copy, tables, Projector};
+use threadline_runtime::settings::from_environment;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]

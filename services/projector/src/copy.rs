@@ -4,7 +4,8 @@
 use crate::batch::Split;
 use crate::ProjectorError;
 use sqlx::{Connection, PgConnection};
-use threadline_infra::{AppliedMessage, AppliedThread, StoreError};
+use threadline_ports::{AppliedMessage, AppliedThread, StoreError};
+use threadline_postgres::sql_error;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -264,13 +265,13 @@ async fn copy_rows(
 }
 
 async fn copy_in(conn: &mut PgConnection, statement: &str, rows: &[u8]) -> Result<(), StoreError> {
-    let mut copy = conn.copy_in_raw(statement).await.map_err(StoreError::sql)?;
+    let mut copy = conn.copy_in_raw(statement).await.map_err(sql_error)?;
     if let Err(e) = copy.send(rows).await {
         // The server may still be waiting for the rest: end the COPY before going on.
         let _ = copy.abort("the rows could not be sent").await;
-        return Err(StoreError::sql(e));
+        return Err(sql_error(e));
     }
-    copy.finish().await.map(|_| ()).map_err(StoreError::sql)
+    copy.finish().await.map(|_| ()).map_err(sql_error)
 }
 
 /// The stream sequence of a COPY text row: its last column.
@@ -283,7 +284,7 @@ fn row_sequence(row: &[u8]) -> Option<u64> {
 /// Opens a connection of its own for long statements (COPY, index builds): the pool's
 /// statement timeout, meant for requests, does not apply.
 pub async fn bulk_connection(
-    settings: &threadline_infra::DatabaseSettings,
+    settings: &threadline_postgres::DatabaseSettings,
 ) -> Result<PgConnection, ProjectorError> {
     use std::str::FromStr;
     let options = sqlx::postgres::PgConnectOptions::from_str(settings.database_url.expose())
@@ -356,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_message_json_is_the_stored_json_escaped() {
-        let message = threadline_infra::AppliedMessage {
+        let message = threadline_ports::AppliedMessage {
             id: uuid::Uuid::from_u128(7),
             thread: uuid::Uuid::from_u128(8),
             user: proto_events::UserJson::from_json(r#"{"name":"A\\B\tC"}"#).expect("user"),

@@ -37,18 +37,18 @@ impl ProjectorError {
     }
 }
 
-impl From<threadline_infra::StoreError> for ProjectorError {
-    fn from(e: threadline_infra::StoreError) -> Self {
+impl From<threadline_ports::StoreError> for ProjectorError {
+    fn from(e: threadline_ports::StoreError) -> Self {
         match e {
-            threadline_infra::StoreError::Unavailable {
+            threadline_ports::StoreError::Unavailable {
                 what: "PostgreSQL",
                 cause,
             }
-            | threadline_infra::StoreError::Overloaded {
+            | threadline_ports::StoreError::Overloaded {
                 what: "PostgreSQL",
                 cause,
             } => ProjectorError::Database(cause),
-            refused @ threadline_infra::StoreError::Refused { .. } => {
+            refused @ threadline_ports::StoreError::Refused { .. } => {
                 ProjectorError::Database(refused.to_string())
             }
             other => ProjectorError::Nats(other.to_string()),

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use proto_events::{Event, EventError, Subjects};
 use std::collections::HashMap;
-use threadline_infra::{AppliedMessage, AppliedThread};
+use threadline_ports::{AppliedMessage, AppliedThread};
 use uuid::Uuid;
 
 /// An event as it came from the stream.
@@ -82,7 +82,7 @@ pub fn created_in(verdicts: &[Verdict]) -> HashMap<Uuid, u64> {
 }
 
 /// Notes that `thread` was created at `sequence`; the first creation counts (the one rule of
-/// existence: the first valid `ThreadCreated` wins, see `threadline_infra::existence`).
+/// existence: the first valid `ThreadCreated` wins, see `threadline_nats::existence`).
 pub fn record_creation(created: &mut HashMap<Uuid, u64>, thread: Uuid, sequence: u64) {
     created
         .entry(thread)

@@ -32,13 +32,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use threadline_infra::metrics::names;
-use threadline_infra::settings::{parse_bytes, parse_duration};
-use threadline_infra::startup::{self, Started};
-use threadline_infra::{
-    health_router, retry, serve, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings,
-    ReadModel, StoreError,
-};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_ports::settings::{parse_bytes, parse_duration};
+use threadline_ports::{ReadModel, StoreError};
+use threadline_postgres::DatabaseSettings;
+use threadline_runtime::metrics::names;
+use threadline_runtime::startup::{self, Started};
+use threadline_runtime::{health_router, retry, serve, HttpSettings};
 use tokio_util::sync::CancellationToken;
 
 /// How long after a projector stops the events it handed back are delivered again (see
@@ -319,9 +319,9 @@ impl Projector {
             tracing::warn!(
                 subject = %event.subject, sequence = event.sequence, reason = reason.code(),
                 "setting an invalid event aside: {}",
-                threadline_infra::event_log::bounded_text(
+                threadline_nats::event_log::bounded_text(
                     &reason.to_string(),
-                    threadline_infra::event_log::REASON_MAX_BYTES
+                    threadline_nats::event_log::REASON_MAX_BYTES
                 )
             );
             let stored = retry::until_ready("setting an invalid event aside", shutdown, || {
@@ -454,8 +454,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         return Ok(());
     };
     let projector = Projector::new(log.clone(), read.clone(), settings.projector);
-    threadline_infra::metrics::register::projector();
-    let health = threadline_infra::server::finish(
+    threadline_runtime::metrics::register::projector();
+    let health = threadline_runtime::server::finish(
         health_router(vec![log, read, projector.stall()]),
         &settings.http,
     );

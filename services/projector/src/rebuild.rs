@@ -29,12 +29,11 @@ use crate::ProjectorError;
 use clap::Args;
 use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
-use threadline_infra::read_model::CHANGED_CHANNEL;
-use threadline_infra::settings::parse_duration;
-use threadline_infra::{
-    apply_rows, AppliedMessage, AppliedThread, DatabaseSettings, JetStreamLog, NatsSettings,
-    PgReadModel, SWITCH_LOCK,
-};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_ports::settings::parse_duration;
+use threadline_ports::{AppliedMessage, AppliedThread};
+use threadline_postgres::read_model::CHANGED_CHANNEL;
+use threadline_postgres::{apply_rows, DatabaseSettings, PgReadModel, SWITCH_LOCK};
 
 /// Where the new read model is built.
 pub const BUILD_SCHEMA: &str = "threadline_rebuild";
@@ -360,7 +359,7 @@ trait Row {
     fn apply<'a>(
         conn: &'a mut PgConnection,
         rows: &'a [Self],
-    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>>
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_ports::StoreError>>
     where
         Self: Sized;
 }
@@ -375,7 +374,7 @@ impl Row for AppliedThread {
     fn apply<'a>(
         conn: &'a mut PgConnection,
         rows: &'a [Self],
-    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>> {
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_ports::StoreError>> {
         Box::pin(apply_rows(conn, rows, &[]))
     }
 }
@@ -390,7 +389,7 @@ impl Row for AppliedMessage {
     fn apply<'a>(
         conn: &'a mut PgConnection,
         rows: &'a [Self],
-    ) -> futures::future::BoxFuture<'a, Result<(), threadline_infra::StoreError>> {
+    ) -> futures::future::BoxFuture<'a, Result<(), threadline_ports::StoreError>> {
         Box::pin(apply_rows(conn, &[], rows))
     }
 }
@@ -419,7 +418,7 @@ async fn write_part<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, 
         let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
         match R::apply(&mut tx, &rows[part.clone()]).await {
             Ok(()) => tx.commit().await.map_err(ProjectorError::database)?,
-            Err(threadline_infra::StoreError::Refused { code, cause }) => {
+            Err(threadline_ports::StoreError::Refused { code, cause }) => {
                 tx.rollback().await.map_err(ProjectorError::database)?;
                 if split.refused(part.clone()) {
                     refused += 1;

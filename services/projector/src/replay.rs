@@ -13,7 +13,8 @@ use proto_events::Subjects;
 use sqlx::PgConnection;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
-use threadline_infra::{AppliedMessage, AppliedThread, JetStreamLog};
+use threadline_nats::JetStreamLog;
+use threadline_ports::{AppliedMessage, AppliedThread};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -322,7 +323,7 @@ pub struct Counts {
 /// message (a thread and an id) across batches, so each row comes from the first valid event
 /// of its key and a message counts only if its thread was created before it. A thread's first
 /// valid `ThreadCreated` is the one it meets first: the one rule of existence that the live
-/// projector, the api and the gateway follow by asking the log (`threadline_infra::existence`).
+/// projector, the api and the gateway follow by asking the log (`threadline_nats::existence`).
 pub struct ReplayFold {
     created: HashMap<Uuid, u64, foldhash::fast::RandomState>,
     messages: HashSet<(Uuid, Uuid), foldhash::fast::RandomState>,

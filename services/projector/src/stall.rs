@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use threadline_infra::event_log::bounded_text;
-use threadline_infra::{Dependency, StoreError};
+use threadline_nats::event_log::bounded_text;
+use threadline_ports::{Dependency, StoreError};
 
 /// The most bytes of an error shown by the log line.
 const CAUSE_MAX_BYTES: usize = 500;

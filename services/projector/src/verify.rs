@@ -14,8 +14,10 @@ use crate::ProjectorError;
 use clap::Args;
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use threadline_infra::settings::parse_duration;
-use threadline_infra::{DatabaseSettings, EventLog, JetStreamLog, NatsSettings, PgReadModel};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_ports::settings::parse_duration;
+use threadline_ports::EventLog;
+use threadline_postgres::{DatabaseSettings, PgReadModel};
 use uuid::Uuid;
 
 /// What `threadline verify` needs.

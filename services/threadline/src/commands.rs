@@ -9,12 +9,12 @@
 use clap::Subcommand;
 use std::fmt::Display;
 use std::process::ExitCode;
-use threadline_infra::{dead_letters, events};
+use threadline_nats::{dead_letters, events};
 use threadline_projector::{rebuild, verify, ProjectorError};
 use tokio_util::sync::CancellationToken;
 
 /// The log level of operator commands when RUST_LOG is not set.
-pub const DEFAULT_LOG: &str = "warn,threadline_projector=info,threadline_infra=info";
+pub const DEFAULT_LOG: &str = "warn,threadline_projector=info,threadline_nats=info,threadline_postgres=info,threadline_runtime=info";
 
 /// An operator command.
 #[derive(Debug, Subcommand)]

@@ -11,13 +11,13 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use threadline_api::{ApiSettings, AppState};
 use threadline_gateway::{Gateway, GatewaySettings};
-use threadline_infra::secret::ExamplePasswordSettings;
-use threadline_infra::settings::LogFormat;
-use threadline_infra::startup::{self, Started};
-use threadline_infra::{
-    health_router, serve, DatabaseSettings, HttpSettings, LogSettings, NatsSettings, PgReadModel,
-};
+use threadline_nats::NatsSettings;
+use threadline_postgres::{DatabaseSettings, PgReadModel};
 use threadline_projector::{Projector, ProjectorSettings};
+use threadline_runtime::secret::ExamplePasswordSettings;
+use threadline_runtime::settings::LogFormat;
+use threadline_runtime::startup::{self, Started};
+use threadline_runtime::{health_router, serve, HttpSettings, LogSettings};
 use tokio_util::sync::CancellationToken;
 
 /// threadline: the backend of a website support chat answered from Slack.
@@ -122,10 +122,10 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
         return Ok(());
     };
     let api = threadline_api::router(state);
-    threadline_infra::metrics::register::api();
-    threadline_infra::metrics::register::projector();
-    threadline_infra::metrics::register::gateway();
-    let app = threadline_infra::server::finish(
+    threadline_runtime::metrics::register::api();
+    threadline_runtime::metrics::register::projector();
+    threadline_runtime::metrics::register::gateway();
+    let app = threadline_runtime::server::finish(
         api.merge(threadline_gateway::router(gateway.clone()))
             .merge(health_router(vec![log.clone(), read.clone()])),
         &settings.http,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use threadline::{
     commands, init_logging, init_logging_at, probe, run, shutdown_on_signals, Cli, Role,
 };
-use threadline_infra::secret::refuse_example_passwords;
+use threadline_runtime::secret::refuse_example_passwords;
 
 #[tokio::main]
 async fn main() -> ExitCode {

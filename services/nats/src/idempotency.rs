@@ -11,19 +11,13 @@
 //! records are refused ([`StoreError::Full`]) until the oldest expire, and the records it
 //! holds keep their promise; requests without a key never touch it.
 
-use crate::settings::ByteSize;
-use crate::{JetStreamLog, StoreError};
+use crate::JetStreamLog;
 use async_nats::jetstream::{kv, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
-
-/// What the API needs from the idempotency store.
-#[async_trait]
-pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Stores `record` under `key` unless the key holds a record already; that record if so.
-    async fn claim(&self, key: &str, record: Bytes) -> Result<Option<Bytes>, StoreError>;
-}
+use threadline_ports::settings::ByteSize;
+use threadline_ports::{IdempotencyStore, StoreError};
 
 /// The idempotency store in a JetStream key-value bucket.
 pub struct KvIdempotency {

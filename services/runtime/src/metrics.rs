@@ -28,8 +28,9 @@ pub mod names {
     /// Counter: threads answered by `GET /chat/thread/:id/`, by where the body came `from`:
     /// `memory` (kept by the API, see `HOT_THREADS_BYTES`) or `read_model`.
     pub const THREAD_READS: &str = "threadline_api_thread_reads_total";
-    /// Histogram: seconds an append to JetStream took until stored, by `event` and `outcome`.
-    pub const APPEND_DURATION: &str = "threadline_event_append_duration_seconds";
+    /// Histogram: seconds an append to JetStream took until stored, by `event` and `outcome`
+    /// (recorded where the append is, in the NATS adapter).
+    pub use threadline_nats::event_log::APPEND_DURATION;
     /// Gauge: events in the stream the projector has not yet been handed.
     pub const PROJECTOR_LAG_EVENTS: &str = "threadline_projector_lag_events";
     /// Gauge: age in seconds of the newest event of the last applied batch, when applied.

@@ -8,7 +8,6 @@
 //! which looks the event up with [`first_valid_creation`]; `rebuild` and `verify` fold the
 //! stream in order from its first event and so meet the first valid one first.
 
-use crate::StoreError;
 use async_nats::jetstream::{self, message::StreamMessage, response::Response, stream::RawMessage};
 use proto_events::{headers, Event, Subjects};
 use quick_cache::unsync::Cache;
@@ -16,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use threadline_ports::StoreError;
 use uuid::Uuid;
 
 /// How many threads each process remembers to exist. Past it, the threads used least of late

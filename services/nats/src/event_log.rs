@@ -1,9 +1,8 @@
-//! The event log: an interface for the domain, and its NATS JetStream implementation.
+//! The event log on NATS JetStream.
 
 use crate::coalesce::{Answer, Coalesce};
 use crate::existence::{self, KnownThreads, MissingThreads};
 use crate::settings::NatsSettings;
-use crate::StoreError;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
@@ -12,38 +11,17 @@ use proto_events::{headers, EncodedEvent, EventKind, Subjects};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use threadline_ports::settings::ByteSize;
+use threadline_ports::{Dependency, EventLog, StoreError};
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
+/// Histogram: seconds an append to JetStream took until stored, by `event` and `outcome`
+/// (listed with the other metrics' names in `threadline_runtime::metrics::names`).
+pub const APPEND_DURATION: &str = "threadline_event_append_duration_seconds";
+
 /// How long an append waits before it publishes again after an error.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// What the domain needs from the event log.
-#[async_trait]
-pub trait EventLog: Send + Sync + 'static {
-    /// Appends an event and waits until the log has stored it. Returns its stream sequence.
-    /// Appending the same event (same id) again stores it once.
-    async fn append(&self, event: &EncodedEvent) -> Result<u64, StoreError>;
-
-    /// Whether the thread exists: the log holds a valid `ThreadCreated` of it (see
-    /// [`existence`](crate::existence) for the one rule).
-    async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError>;
-
-    /// A stream sequence through which the read model holds everything of the thread that was
-    /// appended before this call: the later of its creation and its latest message. `None` if
-    /// the thread does not exist. Events stored on its `created` subject after its creation
-    /// do not count: they change nothing.
-    async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError>;
-
-    /// A sequence through which every event has been applied to the read model. Cheap when
-    /// the last answer was already at least `wanted`.
-    async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError>;
-
-    /// The log's last sequence when this was called, if the read model has applied every
-    /// event through it; `None` if it has not. One request to the log serves every caller
-    /// waiting at the same moment.
-    async fn applied_everything(&self) -> Result<Option<u64>, StoreError>;
-}
 
 /// The event log on NATS JetStream: one stream of events on per-thread subjects, and a
 /// second stream where consumers set invalid events aside.
@@ -462,7 +440,7 @@ fn republish_rule(subjects: &Subjects) -> stream::Republish {
 
 fn record_append(kind: EventKind, outcome: &'static str, started: std::time::Instant) {
     metrics::histogram!(
-        crate::metrics::names::APPEND_DURATION,
+        APPEND_DURATION,
         "event" => kind.name(),
         "outcome" => outcome
     )
@@ -470,7 +448,7 @@ fn record_append(kind: EventKind, outcome: &'static str, started: std::time::Ins
 }
 
 /// JetStream's `max_bytes`: -1 is no limit.
-fn byte_limit(size: crate::settings::ByteSize) -> i64 {
+fn byte_limit(size: ByteSize) -> i64 {
     size.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX))
 }
 
@@ -659,6 +637,20 @@ impl EventLog for JetStreamLog {
 
     async fn applied_everything(&self) -> Result<Option<u64>, StoreError> {
         self.bounded(self.everything_applied()).await
+    }
+}
+
+#[async_trait]
+impl Dependency for JetStreamLog {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        match self.client().connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(StoreError::nats(format!("connection is {state}"))),
+        }
     }
 }
 

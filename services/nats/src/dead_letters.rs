@@ -6,8 +6,7 @@
 //! record: the event was applied, or it was set aside again under a new record with its new
 //! reason. Until then the old record stays, so an interrupted retry loses nothing.
 
-use crate::settings::{parse_duration, NatsSettings};
-use crate::{EventLog, JetStreamLog, StoreError};
+use crate::{JetStreamLog, NatsSettings};
 use async_nats::jetstream::stream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -17,6 +16,8 @@ use proto_events::headers;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use threadline_ports::settings::parse_duration;
+use threadline_ports::{EventLog, StoreError};
 
 /// `threadline dead-letters list`.
 #[derive(Debug, Clone, Args)]

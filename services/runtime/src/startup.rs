@@ -8,7 +8,7 @@
 //! (`ADMIN_LISTEN_ADDR`), when set, is bound at the same time and answers the same way.
 
 use crate::server::Listener;
-use crate::{retry, DatabaseSettings, HttpSettings, JetStreamLog, NatsSettings, PgReadModel};
+use crate::{retry, HttpSettings};
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,6 +17,8 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_postgres::{DatabaseSettings, PgReadModel};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

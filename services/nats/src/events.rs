@@ -4,8 +4,7 @@
 //! well-formed event (an agent's reply, or a payload from a file) exactly as an outside
 //! publisher would, after checking it as every consumer will.
 
-use crate::settings::{parse_duration, NatsSettings};
-use crate::{EventLog, JetStreamLog, StoreError};
+use crate::{JetStreamLog, NatsSettings};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use clap::Args;
 use futures::StreamExt;
@@ -13,6 +12,8 @@ use proto_events::{new_id, Event, EventKind, MessageBody, MessagePosted, Timesta
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
+use threadline_ports::settings::parse_duration;
+use threadline_ports::{EventLog, StoreError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

@@ -1,0 +1,33 @@
+//! The event log as the roles use it.
+
+use crate::StoreError;
+use async_trait::async_trait;
+use proto_events::EncodedEvent;
+use uuid::Uuid;
+
+/// What the domain needs from the event log.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends an event and waits until the log has stored it. Returns its stream sequence.
+    /// Appending the same event (same id) again stores it once.
+    async fn append(&self, event: &EncodedEvent) -> Result<u64, StoreError>;
+
+    /// Whether the thread exists: the log holds a valid `ThreadCreated` of it (see
+    /// `threadline_nats::existence` for the one rule).
+    async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError>;
+
+    /// A stream sequence through which the read model holds everything of the thread that was
+    /// appended before this call: the later of its creation and its latest message. `None` if
+    /// the thread does not exist. Events stored on its `created` subject after its creation
+    /// do not count: they change nothing.
+    async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError>;
+
+    /// A sequence through which every event has been applied to the read model. Cheap when
+    /// the last answer was already at least `wanted`.
+    async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError>;
+
+    /// The log's last sequence when this was called, if the read model has applied every
+    /// event through it; `None` if it has not. One request to the log serves every caller
+    /// waiting at the same moment.
+    async fn applied_everything(&self) -> Result<Option<u64>, StoreError>;
+}

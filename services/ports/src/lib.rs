@@ -1,0 +1,19 @@
+//! The narrow interfaces the roles use, and the values that cross them: the event log
+//! ([`EventLog`]), the read model ([`ReadModel`]) and the API's idempotency store
+//! ([`IdempotencyStore`]), what `/readyz` asks of a dependency ([`Dependency`]), their errors
+//! ([`StoreError`]), and the values the adapters' settings are made of. The adapters
+//! (`threadline-nats`, `threadline-postgres`) implement them; nothing here knows NATS or SQL.
+
+pub mod error;
+pub mod event_log;
+pub mod health;
+pub mod idempotency;
+pub mod read_model;
+pub mod secret;
+pub mod settings;
+
+pub use error::StoreError;
+pub use event_log::EventLog;
+pub use health::Dependency;
+pub use idempotency::IdempotencyStore;
+pub use read_model::{AppliedMessage, AppliedThread, Changes, ReadModel, ThreadRead};

@@ -1,0 +1,11 @@
+//! The PostgreSQL adapter: the read model ([`PgReadModel`]) that the projector writes and the
+//! API reads, its migrations (`migrations/`), its settings ([`DatabaseSettings`]), and the
+//! writes and the lock a rebuild shares with the projector ([`apply_rows`], [`SWITCH_LOCK`]).
+
+pub mod error;
+pub mod read_model;
+pub mod settings;
+
+pub use error::sql_error;
+pub use read_model::{apply_rows, PgReadModel, SWITCH_LOCK};
+pub use settings::DatabaseSettings;

@@ -1,0 +1,16 @@
+//! What every role process does, whatever its work: read the settings all roles share, start
+//! (bind the listener, answer the probes while NATS and PostgreSQL are not there yet, connect
+//! to them), serve HTTP with request ids, CORS and a shutdown bound, answer `/healthz` and
+//! `/readyz`, and record and render the metrics.
+
+pub mod health;
+pub mod metrics;
+pub mod retry;
+pub mod secret;
+pub mod server;
+pub mod settings;
+pub mod startup;
+
+pub use health::health_router;
+pub use server::serve;
+pub use settings::{HttpSettings, LogSettings};

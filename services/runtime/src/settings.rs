@@ -1,0 +1,108 @@
+//! Settings shared by the roles, read from flags and the environment.
+
+use clap::{Args, ValueEnum};
+use std::time::Duration;
+use threadline_ports::settings::parse_duration;
+
+/// How the HTTP server behaves.
+#[derive(Debug, Clone, Args)]
+pub struct HttpSettings {
+    /// How long in-flight requests and open websockets get to finish on shutdown.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Origins whose browsers may call the HTTP API (CORS), comma-separated, e.g.
+    /// `https://www.example.com`; `*` for any. Empty (the default): no CORS headers.
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `x-request-id` is kept; from
+    /// anyone else, or longer than 128 bytes, the role makes a new id.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
+    pub trusted_proxies: Vec<crate::server::TrustedProxy>,
+
+    /// Address of a listener of its own for `/metrics` and `/readyz` (and `/healthz`), e.g.
+    /// `0.0.0.0:9090`; then LISTEN_ADDR answers those two with 404. Unset: all on LISTEN_ADDR.
+    #[arg(long, env = "ADMIN_LISTEN_ADDR")]
+    pub admin_listen_addr: Option<std::net::SocketAddr>,
+}
+
+impl HttpSettings {
+    /// The allowed origins, without blanks; a malformed one is a configuration error.
+    pub fn cors_origins(&self) -> Result<Vec<axum::http::HeaderValue>, String> {
+        self.cors_allowed_origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                let valid = o == "*"
+                    || ((o.starts_with("http://") || o.starts_with("https://"))
+                        && !o
+                            .trim_end_matches('/')
+                            .contains(|c: char| c.is_whitespace()));
+                if !valid {
+                    return Err(format!(
+                        "CORS_ALLOWED_ORIGINS: {o:?} is not an origin like https://www.example.com"
+                    ));
+                }
+                axum::http::HeaderValue::from_str(o.trim_end_matches('/'))
+                    .map_err(|e| format!("CORS_ALLOWED_ORIGINS: {o:?}: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// How the process logs.
+#[derive(Debug, Clone, Args)]
+pub struct LogSettings {
+    /// Log format on standard error: `text` (human) or `json` (one object per line, with the
+    /// fields of every span, e.g. request_id). RUST_LOG sets the level (default: info).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// The log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings as their defaults and the environment give them, without a command line: for
+/// tools and benchmarks that start from the services' own settings and change a few.
+pub fn from_environment<T: clap::FromArgMatches + Args>() -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new("threadline"));
+    let matches = command.try_get_matches_from(["threadline"])?;
+    T::from_arg_matches(&matches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(origins: &[&str]) -> HttpSettings {
+        HttpSettings {
+            shutdown_timeout: Duration::from_secs(1),
+            cors_allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            trusted_proxies: Vec::new(),
+            admin_listen_addr: None,
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        assert_eq!(http(&[""]).cors_origins(), Ok(vec![]));
+        assert_eq!(
+            http(&["https://www.example.com/", " http://localhost:3000"])
+                .cors_origins()
+                .map(|v| v.len()),
+            Ok(2)
+        );
+        assert!(http(&["www.example.com"]).cors_origins().is_err());
+    }
+}
