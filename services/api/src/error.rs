@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
-use threadline_ports::StoreError;
+use threadline_ports::{report, StoreError};
 
 /// Errors per field, in the order DRF reports them: `{"<field>": ["<message>", ...]}`.
 pub type FieldErrors = Map<String, Value>;
@@ -74,7 +74,7 @@ impl IntoResponse for ApiError {
                 json!({"detail": threadline_runtime::server::NOT_FOUND_DETAIL}),
             ),
             ApiError::Store(StoreError::Overloaded { .. }) => {
-                tracing::warn!("answering 503 (overloaded): {self}");
+                tracing::warn!("answering 503 (overloaded): {}", report(&self));
                 let body = json!({"detail": "Service temporarily unavailable, try again later."});
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -84,7 +84,7 @@ impl IntoResponse for ApiError {
                     .into_response();
             }
             ApiError::Store(cause) => {
-                tracing::error!("answering 503: {cause}");
+                tracing::error!("answering 503: {}", report(cause));
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"detail": "Service temporarily unavailable, try again later."}),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use threadline_ports::ThreadRead;
+use threadline_ports::{report, ThreadRead};
 use threadline_runtime::metrics::names;
 use uuid::Uuid;
 
@@ -75,7 +75,7 @@ pub async fn get_thread(
                 return Ok(json(kept.body));
             }
             Ok(found) => last = Some(found),
-            Err(e) => tracing::warn!("cannot ask the event log ({e})"),
+            Err(e) => tracing::warn!("cannot ask the event log ({})", report(&e)),
         }
     }
     // The sequence through which the read model holds the thread's events, once it does.
@@ -89,14 +89,16 @@ pub async fn get_thread(
                 Ok(Some(sequence)) => wait_until_applied(&state, sequence).await,
                 Err(e) => {
                     tracing::warn!(
-                        "cannot ask the event log ({e}); answering from the read model as it is"
+                        "cannot ask the event log ({}); answering from the read model as it is",
+                        report(&e)
                     );
                     None
                 }
             },
             Err(e) => {
                 tracing::warn!(
-                    "cannot ask the event log ({e}); answering from the read model as it is"
+                    "cannot ask the event log ({}); answering from the read model as it is",
+                    report(&e)
                 );
                 None
             }
@@ -134,7 +136,7 @@ async fn wait_until_applied(state: &AppState, sequence: u64) -> Option<u64> {
         match state.log.applied_through(sequence).await {
             Ok(applied) if applied >= sequence => return Some(sequence),
             Ok(_) => {}
-            Err(e) => tracing::debug!("projector progress unknown: {e}"),
+            Err(e) => tracing::debug!("projector progress unknown: {}", report(&e)),
         }
         if started.elapsed() >= state.settings.read_your_writes_timeout {
             tracing::warn!(

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use threadline_nats::coalesce::Coalesce;
 use threadline_nats::JetStreamLog;
-use threadline_ports::StoreError;
+use threadline_ports::{report, StoreError};
 use threadline_runtime::metrics::names;
 use tokio::sync::{broadcast, watch, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -262,7 +262,7 @@ impl Feeds {
                 let find = move || async move {
                     let _turn = feeds.resumes.acquire().await.map_err(|e| e.to_string())?;
                     let found = feeds.find(thread, since, created, joined_at).await;
-                    found.map_err(|e| e.to_string())
+                    found.map_err(|e| report(&e))
                 };
                 let found = self.lookups.get((thread, since), find).await;
                 found.map_err(StoreError::nats)?
@@ -281,7 +281,7 @@ impl Feeds {
                 let read = move || async move {
                     let _turn = feeds.resumes.acquire().await.map_err(|e| e.to_string())?;
                     let frames = feeds.backlog(thread, &shared, at, joined_at).await;
-                    frames.map(|f| f.map(Arc::from)).map_err(|e| e.to_string())
+                    frames.map(|f| f.map(Arc::from)).map_err(|e| report(&e))
                 };
                 let frames = self.backlogs.get((thread, at, joined_at), read).await;
                 match frames.map_err(StoreError::nats)? {
@@ -657,7 +657,7 @@ impl Follower {
             .read(from, through, CATCH_UP_BATCH, false)
             .await
             .inspect_err(
-                |e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {e}"),
+                |e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {}", report(e)),
             )?;
             for message in &stored {
                 let patience = tokio::time::Instant::now() + REPAIR_PATIENCE;

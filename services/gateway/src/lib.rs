@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use threadline_nats::{JetStreamLog, NatsSettings};
 use threadline_ports::settings::parse_duration;
-use threadline_ports::EventLog;
+use threadline_ports::{report, EventLog, StoreError};
 use threadline_runtime::server::{method_not_allowed, NOT_FOUND_DETAIL};
 use threadline_runtime::startup::{self, Started};
 use threadline_runtime::{health_router, serve, HttpSettings};
@@ -204,8 +204,8 @@ fn not_found() -> Response {
         .into_response()
 }
 
-fn unavailable(cause: impl std::fmt::Display) -> Response {
-    tracing::error!("refusing a websocket: {cause}");
+fn unavailable(cause: StoreError) -> Response {
+    tracing::error!("refusing a websocket: {}", report(&cause));
     (
         StatusCode::SERVICE_UNAVAILABLE,
         Json(json!({"detail": "Service temporarily unavailable, try again later."})),

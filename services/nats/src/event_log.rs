@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use threadline_ports::settings::ByteSize;
-use threadline_ports::{Dependency, EventLog, StoreError};
+use threadline_ports::{report, Cause, Dependency, EventLog, StoreError};
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
@@ -184,7 +184,7 @@ impl JetStreamLog {
                 let _turn = limit.acquire_owned().await.map_err(|e| e.to_string())?;
                 existence::first_valid_creation(&jetstream, &stream, &subjects, thread)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| report(&e))
             }
         };
         // A thread that exists always will: a shared yes is right. A shared no may come from a
@@ -499,14 +499,11 @@ pub(crate) async fn ensure_stream(
         .filter(|s| !info.config.subjects.contains(s))
         .collect();
     if !missing.is_empty() {
-        return Err(StoreError::Unavailable {
-            what: "NATS JetStream",
-            cause: format!(
-                "stream {} exists with subjects {:?}, which lack {:?}; \
-                 choose another STREAM_NAME or SUBJECT_PREFIX",
-                config.name, info.config.subjects, missing
-            ),
-        });
+        return Err(StoreError::nats(format!(
+            "stream {} exists with subjects {:?}, which lack {:?}; \
+             choose another STREAM_NAME or SUBJECT_PREFIX",
+            config.name, info.config.subjects, missing
+        )));
     }
     let limits = |c: &stream::Config| (c.num_replicas, c.max_age, c.max_bytes, c.discard);
     if limits(&info.config) == limits(&config) {
@@ -578,7 +575,9 @@ impl EventLog for JetStreamLog {
                 };
                 match stored {
                     Ok(ack) => return ack.sequence,
-                    Err(e) => tracing::warn!("append not acknowledged, retrying: {e}"),
+                    Err(e) => {
+                        tracing::warn!("append not acknowledged, retrying: {}", report(&e))
+                    }
                 }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -646,10 +645,10 @@ impl Dependency for JetStreamLog {
         "nats"
     }
 
-    async fn check(&self) -> Result<(), StoreError> {
+    async fn check(&self) -> Result<(), Cause> {
         match self.client().connection_state() {
             async_nats::connection::State::Connected => Ok(()),
-            state => Err(StoreError::nats(format!("connection is {state}"))),
+            state => Err(StoreError::nats(format!("connection is {state}")).into()),
         }
     }
 }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
 use threadline_ports::settings::ByteSize;
-use threadline_ports::{IdempotencyStore, StoreError};
+use threadline_ports::{report, IdempotencyStore, StoreError};
 
 /// The idempotency store in a JetStream key-value bucket.
 pub struct KvIdempotency {
@@ -113,9 +113,10 @@ impl IdempotencyStore for KvIdempotency {
                         "it holds IDEMPOTENCY_MAX_BYTES ({} bytes) of records; requests with an \
                          Idempotency-Key are refused until the oldest expire (IDEMPOTENCY_WINDOW)",
                         self.max_bytes.unwrap_or_default()
-                    ),
+                    )
+                    .into(),
                 }),
-                Err(e) => Err(StoreError::nats(chain(&e))),
+                Err(e) => Err(StoreError::nats(e)),
             }
         };
         tokio::time::timeout(self.timeout, attempt)
@@ -130,17 +131,5 @@ const APPEND_HEADROOM: usize = 512;
 /// Whether the server refused a record because the bucket holds its most bytes (JetStream
 /// answers a stream with `discard: new` that is full with "maximum bytes exceeded").
 fn is_full(error: &kv::UpdateError) -> bool {
-    chain(error).contains("maximum bytes exceeded")
-}
-
-/// An error with its causes, as one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
+    report(error).contains("maximum bytes exceeded")
 }

@@ -12,7 +12,7 @@ pub mod read_model;
 pub mod secret;
 pub mod settings;
 
-pub use error::StoreError;
+pub use error::{report, Backend, Cause, StoreError};
 pub use event_log::EventLog;
 pub use health::Dependency;
 pub use idempotency::IdempotencyStore;

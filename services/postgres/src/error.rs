@@ -1,7 +1,7 @@
 //! PostgreSQL's errors as the roles see them: a [`StoreError`] told apart by what a caller
 //! can do about it.
 
-use threadline_ports::StoreError;
+use threadline_ports::{Backend, StoreError};
 
 /// A database error, told apart: [`StoreError::Refused`] when PostgreSQL refused the data
 /// (see [`refused_by_data`]), [`StoreError::Overloaded`] when every connection of the pool
@@ -9,21 +9,19 @@ use threadline_ports::StoreError;
 /// SQLSTATE that describes the server's state rather than the rows). All but the first
 /// are worth retrying unchanged.
 pub fn sql_error(error: sqlx::Error) -> StoreError {
-    if let sqlx::Error::PoolTimedOut = error {
-        return StoreError::Overloaded {
-            what: "PostgreSQL",
+    match error {
+        sqlx::Error::PoolTimedOut => StoreError::Overloaded {
+            backend: Backend::Postgres,
             cause: "every connection of the pool is busy".into(),
-        };
-    }
-    if let sqlx::Error::Database(db) = &error {
-        if let Some(code) = db.code().filter(|code| refused_by_data(code)) {
-            return StoreError::Refused {
-                code: code.into_owned(),
-                cause: db.message().to_owned(),
-            };
+        },
+        sqlx::Error::Database(db) if db.code().is_some_and(|code| refused_by_data(&code)) => {
+            StoreError::Refused {
+                code: db.code().map(|code| code.into_owned()).unwrap_or_default(),
+                cause: db.into_error(),
+            }
         }
+        error => StoreError::database(error),
     }
-    StoreError::database(error)
 }
 
 /// Whether an SQLSTATE says that PostgreSQL refused the data it was given, so that the same

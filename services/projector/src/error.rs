@@ -1,5 +1,7 @@
 //! The errors of the projector's operator commands, in terms an operator can act on.
 
+use threadline_ports::{report, Backend, StoreError};
+
 /// Why a rebuild or a verification could not run to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -37,21 +39,19 @@ impl ProjectorError {
     }
 }
 
-impl From<threadline_ports::StoreError> for ProjectorError {
-    fn from(e: threadline_ports::StoreError) -> Self {
+impl From<StoreError> for ProjectorError {
+    fn from(e: StoreError) -> Self {
         match e {
-            threadline_ports::StoreError::Unavailable {
-                what: "PostgreSQL",
+            StoreError::Unavailable {
+                backend: Backend::Postgres,
                 cause,
             }
-            | threadline_ports::StoreError::Overloaded {
-                what: "PostgreSQL",
+            | StoreError::Overloaded {
+                backend: Backend::Postgres,
                 cause,
-            } => ProjectorError::Database(cause),
-            refused @ threadline_ports::StoreError::Refused { .. } => {
-                ProjectorError::Database(refused.to_string())
-            }
-            other => ProjectorError::Nats(other.to_string()),
+            } => ProjectorError::Database(report(&*cause)),
+            refused @ StoreError::Refused { .. } => ProjectorError::Database(report(&refused)),
+            other => ProjectorError::Nats(report(&other)),
         }
     }
 }

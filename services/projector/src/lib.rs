@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use threadline_nats::{JetStreamLog, NatsSettings};
 use threadline_ports::settings::{parse_bytes, parse_duration};
-use threadline_ports::{ReadModel, StoreError};
+use threadline_ports::{report, ReadModel, StoreError};
 use threadline_postgres::DatabaseSettings;
 use threadline_runtime::metrics::names;
 use threadline_runtime::startup::{self, Started};
@@ -297,7 +297,7 @@ impl Projector {
             refused_rows[row] = true;
             let why = match error {
                 StoreError::Refused { code, cause } => format!("{code}: {cause}"),
-                other => other.to_string(),
+                other => report(&other),
             };
             set_aside.push((rows[row].0, EventError::RefusedByDatabase(why)));
         }
@@ -374,20 +374,20 @@ impl Projector {
             let sequence = rows
                 .get(failed.at)
                 .map_or(0, |(index, _)| incoming[*index].sequence);
-            self.stall.failed(sequence, &failed.error);
+            self.stall.failed(sequence, &report(&failed.error));
             failed.error
         })
     }
 
     /// `attempt`, with its failure noted against event `sequence` for the stall check.
-    async fn noting_failure<T, E: std::fmt::Display>(
+    async fn noting_failure<T, E: std::error::Error + 'static>(
         &self,
         sequence: u64,
         attempt: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let result = attempt.await;
         if let Err(e) = &result {
-            self.stall.failed(sequence, e);
+            self.stall.failed(sequence, &report(e));
         }
         result
     }

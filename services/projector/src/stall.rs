@@ -10,13 +10,25 @@ use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use threadline_nats::event_log::bounded_text;
-use threadline_ports::{Dependency, StoreError};
+use threadline_ports::{Cause, Dependency};
 
 /// The most bytes of an error shown by the log line.
 const CAUSE_MAX_BYTES: usize = 500;
 
 /// What `/readyz` says of a stuck projector's cause.
 const STUCK_REASON: &str = "batch_failing";
+
+/// A projector that has not moved past an event for a while: why its `projection` check
+/// fails.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the projection has not moved past event sequence {sequence} for {failing_for:?} ({attempts} attempts): {cause}")]
+pub struct Stuck {
+    pub sequence: u64,
+    pub failing_for: Duration,
+    pub attempts: u32,
+    /// The last attempt's error, bounded.
+    pub cause: String,
+}
 
 /// The projector's progress, as its batches report it.
 pub struct Stall {
@@ -88,11 +100,11 @@ impl Stall {
     }
 
     /// Why the projector is stuck, if it is.
-    pub fn stuck(&self) -> Option<StoreError> {
+    pub fn stuck(&self) -> Option<Stuck> {
         let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         let state = failing.as_ref()?;
         let failing_for = state.since.elapsed();
-        (failing_for >= self.after).then(|| StoreError::Stuck {
+        (failing_for >= self.after).then(|| Stuck {
             sequence: state.sequence,
             failing_for,
             attempts: state.attempts,
@@ -107,20 +119,20 @@ impl Dependency for Stall {
         "projection"
     }
 
-    async fn check(&self) -> Result<(), StoreError> {
-        self.stuck().map_or(Ok(()), Err)
+    async fn check(&self) -> Result<(), Cause> {
+        self.stuck().map_or(Ok(()), |stuck| Err(stuck.into()))
     }
 
     /// The sequence and for how long, never the error: it may name tables, hosts or values
     /// (the log line has it).
-    fn failure(&self, error: &StoreError) -> Value {
-        match error {
-            StoreError::Stuck {
+    fn failure(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) -> Value {
+        match error.downcast_ref::<Stuck>() {
+            Some(Stuck {
                 sequence,
                 failing_for,
                 attempts,
                 cause: _,
-            } => json!({
+            }) => json!({
                 "status": "stuck",
                 "reason": STUCK_REASON,
                 "sequence": sequence,
@@ -142,7 +154,7 @@ mod tests {
         assert!(stall.stuck().is_none());
         stall.failed(41, &"PostgreSQL is unavailable");
         stall.failed(42, &"canceling statement due to statement timeout");
-        let Some(StoreError::Stuck {
+        let Some(Stuck {
             sequence,
             attempts,
             cause,
@@ -168,7 +180,7 @@ mod tests {
     fn the_cause_shown_is_bounded() {
         let stall = Stall::new(Duration::ZERO);
         stall.failed(1, &"x".repeat(100_000));
-        let Some(StoreError::Stuck { cause, .. }) = stall.stuck() else {
+        let Some(Stuck { cause, .. }) = stall.stuck() else {
             panic!("not stuck");
         };
         assert!(cause.len() <= CAUSE_MAX_BYTES);

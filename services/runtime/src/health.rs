@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use threadline_ports::Dependency;
+use threadline_ports::{report, Dependency};
 
 type Dependencies = Arc<Vec<Arc<dyn Dependency>>>;
 
@@ -32,8 +32,8 @@ async fn readyz(State(dependencies): State<Dependencies>) -> Response {
             Ok(()) => Value::String("ok".to_owned()),
             Err(e) => {
                 ready = false;
-                tracing::warn!(dependency = dependency.name(), "not ready: {e}");
-                dependency.failure(&e)
+                tracing::warn!(dependency = dependency.name(), "not ready: {}", report(&*e));
+                dependency.failure(&*e)
             }
         };
         checks.insert(dependency.name().to_owned(), verdict);

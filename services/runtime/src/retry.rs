@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::time::Duration;
+use threadline_ports::{report, Cause};
 use tokio_util::sync::CancellationToken;
 
 /// Runs `attempt` until it succeeds, waiting longer between tries (up to 5 s) and logging one
@@ -13,7 +14,7 @@ pub async fn until_ready<T, E, F, Fut>(
     mut attempt: F,
 ) -> Option<T>
 where
-    E: std::fmt::Display,
+    E: Into<Cause>,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -26,7 +27,8 @@ where
         match result {
             Ok(value) => return Some(value),
             Err(err) => {
-                tracing::error!("{what} failed: {err}; retrying in {delay:?}");
+                let err: Cause = err.into();
+                tracing::error!("{what} failed: {}; retrying in {delay:?}", report(&*err));
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}

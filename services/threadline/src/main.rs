@@ -43,7 +43,8 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{e:#}");
+            // The error and its causes, each once.
+            tracing::error!("{}", threadline_ports::report(&*e));
             ExitCode::FAILURE
         }
     };

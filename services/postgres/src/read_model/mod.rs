@@ -15,7 +15,7 @@ use sqlx::{PgPool, Postgres};
 use std::str::FromStr;
 use std::sync::Arc;
 use threadline_ports::{
-    AppliedMessage, AppliedThread, Changes, Dependency, ReadModel, StoreError, ThreadRead,
+    AppliedMessage, AppliedThread, Cause, Changes, Dependency, ReadModel, StoreError, ThreadRead,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -221,12 +221,12 @@ impl Dependency for PgReadModel {
         "database"
     }
 
-    async fn check(&self) -> Result<(), StoreError> {
+    async fn check(&self) -> Result<(), Cause> {
         sqlx::query("SELECT 1")
             .execute(self.pool())
             .await
             .map(|_| ())
-            .map_err(StoreError::database)
+            .map_err(|e| StoreError::database(e).into())
     }
 }
 

@@ -6,7 +6,7 @@ use crate::sql_error;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use proto_events::{ThreadView, UserJson};
-use threadline_ports::{StoreError, ThreadRead};
+use threadline_ports::{report, Backend, StoreError, ThreadRead};
 use uuid::Uuid;
 
 /// Threads up to this many messages are read whole, in one round trip.
@@ -102,8 +102,8 @@ impl PgReadModel {
         let turn = {
             let waiting = WaitingGuard::join(&self.long_reads_waiting, LONG_READS_WAITING)
                 .ok_or_else(|| StoreError::Overloaded {
-                    what: "PostgreSQL",
-                    cause: format!("{LONG_READS_WAITING} long reads are waiting already"),
+                    backend: Backend::Postgres,
+                    cause: format!("{LONG_READS_WAITING} long reads are waiting already").into(),
                 })?;
             let turn = self.long_reads.clone().acquire_owned().await;
             drop(waiting);
@@ -202,7 +202,11 @@ impl PgReadModel {
                 let (messages, last, count, considered) = match page {
                     Ok(page) => page,
                     Err(e) => {
-                        tracing::warn!(thread_id = %id, "reading a long thread failed: {e}");
+                        tracing::warn!(
+                            thread_id = %id,
+                            "reading a long thread failed: {}",
+                            report(&e)
+                        );
                         send(Err(e)).await;
                         return;
                     }

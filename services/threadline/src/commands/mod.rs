@@ -1,15 +1,18 @@
 //! The operator commands beside the roles (`rebuild`, `verify`, `dead-letters`, `events`):
-//! one clap tree, each command a module of the crate that owns its domain; this module only
+//! one clap tree. `dead-letters` and `events` have their face (arguments, output) here and
+//! their work in threadline-nats; `rebuild` and `verify` are the projector's. This module
 //! dispatches and turns the outcome into an exit status.
 //!
 //! Exit status: 0 when all is well, 1 when the command ran and found a problem (`verify`
 //! found differences, a retried event is still set aside), 2 for bad usage (clap), 3 when it
 //! could not run (a dependency unreachable, bad input), 130 when interrupted.
 
+pub mod dead_letters;
+pub mod events;
+
 use clap::Subcommand;
-use std::fmt::Display;
 use std::process::ExitCode;
-use threadline_nats::{dead_letters, events};
+use threadline_ports::{report, StoreError};
 use threadline_projector::{rebuild, verify, ProjectorError};
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +104,18 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> ExitCode {
     }
 }
 
-fn outcome<E: Display>(result: Result<bool, E>) -> Result<bool, String> {
-    result.map_err(|e| e.to_string())
+fn outcome<E: std::error::Error + 'static>(result: Result<bool, E>) -> Result<bool, String> {
+    result.map_err(|e| report(&e))
+}
+
+/// Why `dead-letters` or `events` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// NATS JetStream did not answer or refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The operator's input cannot be used (a payload that is not an event, an unknown
+    /// sequence).
+    #[error("{0}")]
+    Invalid(String),
 }
