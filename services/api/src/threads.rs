@@ -11,7 +11,7 @@ use bytes::Bytes;
 use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use threadline_ports::{report, ThreadRead};
+use threadline_ports::{report, StoreError, ThreadRead};
 use threadline_runtime::metrics::names;
 use uuid::Uuid;
 
@@ -67,43 +67,108 @@ pub async fn get_thread(
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound)?;
     // Before any read: a body read in an epoch that has ended since is not kept.
     let epoch = state.hot.epoch();
-    let mut last = None;
-    if let Some(kept) = state.hot.get(id) {
-        match state.log.thread_last_sequence(id).await {
-            Ok(Some(sequence)) if sequence <= kept.through => {
-                metrics::counter!(names::THREAD_READS, "from" => "memory").increment(1);
-                return Ok(json(kept.body));
-            }
-            Ok(found) => last = Some(found),
-            Err(e) => tracing::warn!("cannot ask the event log ({})", report(&e)),
+    let in_log = match from_memory(&state, id).await {
+        FromMemory::Hit(body) => {
+            metrics::counter!(names::THREAD_READS, "from" => "memory").increment(1);
+            return Ok(json(body));
+        }
+        FromMemory::Miss(in_log) => in_log,
+    };
+    let through = read_your_writes(&state, id, in_log).await?;
+    from_read_model(&state, id, through, epoch).await
+}
+
+/// What the event log holds of a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ThreadInLog {
+    /// No creation: the thread does not exist.
+    NotCreated,
+    /// The later of its creation and its latest message is at this stream sequence: once the
+    /// read model has applied it, it holds the whole thread as the log held it.
+    LastAt(u64),
+}
+
+impl From<Option<u64>> for ThreadInLog {
+    /// The answer of the log's `thread_last_sequence`.
+    fn from(last: Option<u64>) -> Self {
+        last.map_or(ThreadInLog::NotCreated, ThreadInLog::LastAt)
+    }
+}
+
+/// What the threads kept in memory have for a GET.
+enum FromMemory {
+    /// The body kept: the log holds no event of the thread newer than it.
+    Hit(Bytes),
+    /// Not kept, or kept but the log holds newer events of it; with what the log holds of the
+    /// thread, if it was asked and answered.
+    Miss(Option<ThreadInLog>),
+}
+
+/// Threads kept in memory: a kept thread is served if the log, asked now, holds no newer
+/// event of it.
+async fn from_memory(state: &AppState, id: Uuid) -> FromMemory {
+    let Some(kept) = state.hot.get(id) else {
+        return FromMemory::Miss(None);
+    };
+    let in_log = state.log.thread_last_sequence(id).await;
+    match in_log.map(ThreadInLog::from) {
+        Ok(ThreadInLog::LastAt(sequence)) if sequence <= kept.through => FromMemory::Hit(kept.body),
+        Ok(in_log) => FromMemory::Miss(Some(in_log)),
+        Err(e) => {
+            tracing::warn!("cannot ask the event log ({})", report(&e));
+            FromMemory::Miss(None)
         }
     }
-    // The sequence through which the read model holds the thread's events, once it does.
-    let through = match last {
-        Some(None) => return Err(ApiError::NotFound),
-        Some(Some(sequence)) => wait_until_applied(&state, sequence).await,
+}
+
+/// Read your writes: waits until the read model holds every event of the thread that the log
+/// held when the GET came, and says through which sequence it does; `None` if that is not
+/// known (the log does not answer, or the projector is behind past the bound): then the read
+/// model is asked as it is. Skips the question about the thread when the projector has
+/// applied everything the log holds; a thread the log never created is not found.
+async fn read_your_writes(
+    state: &AppState,
+    id: Uuid,
+    in_log: Option<ThreadInLog>,
+) -> Result<Option<u64>, ApiError> {
+    let in_log = match in_log {
+        Some(in_log) => in_log,
         None => match state.log.applied_everything().await {
-            Ok(Some(head)) => Some(head),
-            Ok(None) => match state.log.thread_last_sequence(id).await {
-                Ok(None) => return Err(ApiError::NotFound),
-                Ok(Some(sequence)) => wait_until_applied(&state, sequence).await,
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot ask the event log ({}); answering from the read model as it is",
-                        report(&e)
-                    );
-                    None
+            Ok(Some(head)) => return Ok(Some(head)),
+            Ok(None) => {
+                let in_log = state.log.thread_last_sequence(id).await;
+                match in_log.map(ThreadInLog::from) {
+                    Ok(in_log) => in_log,
+                    Err(e) => return Ok(as_it_is(e)),
                 }
-            },
-            Err(e) => {
-                tracing::warn!(
-                    "cannot ask the event log ({}); answering from the read model as it is",
-                    report(&e)
-                );
-                None
             }
+            Err(e) => return Ok(as_it_is(e)),
         },
     };
+    match in_log {
+        ThreadInLog::NotCreated => Err(ApiError::NotFound),
+        ThreadInLog::LastAt(sequence) => Ok(wait_until_applied(state, sequence).await),
+    }
+}
+
+/// The log did not answer: the read model is asked as it is.
+fn as_it_is(error: StoreError) -> Option<u64> {
+    tracing::warn!(
+        "cannot ask the event log ({}); answering from the read model as it is",
+        report(&error)
+    );
+    None
+}
+
+/// Answers from the read model: a whole thread (kept in memory if the read model is known to
+/// hold it `through` a sequence), or a long one streamed. A thread the read model lacks is not
+/// found if it is known to be up to date, and otherwise behind (503).
+async fn from_read_model(
+    state: &AppState,
+    id: Uuid,
+    through: Option<u64>,
+    epoch: u64,
+) -> Result<Response, ApiError> {
     let read = state.read.thread(id).await?;
     metrics::counter!(names::THREAD_READS, "from" => "read_model").increment(1);
     match read {
