@@ -75,22 +75,21 @@ pub struct Failed<E> {
 
 /// The parts of a batch of `len` events still to write: the whole batch first; a part that
 /// PostgreSQL refuses is split in halves, down to single events, the left half first, so
-/// that refused events come out in stream order. For callers that hold a connection across
-/// the writes (a replay); [`isolate`] drives it for the others.
+/// that refused events come out in stream order. [`isolate`] drives it.
 #[derive(Debug)]
-pub struct Split {
+struct Split {
     /// The next part last.
     parts: Vec<Range<usize>>,
 }
 
 impl Split {
-    pub fn new(len: usize) -> Self {
+    fn new(len: usize) -> Self {
         let whole = 0..len;
         Self { parts: vec![whole] }
     }
 
     /// The next part to write, if any is left.
-    pub fn next_part(&mut self) -> Option<Range<usize>> {
+    fn next_part(&mut self) -> Option<Range<usize>> {
         loop {
             let part = self.parts.pop()?;
             if !part.is_empty() {
@@ -101,7 +100,7 @@ impl Split {
 
     /// PostgreSQL refused `part`. `true` if it is a single event, refused on its own;
     /// otherwise its halves are the next parts.
-    pub fn refused(&mut self, part: Range<usize>) -> bool {
+    fn refused(&mut self, part: Range<usize>) -> bool {
         if part.len() <= 1 {
             return true;
         }
@@ -112,25 +111,42 @@ impl Split {
     }
 }
 
-/// Writes `len` items with `apply` (given a range of indexes), splitting the batch as
-/// [`Split`] does where PostgreSQL refuses the data (`refused(&error)`). Returns the items
-/// refused on their own, in order, with the refusal; every other item has been written.
-/// Stops at the first error that is not a refusal (a lost connection: sending the same rows
-/// later may well succeed), after which some parts may be written already; writes are
-/// idempotent, so the caller tries the whole batch again.
-pub async fn isolate<E, F, Fut>(
-    len: usize,
-    refused: impl Fn(&E) -> bool,
-    mut apply: F,
-) -> Result<Vec<(usize, E)>, Failed<E>>
+/// Writes a part of a batch, all of it or none (one transaction, one COPY): the items whose
+/// indexes are in `part`. A closure `|part| async { ... }` is one; a writer that holds a
+/// connection across the writes (a replay) is a type of its own.
+pub trait WritePart {
+    type Error;
+
+    fn write_part(&mut self, part: Range<usize>) -> impl Future<Output = Result<(), Self::Error>>;
+}
+
+impl<F, Fut, E> WritePart for F
 where
     F: FnMut(Range<usize>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
+    type Error = E;
+
+    fn write_part(&mut self, part: Range<usize>) -> impl Future<Output = Result<(), E>> {
+        self(part)
+    }
+}
+
+/// Writes `len` items with `write`, splitting the batch as [`Split`] does where PostgreSQL
+/// refuses the data (`refused(&error)`). Returns the items refused on their own, in order,
+/// with the refusal; every other item has been written. Stops at the first error that is
+/// not a refusal (a lost connection: sending the same rows later may well succeed), after
+/// which some parts may be written already; writes are idempotent, so the caller tries the
+/// whole batch again.
+pub async fn isolate<W: WritePart>(
+    len: usize,
+    refused: impl Fn(&W::Error) -> bool,
+    mut write: W,
+) -> Result<Vec<(usize, W::Error)>, Failed<W::Error>> {
     let mut refusals = Vec::new();
     let mut split = Split::new(len);
     while let Some(part) = split.next_part() {
-        match apply(part.clone()).await {
+        match write.write_part(part.clone()).await {
             Ok(()) => {}
             Err(error) if refused(&error) => {
                 if split.refused(part.clone()) {

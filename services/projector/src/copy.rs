@@ -1,9 +1,10 @@
 //! Rows into PostgreSQL at bulk speed: the COPY text format of the read model's rows, and a
 //! writer that loads them on a task of its own while the next ones are folded.
 
-use crate::batch::Split;
+use crate::batch::{self, WritePart};
 use crate::ProjectorError;
 use sqlx::{Connection, PgConnection};
+use std::ops::Range;
 use threadline_ports::{AppliedMessage, AppliedThread, StoreError};
 use threadline_postgres::sql_error;
 use tokio::sync::mpsc;
@@ -234,34 +235,67 @@ impl CopyWriter {
 }
 
 /// COPYs the rows of `data` (each ending at its offset in `ends`) with `statement`, splitting
-/// them where PostgreSQL refuses some; how many rows it refused.
+/// them where PostgreSQL refuses some (see [`batch::isolate`]); how many rows it refused, each
+/// logged and passed over.
 async fn copy_rows(
     conn: &mut PgConnection,
     statement: &str,
     data: &[u8],
     ends: &[usize],
 ) -> Result<u64, ProjectorError> {
-    let mut refused = 0;
-    let mut split = Split::new(ends.len());
-    while let Some(part) = split.next_part() {
-        let start = part.start.checked_sub(1).map_or(0, |i| ends[i]);
-        let rows = &data[start..ends[part.end - 1]];
-        match copy_in(conn, statement, rows).await {
-            Ok(()) => {}
-            Err(StoreError::Refused { code, cause }) => {
-                if split.refused(part) {
-                    refused += 1;
-                    tracing::warn!(
-                        sequence = row_sequence(rows),
-                        "passing over a row PostgreSQL refuses ({code}: {cause}); \
-                         the live projector set its event aside"
-                    );
-                }
-            }
-            Err(e) => return Err(e.into()),
+    let rows = Rows { data, ends };
+    let copy = CopyIn {
+        conn,
+        statement,
+        rows,
+    };
+    let refusals = batch::isolate(
+        ends.len(),
+        |e| matches!(e, StoreError::Refused { .. }),
+        copy,
+    )
+    .await
+    .map_err(|failed| ProjectorError::from(failed.error))?;
+    for (at, refusal) in &refusals {
+        if let StoreError::Refused { code, cause } = refusal {
+            tracing::warn!(
+                sequence = row_sequence(rows.part(*at..*at + 1)),
+                "passing over a row PostgreSQL refuses ({code}: {cause}); \
+                 the live projector set its event aside"
+            );
         }
     }
-    Ok(refused)
+    Ok(refusals.len() as u64)
+}
+
+/// Rows of COPY text, each ending at its offset in `ends`.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [u8],
+    ends: &'a [usize],
+}
+
+impl<'a> Rows<'a> {
+    /// The text of the rows whose indexes are in `part` (not empty).
+    fn part(&self, part: Range<usize>) -> &'a [u8] {
+        let start = part.start.checked_sub(1).map_or(0, |i| self.ends[i]);
+        &self.data[start..self.ends[part.end - 1]]
+    }
+}
+
+/// Rows COPYed a part at a time, each part a COPY of its own.
+struct CopyIn<'a> {
+    conn: &'a mut PgConnection,
+    statement: &'a str,
+    rows: Rows<'a>,
+}
+
+impl WritePart for CopyIn<'_> {
+    type Error = StoreError;
+
+    async fn write_part(&mut self, part: Range<usize>) -> Result<(), StoreError> {
+        copy_in(self.conn, self.statement, self.rows.part(part)).await
+    }
 }
 
 async fn copy_in(conn: &mut PgConnection, statement: &str, rows: &[u8]) -> Result<(), StoreError> {

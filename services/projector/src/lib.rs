@@ -30,6 +30,7 @@ use read_ahead::ReadAhead;
 use stall::Stall;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use threadline_nats::{JetStreamLog, NatsSettings};
@@ -363,7 +364,7 @@ impl Projector {
         let written = batch::isolate(
             rows.len(),
             |e| matches!(e, StoreError::Refused { .. }),
-            |part| {
+            |part: Range<usize>| {
                 let (threads, messages) = fold::rows(rows[part].iter().map(|(_, v)| v));
                 let read = self.read.clone();
                 async move { read.apply(&threads, &messages).await }

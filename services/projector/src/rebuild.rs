@@ -20,7 +20,7 @@
 //! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
 
-use crate::batch::{ranges, Limits, Split};
+use crate::batch::{self, ranges, Limits, WritePart};
 use crate::copy::{self, CopyWriter};
 use crate::progress::Progress;
 use crate::replay::{self, Counts, EventReader, ReplayFold};
@@ -28,10 +28,11 @@ use crate::tables::{self, quote};
 use crate::ProjectorError;
 use clap::Args;
 use sqlx::{Connection, PgConnection};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 use threadline_nats::{JetStreamLog, NatsSettings};
 use threadline_ports::settings::parse_duration;
-use threadline_ports::{AppliedMessage, AppliedThread};
+use threadline_ports::{AppliedMessage, AppliedThread, Cause, StoreError};
 use threadline_postgres::read_model::CHANGED_CHANNEL;
 use threadline_postgres::{apply_rows, DatabaseSettings, PgReadModel, SWITCH_LOCK};
 
@@ -411,28 +412,67 @@ async fn write_rows<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, 
     Ok(refused)
 }
 
+/// Writes one statement's rows, splitting them where PostgreSQL refuses some (see
+/// [`batch::isolate`]); how many rows it refused, each logged and passed over.
 async fn write_part<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
-    let mut refused = 0;
-    let mut split = Split::new(rows.len());
-    while let Some(part) = split.next_part() {
-        let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
-        match R::apply(&mut tx, &rows[part.clone()]).await {
-            Ok(()) => tx.commit().await.map_err(ProjectorError::database)?,
-            Err(threadline_ports::StoreError::Refused { code, cause }) => {
-                tx.rollback().await.map_err(ProjectorError::database)?;
-                if split.refused(part.clone()) {
-                    refused += 1;
-                    tracing::warn!(
-                        sequence = rows[part.start].stream_seq(),
-                        "passing over a row PostgreSQL refuses ({code}: {cause}); \
-                         the live projector set its event aside"
-                    );
-                }
-            }
-            Err(e) => return Err(e.into()),
+    let refusals = batch::isolate(
+        rows.len(),
+        |e| matches!(e, NotWritten::Refused { .. }),
+        InTransaction { conn, rows },
+    )
+    .await
+    .map_err(|failed| ProjectorError::from(failed.error))?;
+    for (at, refusal) in &refusals {
+        if let NotWritten::Refused { code, cause } = refusal {
+            tracing::warn!(
+                sequence = rows[*at].stream_seq(),
+                "passing over a row PostgreSQL refuses ({code}: {cause}); \
+                 the live projector set its event aside"
+            );
         }
     }
-    Ok(refused)
+    Ok(refusals.len() as u64)
+}
+
+/// Rows written a part at a time, each part in a transaction of its own (a savepoint within
+/// the switch-over's).
+struct InTransaction<'a, R> {
+    conn: &'a mut PgConnection,
+    rows: &'a [R],
+}
+
+/// Why a part of the rows was not written.
+enum NotWritten {
+    /// PostgreSQL refused a row of it: the transaction is rolled back, the part to be split.
+    Refused { code: String, cause: Cause },
+    /// Anything else: the rebuild stops.
+    Failed(ProjectorError),
+}
+
+impl From<NotWritten> for ProjectorError {
+    fn from(error: NotWritten) -> Self {
+        match error {
+            NotWritten::Refused { code, cause } => StoreError::Refused { code, cause }.into(),
+            NotWritten::Failed(e) => e,
+        }
+    }
+}
+
+impl<R: Row> WritePart for InTransaction<'_, R> {
+    type Error = NotWritten;
+
+    async fn write_part(&mut self, part: Range<usize>) -> Result<(), NotWritten> {
+        let failed = |e| NotWritten::Failed(ProjectorError::database(e));
+        let mut tx = self.conn.begin().await.map_err(failed)?;
+        match R::apply(&mut tx, &self.rows[part]).await {
+            Ok(()) => tx.commit().await.map_err(failed),
+            Err(StoreError::Refused { code, cause }) => {
+                tx.rollback().await.map_err(failed)?;
+                Err(NotWritten::Refused { code, cause })
+            }
+            Err(e) => Err(NotWritten::Failed(e.into())),
+        }
+    }
 }
 
 async fn execute(conn: &mut PgConnection, statements: &str) -> Result<(), ProjectorError> {
