@@ -156,7 +156,7 @@ impl Projector {
                 let limits = self.settings.limits();
                 let mut parts = batch::cut(batch.items, |m| m.length, limits).into_iter();
                 while let Some(part) = parts.next() {
-                    if !self.project(&part, &shutdown).await {
+                    if self.project(&part, &shutdown).await.is_err() {
                         let unapplied = part.into_iter().chain(parts.flatten()).collect();
                         self.hand_back(unapplied, ahead).await;
                         return;
@@ -252,70 +252,100 @@ impl Projector {
     /// acknowledged. Rows that PostgreSQL refuses are found by splitting the batch and set
     /// aside; any other failure (the database or the broker does not answer) is retried until
     /// it succeeds or shutdown fires, and then the batch stays unacknowledged and is
-    /// delivered again. `false` if shutdown fired.
+    /// delivered again.
     #[tracing::instrument(skip_all, fields(first_seq, last_seq, events = messages.len()))]
-    async fn project(&self, messages: &[Message], shutdown: &CancellationToken) -> bool {
+    async fn project(
+        &self,
+        messages: &[Message],
+        shutdown: &CancellationToken,
+    ) -> Result<(), ShutDown> {
         let incoming: Vec<Incoming> = messages.iter().filter_map(incoming).collect();
         record_lag(messages);
-        let first_seq = incoming.first().map_or(0, |i| i.sequence);
         if let (Some(first), Some(last)) = (incoming.first(), incoming.last()) {
             tracing::Span::current().record("first_seq", first.sequence);
             tracing::Span::current().record("last_seq", last.sequence);
         }
+        let mut judged = self.judge(incoming, shutdown).await?;
+        let written = self.write_rows(&mut judged, shutdown).await?;
+        self.set_aside(&judged, shutdown).await?;
+        acknowledge(messages).await;
+        self.applied(messages.len(), written);
+        Ok(())
+    }
+
+    /// The verdict on each event of the batch: a row to write, or a reason to set it aside
+    /// (invalid, or a message whose thread the log did not create before it).
+    async fn judge(
+        &self,
+        incoming: Vec<Incoming>,
+        shutdown: &CancellationToken,
+    ) -> Result<Judged, ShutDown> {
+        let first_seq = incoming.first().map_or(0, |i| i.sequence);
         let subjects = self.log.subjects();
         let mut verdicts: Vec<Verdict> = incoming
             .iter()
             .map(|i| fold::verdict(subjects, i))
             .collect();
-        let Some(created) =
+        let created =
             retry::until_ready("checking threads against the event log", shutdown, || {
                 self.noting_failure(first_seq, self.threads_created(&verdicts))
             })
             .await
-        else {
-            return false;
-        };
+            .ok_or(ShutDown)?;
         fold::reject_unknown_threads(&mut verdicts, &created);
+        Ok(Judged::new(incoming, verdicts))
+    }
 
-        // The events to write, in stream order, by their index in `incoming`.
-        let mut rows: Vec<(usize, Verdict)> = Vec::new();
-        let mut set_aside: Vec<(usize, EventError)> = Vec::new();
-        for (index, verdict) in verdicts.into_iter().enumerate() {
-            match verdict {
-                Verdict::SetAside(reason) => set_aside.push((index, reason)),
-                row => rows.push((index, row)),
-            }
-        }
-        let Some(refused) = retry::until_ready("writing to the read model", shutdown, || {
-            self.write(&rows, &incoming)
+    /// Writes the batch's rows in one transaction, retried until it succeeds; the rows that
+    /// PostgreSQL refuses on their own join the events to set aside. Remembers each thread
+    /// created, for the existence checks of the batches to come.
+    async fn write_rows(
+        &self,
+        judged: &mut Judged,
+        shutdown: &CancellationToken,
+    ) -> Result<Written, ShutDown> {
+        let refused = retry::until_ready("writing to the read model", shutdown, || {
+            self.write(&judged.rows, &judged.incoming)
         })
         .await
-        else {
-            return false;
-        };
-        let mut refused_rows = vec![false; rows.len()];
+        .ok_or(ShutDown)?;
+        let mut refused_rows = vec![false; judged.rows.len()];
         for (row, error) in refused {
             refused_rows[row] = true;
             let why = match error {
                 StoreError::Refused { code, cause } => format!("{code}: {cause}"),
                 other => report(&other),
             };
-            set_aside.push((rows[row].0, EventError::RefusedByDatabase(why)));
+            let index = judged.rows[row].0;
+            judged
+                .set_aside
+                .push((index, EventError::RefusedByDatabase(why)));
         }
-        let (mut threads, mut messages_written) = (0usize, 0usize);
-        for ((_, verdict), refused) in rows.iter().zip(refused_rows) {
+        let mut written = Written::default();
+        for ((_, verdict), refused) in judged.rows.iter().zip(refused_rows) {
             match verdict {
                 Verdict::Thread(thread) if !refused => {
-                    threads += 1;
+                    written.threads += 1;
                     self.log.remember_thread(thread.id, thread.stream_seq);
                 }
-                Verdict::Message(_) if !refused => messages_written += 1,
+                Verdict::Message(_) if !refused => written.messages += 1,
                 _ => {}
             }
         }
+        Ok(written)
+    }
+
+    /// Sets the batch's invalid and refused events aside on the dead-letter stream, in stream
+    /// order, each with its reason, counted and logged; each retried until it is stored.
+    async fn set_aside(
+        &self,
+        judged: &Judged,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ShutDown> {
+        let mut set_aside: Vec<&(usize, EventError)> = judged.set_aside.iter().collect();
         set_aside.sort_by_key(|(index, _)| *index);
-        for (index, reason) in &set_aside {
-            let event = &incoming[*index];
+        for (index, reason) in set_aside {
+            let event = &judged.incoming[*index];
             metrics::counter!(names::SET_ASIDE, "reason" => reason.code()).increment(1);
             tracing::warn!(
                 subject = %event.subject, sequence = event.sequence, reason = reason.code(),
@@ -325,7 +355,7 @@ impl Projector {
                     threadline_nats::event_log::REASON_MAX_BYTES
                 )
             );
-            let stored = retry::until_ready("setting an invalid event aside", shutdown, || {
+            retry::until_ready("setting an invalid event aside", shutdown, || {
                 self.noting_failure(
                     event.sequence,
                     self.log.set_aside(
@@ -337,21 +367,22 @@ impl Projector {
                     ),
                 )
             })
-            .await;
-            if stored.is_none() {
-                return false;
-            }
+            .await
+            .ok_or(ShutDown)?;
         }
-        for message in messages {
-            if let Err(e) = message.ack().await {
-                tracing::warn!("acknowledging failed (the event will be applied again): {e}");
-            }
-        }
+        Ok(())
+    }
+
+    /// The batch is applied: the projector has moved on, and the metrics count the batch.
+    fn applied(&self, events: usize, written: Written) {
         self.stall.moved_on();
-        metrics::histogram!(names::PROJECTOR_BATCH_SIZE).record(messages.len() as f64);
-        metrics::counter!(names::PROJECTOR_EVENTS).increment(messages.len() as u64);
-        tracing::debug!(threads, messages = messages_written, "batch applied");
-        true
+        metrics::histogram!(names::PROJECTOR_BATCH_SIZE).record(events as f64);
+        metrics::counter!(names::PROJECTOR_EVENTS).increment(events as u64);
+        tracing::debug!(
+            threads = written.threads,
+            messages = written.messages,
+            "batch applied"
+        );
     }
 
     /// Writes the rows of a batch, splitting it where PostgreSQL refuses some; the rows
@@ -406,6 +437,52 @@ impl Projector {
             }
         }
         Ok(created)
+    }
+}
+
+/// Shutdown fired before a batch was applied: it stays unacknowledged, to be delivered again.
+struct ShutDown;
+
+/// A batch's events as judged: the rows to write and the events to set aside, each by its
+/// index in `incoming`; the rows in stream order.
+struct Judged {
+    incoming: Vec<Incoming>,
+    rows: Vec<(usize, Verdict)>,
+    set_aside: Vec<(usize, EventError)>,
+}
+
+impl Judged {
+    fn new(incoming: Vec<Incoming>, verdicts: Vec<Verdict>) -> Self {
+        let mut rows = Vec::new();
+        let mut set_aside = Vec::new();
+        for (index, verdict) in verdicts.into_iter().enumerate() {
+            match verdict {
+                Verdict::SetAside(reason) => set_aside.push((index, reason)),
+                row => rows.push((index, row)),
+            }
+        }
+        Self {
+            incoming,
+            rows,
+            set_aside,
+        }
+    }
+}
+
+/// The rows of a batch written, by table.
+#[derive(Default)]
+struct Written {
+    threads: usize,
+    messages: usize,
+}
+
+/// Acknowledges every event of an applied batch. An acknowledgement lost is only logged: the
+/// event is delivered and applied again, which changes nothing.
+async fn acknowledge(messages: &[Message]) {
+    for message in messages {
+        if let Err(e) = message.ack().await {
+            tracing::warn!("acknowledging failed (the event will be applied again): {e}");
+        }
     }
 }
 
