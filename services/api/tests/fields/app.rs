@@ -1,0 +1,251 @@
+//! The API in this process: [`threadline_api::router`] behind the layers every served role
+//! gets ([`threadline_infra::server::finish`]: the JSON 404, request ids, tracing, metrics),
+//! called with `tower::ServiceExt::oneshot` as axum's `examples/testing` does, over backends
+//! that record every call and refuse all of them but the question whether a thread exists.
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use bytes::Bytes;
+use proto_events::{EncodedEvent, Subjects};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use threadline_api::hot::HotThreads;
+use threadline_api::{ApiSettings, AppState, Idempotency};
+use threadline_infra::read_model::ThreadRead;
+use threadline_infra::{
+    AppliedMessage, AppliedThread, EventLog, HttpSettings, IdempotencyStore, ReadModel, StoreError,
+};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// The one thread that exists.
+pub const THREAD: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
+
+/// The largest request body, as `MAX_BODY_BYTES` has it by default (2.5 MiB).
+pub const MAX_BODY_BYTES: usize = 2_621_440;
+
+/// A call the API made to one of its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Append,
+    ThreadExists(Uuid),
+    ThreadLastSequence(Uuid),
+    AppliedThrough(u64),
+    AppliedEverything,
+    ReadThread(Uuid),
+    ApplyRows,
+    ClaimKey,
+}
+
+/// The event log, the read model and the idempotency store at once: each call is recorded;
+/// [`THREAD`] exists and no other thread does; every other call is refused with the error
+/// `refusal` makes, which a client sees as a 503 (or a 413 for an event too large).
+struct Backends {
+    thread: Uuid,
+    refusal: fn() -> StoreError,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl Backends {
+    fn record(&self, call: Call) {
+        self.calls.lock().expect("calls").push(call);
+    }
+
+    fn refuse<T>(&self, call: Call) -> Result<T, StoreError> {
+        self.record(call);
+        Err((self.refusal)())
+    }
+}
+
+#[async_trait]
+impl EventLog for Backends {
+    async fn append(&self, _: &EncodedEvent) -> Result<u64, StoreError> {
+        self.refuse(Call::Append)
+    }
+
+    async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {
+        self.record(Call::ThreadExists(thread));
+        Ok(thread == self.thread)
+    }
+
+    async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        self.refuse(Call::ThreadLastSequence(thread))
+    }
+
+    async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError> {
+        self.refuse(Call::AppliedThrough(wanted))
+    }
+
+    async fn applied_everything(&self) -> Result<Option<u64>, StoreError> {
+        self.refuse(Call::AppliedEverything)
+    }
+}
+
+#[async_trait]
+impl ReadModel for Backends {
+    async fn thread(&self, id: Uuid) -> Result<Option<ThreadRead>, StoreError> {
+        self.refuse(Call::ReadThread(id))
+    }
+
+    async fn apply(&self, _: &[AppliedThread], _: &[AppliedMessage]) -> Result<(), StoreError> {
+        self.refuse(Call::ApplyRows)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for Backends {
+    async fn claim(&self, _: &str, _: Bytes) -> Result<Option<Bytes>, StoreError> {
+        self.refuse(Call::ClaimKey)
+    }
+}
+
+/// The API over recording backends; see the module's documentation.
+pub struct App {
+    router: Router,
+    backends: Arc<Backends>,
+}
+
+/// What a backend answers that is not the API's to decide: the event log is down.
+fn unavailable() -> StoreError {
+    StoreError::nats("refused by the test's backends")
+}
+
+impl App {
+    /// The API with its default settings, over backends that refuse all but the existence
+    /// of [`THREAD`].
+    pub fn new() -> App {
+        App::refusing_with(unavailable)
+    }
+
+    /// As [`new`](Self::new), with backends that refuse with the error `refusal` makes.
+    pub fn refusing_with(refusal: fn() -> StoreError) -> App {
+        let backends = Arc::new(Backends {
+            thread: THREAD.parse().expect("a UUID"),
+            refusal,
+            calls: Mutex::new(Vec::new()),
+        });
+        let settings = ApiSettings {
+            max_body_bytes: MAX_BODY_BYTES,
+            read_your_writes_timeout: Duration::from_secs(3),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            idempotency_max_bytes: Some(1 << 30),
+            hot_threads_bytes: None,
+        };
+        let state = AppState {
+            log: backends.clone(),
+            read: backends.clone(),
+            idempotency: Idempotency::new(backends.clone(), Subjects::default()),
+            append_timeout: Duration::from_secs(5),
+            settings: Arc::new(settings),
+            hot: HotThreads::off(),
+        };
+        let http = HttpSettings {
+            shutdown_timeout: Duration::from_secs(10),
+            cors_allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            admin_listen_addr: None,
+        };
+        App {
+            router: threadline_infra::server::finish(threadline_api::router(state), &http),
+            backends,
+        }
+    }
+
+    /// Sends `request` through the router and reads the whole answer.
+    pub async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("the response body");
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// POSTs `body` to `path` with the content type given (none if `None`) and its length
+    /// declared, as an HTTP client sends it.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<Bytes>,
+        content_type: Option<&str>,
+    ) -> Answer {
+        let body = body.into();
+        let mut request = Request::post(path).header(header::CONTENT_LENGTH, body.len());
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        self.send(request.body(Body::from(body)).expect("a request"))
+            .await
+    }
+
+    /// POSTs `body` to `path` as `application/json`.
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        let bytes = serde_json::to_vec(body).expect("JSON");
+        self.post_raw(path, bytes, Some("application/json")).await
+    }
+
+    /// The calls made to the backends since the last time they were taken.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.backends.calls.lock().expect("calls"))
+    }
+
+    /// Asserts that the requests since the last check asked the backends nothing but whether
+    /// a thread exists: nothing was appended, no key claimed, nothing read. (A message's
+    /// `thread` is looked up even when another field is wrong, so that an unknown thread is
+    /// reported with the other errors, as DRF does.)
+    pub fn assert_nothing_stored(&self, request: &str) {
+        let calls = self.take_calls();
+        assert!(
+            calls.iter().all(|c| matches!(c, Call::ThreadExists(_))),
+            "{request}: a refused request reached the backends: {calls:?}"
+        );
+    }
+
+    /// Asserts that the requests since the last check made no call to any backend.
+    pub fn assert_untouched(&self, request: &str) {
+        let calls = self.take_calls();
+        assert_eq!(
+            calls,
+            [],
+            "{request}: a refused request reached the backends"
+        );
+    }
+}
+
+/// A response, read whole.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON, after asserting the status.
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
