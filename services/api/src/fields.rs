@@ -344,6 +344,25 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_is_a_list_of_strings_is_shown_as_python_shows_it() {
+        // Python 3: str(["it's", 'a\'b"', '\x01', 'a b', '\x7f', 'tab\t', 'back\\slash', 'nl\n'])
+        let value = json!([
+            "it's",
+            "a'b\"",
+            "\u{1}",
+            "a b",
+            "\u{7f}",
+            "tab\t",
+            "back\\slash",
+            "nl\n"
+        ]);
+        assert_eq!(
+            python_str(&value),
+            r#"["it's", 'a\'b"', '\x01', 'a b', '\x7f', 'tab\t', 'back\\slash', 'nl\n']"#
+        );
+    }
+
+    #[test]
     fn python_int_parsing_edges() {
         assert_eq!(python_int_base16("ff"), Some(255));
         assert_eq!(python_int_base16(" +f_f "), Some(255));
