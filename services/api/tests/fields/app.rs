@@ -1,5 +1,5 @@
 //! The API in this process: [`threadline_api::router`] behind the layers every served role
-//! gets ([`threadline_infra::server::finish`]: the JSON 404, request ids, tracing, metrics),
+//! gets ([`threadline_runtime::server::finish`]: the JSON 404, request ids, tracing, metrics),
 //! called with `tower::ServiceExt::oneshot` as axum's `examples/testing` does, over backends
 //! that record every call and refuse all of them but the question whether a thread exists.
 
@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use threadline_api::hot::HotThreads;
 use threadline_api::{ApiSettings, AppState, Idempotency};
-use threadline_infra::read_model::ThreadRead;
-use threadline_infra::{
-    AppliedMessage, AppliedThread, EventLog, HttpSettings, IdempotencyStore, ReadModel, StoreError,
+use threadline_ports::{
+    AppliedMessage, AppliedThread, EventLog, IdempotencyStore, ReadModel, StoreError, ThreadRead,
 };
+use threadline_runtime::HttpSettings;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -149,7 +149,7 @@ impl App {
             admin_listen_addr: None,
         };
         App {
-            router: threadline_infra::server::finish(threadline_api::router(state), &http),
+            router: threadline_runtime::server::finish(threadline_api::router(state), &http),
             backends,
         }
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-use threadline_infra::StoreError;
+use threadline_ports::{Backend, StoreError};
 
 const REQUIRED: &str = "This field is required.";
 const NOT_NULL: &str = "This field may not be null.";
@@ -552,7 +552,7 @@ async fn an_event_larger_than_the_log_takes_is_413() {
 #[tokio::test]
 async fn an_overloaded_log_is_503_with_a_retry_after() {
     let app = App::refusing_with(|| StoreError::Overloaded {
-        what: "NATS JetStream",
+        backend: Backend::Nats,
         cause: "refused by the test's backends".into(),
     });
     let answer = app.post("/chat/message/", &valid_message(THREAD)).await;
