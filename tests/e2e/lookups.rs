@@ -154,8 +154,8 @@ async fn an_upgrade_refused_by_admission_asks_the_log_nothing() {
     );
 }
 
-/// How long a process remembers that a thread does not exist (`NOT_FOUND_MEMORY` in infra's
-/// `existence.rs`).
+/// How long a process remembers that a thread does not exist (`NOT_FOUND_MEMORY` in
+/// `services/nats/src/existence.rs`).
 const NOT_FOUND_MEMORY: Duration = Duration::from_secs(2);
 
 #[tokio::test]
