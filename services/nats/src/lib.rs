@@ -1,14 +1,17 @@
 //! The NATS JetStream adapter: the event log ([`JetStreamLog`]) with the one rule of a
-//! thread's existence and the lookups shared by concurrent callers, the API's idempotency
+//! thread's existence and the lookups shared by concurrent callers, the projector's durable
+//! consumer and the replay of the stream for `rebuild` and `verify`, the API's idempotency
 //! store ([`KvIdempotency`]), the events set aside as invalid, and the settings of all of
 //! them ([`NatsSettings`]).
 
 pub mod coalesce;
+pub mod consumer;
 pub mod dead_letters;
 pub mod event_log;
 pub mod events;
 pub mod existence;
 pub mod idempotency;
+pub mod replay;
 pub mod settings;
 
 pub use event_log::JetStreamLog;

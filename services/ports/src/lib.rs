@@ -1,6 +1,7 @@
 //! The narrow interfaces the roles use, and the values that cross them: the event log
 //! ([`EventLog`]), the read model ([`ReadModel`]) and the API's idempotency store
-//! ([`IdempotencyStore`]), what `/readyz` asks of a dependency ([`Dependency`]), their errors
+//! ([`IdempotencyStore`]), the log as the projector reads it ([`ProjectionSource`],
+//! [`EventReplay`]), what `/readyz` asks of a dependency ([`Dependency`]), their errors
 //! ([`StoreError`]), and the values the adapters' settings are made of. The adapters
 //! (`threadline-nats`, `threadline-postgres`) implement them; nothing here knows NATS or SQL.
 
@@ -8,6 +9,7 @@ pub mod error;
 pub mod event_log;
 pub mod health;
 pub mod idempotency;
+pub mod projection;
 pub mod read_model;
 pub mod secret;
 pub mod settings;
@@ -16,4 +18,8 @@ pub use error::{report, Backend, Cause, StoreError};
 pub use event_log::EventLog;
 pub use health::Dependency;
 pub use idempotency::IdempotencyStore;
+pub use projection::{
+    Backlog, Decode, Deliveries, Delivery, EventReplay, ProjectionSource, Replay, ReplayError,
+    StoredEvent,
+};
 pub use read_model::{AppliedMessage, AppliedThread, Changes, ReadModel, ThreadRead};
