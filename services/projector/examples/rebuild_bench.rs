@@ -14,19 +14,18 @@
 //! N events is reused.
 
 use anyhow::Context;
-use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::HeaderMap;
 use clap::Parser;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use proto_events::{headers, Event, MessageBody, MessagePosted, ThreadCreated, Timestamp};
 use proto_events::{new_id, UserJson};
+use proto_events::{Event, MessageBody, MessagePosted, ThreadCreated, Timestamp};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::PgConnection;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_ports::EventLog;
 use threadline_postgres::{DatabaseSettings, PgReadModel};
 use threadline_projector::rebuild::{self, RebuildSettings};
 use threadline_projector::{copy, tables, Projector};
@@ -151,7 +150,8 @@ async fn live_replay(
     let info = stream.get_info().await?;
     let (events, last) = (info.state.messages, info.state.last_sequence);
     let defaults = ProjectorArgs::parse_from(["projector"]);
-    let projector = Projector::new(Arc::new(log), read, defaults.projector);
+    let log = Arc::new(log);
+    let projector = Projector::new(log.clone(), read, defaults.projector);
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn({
@@ -160,11 +160,11 @@ async fn live_replay(
     });
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut consumer: PullConsumer = stream
-            .get_consumer(&settings.projector_consumer)
+        let applied = log
+            .applied_through(last)
             .await
             .map_err(|e| anyhow::anyhow!("the projector's consumer: {e}"))?;
-        if consumer.info().await?.ack_floor.stream_sequence >= last {
+        if applied >= last {
             break;
         }
         anyhow::ensure!(!running.is_finished(), "the projector stopped");
@@ -217,14 +217,12 @@ async fn fill(log: &JetStreamLog, events: u64, per_thread: u64) -> anyhow::Resul
             })
         };
         let encoded = event.encode();
-        let mut map = HeaderMap::new();
-        map.insert(headers::MSG_ID, encoded.event().id().to_string().as_str());
         let subject = log
             .subjects()
             .event(encoded.event().thread(), encoded.event().kind());
         pending.push(
             log.jetstream()
-                .publish_with_headers(subject, map, encoded.payload().clone())
+                .publish(subject, encoded.payload().clone())
                 .await?
                 .into_future(),
         );

@@ -50,21 +50,6 @@ pub fn ranges(sizes: &[usize], limits: Limits) -> Vec<Range<usize>> {
     out
 }
 
-/// Room for the subject, the reply subject and the status line of a delivered message beside
-/// its headers and payload (which `max_payload` bounds together).
-const DELIVERY_OVERHEAD: usize = 8 << 10;
-
-/// The `max_bytes` of a pull request for batches of `batch_bytes` (`usize::MAX`: no bound,
-/// and then 0, which asks for none): never less than the largest message the server can
-/// deliver, since a pull that a message does not fit in is answered `409 Message Size
-/// Exceeds MaxBytes`, again and again, and that message would never come.
-pub fn pull_max_bytes(batch_bytes: usize, max_payload: usize) -> usize {
-    if batch_bytes >= i64::MAX as usize {
-        return 0;
-    }
-    batch_bytes.max(max_payload.saturating_add(DELIVERY_OVERHEAD))
-}
-
 /// A write that failed for a reason other than the data: the whole batch is to be tried again.
 #[derive(Debug)]
 pub struct Failed<E> {
@@ -302,12 +287,5 @@ mod tests {
         assert_eq!(sizes(vec![10, 1]), [vec![10], vec![1]]);
         assert!(sizes(vec![]).is_empty());
         assert_eq!(ranges(&[5, 5, 5], limits), [0..2, 2..3]);
-    }
-
-    #[test]
-    fn a_pull_always_has_room_for_the_largest_message() {
-        assert_eq!(pull_max_bytes(8 << 20, 1 << 20), 8 << 20);
-        assert!(pull_max_bytes(3 << 20, 8_000_000) > 8_000_000);
-        assert_eq!(pull_max_bytes(usize::MAX, 1 << 20), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! The errors of the projector's operator commands, in terms an operator can act on.
 
-use threadline_ports::{report, Backend, StoreError};
+use threadline_ports::{report, Backend, ReplayError, StoreError};
 
 /// Why a rebuild or a verification could not run to its end.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,15 @@ impl From<StoreError> for ProjectorError {
             } => ProjectorError::Database(report(&*cause)),
             refused @ StoreError::Refused { .. } => ProjectorError::Database(report(&refused)),
             other => ProjectorError::Nats(report(&other)),
+        }
+    }
+}
+
+impl From<ReplayError> for ProjectorError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::Log(cause) => ProjectorError::Nats(cause.to_string()),
+            ReplayError::Interrupted(why) => ProjectorError::Replay(why),
         }
     }
 }

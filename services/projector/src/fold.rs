@@ -1,21 +1,10 @@
 //! The projection fold: what each event does to the read model. Pure, so it is tested
 //! without a broker or a database.
 
-use bytes::Bytes;
 use proto_events::{Event, EventError, Subjects};
 use std::collections::HashMap;
-use threadline_ports::{AppliedMessage, AppliedThread};
+use threadline_ports::{AppliedMessage, AppliedThread, StoredEvent};
 use uuid::Uuid;
-
-/// An event as it came from the stream.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub subject: String,
-    pub sequence: u64,
-    pub event_header: Option<String>,
-    pub version_header: Option<String>,
-    pub payload: Bytes,
-}
 
 /// What to do with one event.
 #[derive(Debug, Clone)]
@@ -26,7 +15,7 @@ pub enum Verdict {
 }
 
 /// Decodes and checks one event.
-pub fn verdict(subjects: &Subjects, incoming: &Incoming) -> Verdict {
+pub fn verdict(subjects: &Subjects, incoming: &StoredEvent) -> Verdict {
     let decoded = Event::decode(
         subjects,
         &incoming.subject,
@@ -128,12 +117,13 @@ pub fn reject_unknown_threads(verdicts: &mut [Verdict], created: &HashMap<Uuid, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use serde_json::json;
 
     const THREAD: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
 
-    fn incoming(kind: &str, sequence: u64, payload: serde_json::Value) -> Incoming {
-        Incoming {
+    fn incoming(kind: &str, sequence: u64, payload: serde_json::Value) -> StoredEvent {
+        StoredEvent {
             subject: format!("chat.thread.{THREAD}.{kind}"),
             sequence,
             event_header: None,
@@ -142,7 +132,7 @@ mod tests {
         }
     }
 
-    fn created() -> Incoming {
+    fn created() -> StoredEvent {
         incoming(
             "created",
             1,
@@ -150,7 +140,7 @@ mod tests {
         )
     }
 
-    fn message(sequence: u64, thread: &str) -> Incoming {
+    fn message(sequence: u64, thread: &str) -> StoredEvent {
         let mut m = incoming(
             "message",
             sequence,

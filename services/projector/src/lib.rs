@@ -1,6 +1,7 @@
-//! The projector: the only writer of the read model. A durable JetStream consumer folds the
-//! event stream into PostgreSQL batch by batch; an event is acknowledged only after its batch
-//! is committed, so a crash at any point loses nothing and a redelivery changes nothing.
+//! The projector: the only writer of the read model. It folds the event stream, as the log
+//! delivers it to its durable reader ([`ProjectionSource`]), into PostgreSQL batch by batch;
+//! an event is acknowledged only after its batch is committed, so a crash at any point loses
+//! nothing and a redelivery changes nothing.
 //! Invalid events are set aside on the dead-letter stream with their reason and never stop it;
 //! so are events whose rows PostgreSQL refuses (found by splitting the batch, see `batch`).
 //! Batches are bounded by count and by bytes. A batch that keeps failing for another reason
@@ -21,11 +22,9 @@ pub mod verify;
 pub use error::ProjectorError;
 
 use anyhow::Context;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::{AckKind, Message};
 use clap::Args;
-use fold::{Incoming, Verdict};
-use proto_events::{headers, EventError};
+use fold::Verdict;
+use proto_events::EventError;
 use read_ahead::ReadAhead;
 use stall::Stall;
 use std::collections::HashMap;
@@ -33,9 +32,9 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
-use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_nats::NatsSettings;
 use threadline_ports::settings::{parse_bytes, parse_duration};
-use threadline_ports::{report, ReadModel, StoreError};
+use threadline_ports::{report, Delivery, ProjectionSource, ReadModel, StoreError, StoredEvent};
 use threadline_postgres::DatabaseSettings;
 use threadline_runtime::metrics::names;
 use threadline_runtime::startup::{self, Started};
@@ -94,20 +93,16 @@ pub struct Settings {
     pub http: HttpSettings,
 }
 
-/// Folds the event stream into the read model.
-pub struct Projector {
-    log: Arc<JetStreamLog>,
+/// Folds the event stream, as `log` delivers it, into the read model.
+pub struct Projector<L: ProjectionSource> {
+    log: Arc<L>,
     read: Arc<dyn ReadModel>,
     settings: ProjectorSettings,
     stall: Arc<Stall>,
 }
 
-impl Projector {
-    pub fn new(
-        log: Arc<JetStreamLog>,
-        read: Arc<dyn ReadModel>,
-        settings: ProjectorSettings,
-    ) -> Self {
+impl<L: ProjectionSource> Projector<L> {
+    pub fn new(log: Arc<L>, read: Arc<dyn ReadModel>, settings: ProjectorSettings) -> Self {
         let stall = Arc::new(Stall::new(settings.stuck_after));
         Self {
             log,
@@ -125,21 +120,22 @@ impl Projector {
     /// Consumes until `shutdown` fires; events read and not applied by then are handed back.
     pub async fn run(&self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let Some(messages) =
+            let Some(deliveries) =
                 retry::until_ready("opening the projector's consumer", &shutdown, || {
-                    self.open_consumer()
+                    self.log
+                        .deliveries(self.settings.batch_size, self.settings.batch_bytes)
                 })
                 .await
             else {
                 return;
             };
             // Two batches' worth read ahead (see `read_ahead`), by count and by bytes.
-            let pull_bytes = self.pull_bytes();
+            let request_bytes = self.log.request_bytes(self.settings.batch_bytes);
             let mut ahead = ReadAhead::start(
-                messages,
-                |m: &Message| m.length,
+                deliveries,
+                L::Delivery::size,
                 self.settings.batch_size * 2,
-                (pull_bytes > 0).then(|| pull_bytes.saturating_mul(2)),
+                (request_bytes > 0).then(|| request_bytes.saturating_mul(2)),
             );
             loop {
                 let batch = tokio::select! {
@@ -154,7 +150,7 @@ impl Projector {
                     break;
                 };
                 let limits = self.settings.limits();
-                let mut parts = batch::cut(batch.items, |m| m.length, limits).into_iter();
+                let mut parts = batch::cut(batch.items, L::Delivery::size, limits).into_iter();
                 while let Some(part) = parts.next() {
                     if self.project(&part, &shutdown).await.is_err() {
                         let unapplied = part.into_iter().chain(parts.flatten()).collect();
@@ -169,83 +165,20 @@ impl Projector {
     /// On shutdown: gives the broker back (NAK) the events in hand and read ahead but not
     /// applied, so that it delivers them again at once (to the next projector) instead of
     /// after the consumer's acknowledgement wait.
-    async fn hand_back(&self, unapplied: Vec<Message>, ahead: ReadAhead<Message>) {
+    async fn hand_back(&self, unapplied: Vec<L::Delivery>, ahead: ReadAhead<L::Delivery>) {
         let mut events = unapplied;
-        // Stopped, the consumer's subscription goes: its unsubscription is queued on the
-        // connection (by a task of the client's own) before the NAKs, so that the server
-        // does not deliver them again to this projector's pull requests, where they would
-        // be dropped and wait for the acknowledgement wait after all. The short delay of
-        // each NAK covers that task running late.
+        // Stopped, the stream of deliveries is dropped before the events go back, so that
+        // they go to the next projector rather than to this one's requests.
         events.extend(ahead.stop().await);
         if events.is_empty() {
             return;
         }
-        tokio::task::yield_now().await;
-        if let Err(e) = self.log.client().flush().await {
-            tracing::warn!("handing back unapplied events: {e}");
-        }
-        let mut failed = 0usize;
-        for event in &events {
-            if event
-                .ack_with(AckKind::Nak(Some(HAND_BACK_DELAY)))
-                .await
-                .is_err()
-            {
-                failed += 1;
-            }
-        }
-        if let Err(e) = self.log.client().flush().await {
-            tracing::warn!("handing back unapplied events: {e}");
-        }
+        let failed = self.log.hand_back(&events, HAND_BACK_DELAY).await;
         tracing::info!(
             events = events.len(),
             failed,
             "handed back the events read and not applied"
         );
-    }
-
-    async fn open_consumer(
-        &self,
-    ) -> Result<async_nats::jetstream::consumer::pull::Stream, anyhow::Error> {
-        let settings = self.log.settings();
-        let stream = self
-            .log
-            .jetstream()
-            .get_stream(&settings.stream_name)
-            .await
-            .context("cannot open the event stream")?;
-        let consumer = stream
-            .get_or_create_consumer(
-                &settings.projector_consumer,
-                pull::Config {
-                    durable_name: Some(settings.projector_consumer.clone()),
-                    description: Some("threadline projector: folds events into PostgreSQL".into()),
-                    ack_policy: AckPolicy::Explicit,
-                    deliver_policy: DeliverPolicy::All,
-                    ack_wait: Duration::from_secs(30),
-                    max_ack_pending: 20_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("cannot create or open the projector's consumer")?;
-        let max_bytes = self.pull_bytes();
-        consumer
-            .stream()
-            .max_messages_per_batch(self.settings.batch_size)
-            .max_bytes_per_batch(max_bytes)
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await
-            .context("cannot start consuming")
-    }
-
-    /// The `max_bytes` of each pull request (0: no bound).
-    fn pull_bytes(&self) -> usize {
-        batch::pull_max_bytes(
-            self.settings.batch_bytes,
-            self.log.client().server_info().max_payload,
-        )
     }
 
     /// Applies one batch: rows in one transaction, invalid events set aside, then every event
@@ -256,10 +189,10 @@ impl Projector {
     #[tracing::instrument(skip_all, fields(first_seq, last_seq, events = messages.len()))]
     async fn project(
         &self,
-        messages: &[Message],
+        messages: &[L::Delivery],
         shutdown: &CancellationToken,
     ) -> Result<(), ShutDown> {
-        let incoming: Vec<Incoming> = messages.iter().filter_map(incoming).collect();
+        let incoming: Vec<StoredEvent> = messages.iter().filter_map(Delivery::event).collect();
         record_lag(messages);
         if let (Some(first), Some(last)) = (incoming.first(), incoming.last()) {
             tracing::Span::current().record("first_seq", first.sequence);
@@ -268,7 +201,9 @@ impl Projector {
         let mut judged = self.judge(incoming, shutdown).await?;
         let written = self.write_rows(&mut judged, shutdown).await?;
         self.set_aside(&judged, shutdown).await?;
-        acknowledge(messages).await;
+        // An acknowledgement lost is only logged: the event is delivered and applied again,
+        // which changes nothing.
+        self.log.acknowledge(messages).await;
         self.applied(messages.len(), written);
         Ok(())
     }
@@ -277,7 +212,7 @@ impl Projector {
     /// (invalid, or a message whose thread the log did not create before it).
     async fn judge(
         &self,
-        incoming: Vec<Incoming>,
+        incoming: Vec<StoredEvent>,
         shutdown: &CancellationToken,
     ) -> Result<Judged, ShutDown> {
         let first_seq = incoming.first().map_or(0, |i| i.sequence);
@@ -390,7 +325,7 @@ impl Projector {
     async fn write(
         &self,
         rows: &[(usize, Verdict)],
-        incoming: &[Incoming],
+        incoming: &[StoredEvent],
     ) -> Result<Vec<(usize, StoreError)>, StoreError> {
         let written = batch::isolate(
             rows.len(),
@@ -446,13 +381,13 @@ struct ShutDown;
 /// A batch's events as judged: the rows to write and the events to set aside, each by its
 /// index in `incoming`; the rows in stream order.
 struct Judged {
-    incoming: Vec<Incoming>,
+    incoming: Vec<StoredEvent>,
     rows: Vec<(usize, Verdict)>,
     set_aside: Vec<(usize, EventError)>,
 }
 
 impl Judged {
-    fn new(incoming: Vec<Incoming>, verdicts: Vec<Verdict>) -> Self {
+    fn new(incoming: Vec<StoredEvent>, verdicts: Vec<Verdict>) -> Self {
         let mut rows = Vec::new();
         let mut set_aside = Vec::new();
         for (index, verdict) in verdicts.into_iter().enumerate() {
@@ -476,46 +411,17 @@ struct Written {
     messages: usize,
 }
 
-/// Acknowledges every event of an applied batch. An acknowledgement lost is only logged: the
-/// event is delivered and applied again, which changes nothing.
-async fn acknowledge(messages: &[Message]) {
-    for message in messages {
-        if let Err(e) = message.ack().await {
-            tracing::warn!("acknowledging failed (the event will be applied again): {e}");
-        }
-    }
-}
-
 /// The lag of the consumer as of the newest event of a batch: events still to come after it,
 /// and how long ago it was stored.
-fn record_lag(messages: &[Message]) {
-    let Some(info) = messages.iter().rev().find_map(|m| m.info().ok()) else {
+fn record_lag(messages: &[impl Delivery]) {
+    let Some(backlog) = messages.iter().rev().find_map(Delivery::backlog) else {
         return;
     };
-    metrics::gauge!(names::PROJECTOR_LAG_EVENTS).set(info.pending as f64);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    let age = (now - info.published.unix_timestamp_nanos()).max(0) as f64 / 1e9;
+    metrics::gauge!(names::PROJECTOR_LAG_EVENTS).set(backlog.pending as f64);
+    let age = std::time::SystemTime::now()
+        .duration_since(backlog.stored_at)
+        .map_or(0.0, |d| d.as_secs_f64());
     metrics::gauge!(names::PROJECTOR_LAG_SECONDS).set(age);
-}
-
-pub(crate) fn incoming(message: &Message) -> Option<Incoming> {
-    let info = message.info().ok()?;
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
-    Some(Incoming {
-        subject: message.subject.to_string(),
-        sequence: info.stream_sequence,
-        event_header: header(headers::EVENT),
-        version_header: header(headers::SCHEMA_VERSION),
-        payload: message.payload.clone(),
-    })
 }
 
 /// Runs the `projector` role until `shutdown` fires.

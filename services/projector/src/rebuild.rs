@@ -32,7 +32,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 use threadline_nats::{JetStreamLog, NatsSettings};
 use threadline_ports::settings::parse_duration;
-use threadline_ports::{AppliedMessage, AppliedThread, Cause, StoreError};
+use threadline_ports::{AppliedMessage, AppliedThread, Cause, EventReplay, StoreError};
 use threadline_postgres::read_model::CHANGED_CHANNEL;
 use threadline_postgres::{apply_rows, DatabaseSettings, PgReadModel, SWITCH_LOCK};
 
@@ -192,7 +192,7 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
 /// Applies events to the new tables until at most `SWITCH_GAP` are left.
 async fn catch_up(
     conn: &mut PgConnection,
-    log: &JetStreamLog,
+    log: &impl EventReplay,
     reader: &mut EventReader,
     fold: &mut ReplayFold,
     progress: &Progress,
@@ -231,7 +231,7 @@ enum Switch {
 #[allow(clippy::too_many_arguments)]
 async fn switch_over(
     conn: &mut PgConnection,
-    log: &JetStreamLog,
+    log: &impl EventReplay,
     reader: &mut EventReader,
     fold: &mut ReplayFold,
     progress: &Progress,

@@ -107,7 +107,7 @@ pub async fn verify(settings: &VerifySettings) -> Result<Report, ProjectorError>
 
 /// Waits until the live projector's consumer has acknowledged every event up to `through`.
 async fn wait_for_projector(
-    log: &JetStreamLog,
+    log: &impl EventLog,
     through: u64,
     wait: Duration,
 ) -> Result<(), ProjectorError> {
