@@ -1,17 +1,14 @@
 //! One feed per watched thread, shared by all of that thread's sockets in this process and
 //! dropped when the last one closes. A feed shows only what the event stream stored: it
-//! listens on the subject where the NATS server republishes each stored message with its
-//! stream sequence and the thread's previous one (`Nats-Sequence`, `Nats-Last-Sequence`), so
-//! a message published but not stored never reaches a socket, and a missed one shows as a gap
-//! that the feed fills from the stream before going on. The same happens when the NATS
-//! connection comes back. Each message is checked once and its payload bytes are shared by
+//! follows the thread's stored messages ([`ThreadMessages::subscribe`]), each with its stream
+//! sequence and the thread's previous one, so a message published but not stored never
+//! reaches a socket, and a missed one shows as a gap that the feed fills from the stream
+//! before going on. The same happens when the NATS connection comes back. Each message is checked once and its payload bytes are shared by
 //! every socket: serialise once, fan out shared bytes. A feed that starts learns the ids of
 //! its thread's latest messages (headers only), so that it drops a repeat of a message stored
 //! before it started, as `GET` does.
 
-use crate::history::{
-    id_stored_at, payload_size, Shown, ShownIds, StoredMessage, ThreadReader, REMEMBERED_MESSAGES,
-};
+use crate::history::{self, id_stored_at, Shown, ShownIds, REMEMBERED_MESSAGES};
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use proto_events::Subjects;
@@ -19,8 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use threadline_nats::coalesce::Coalesce;
-use threadline_nats::JetStreamLog;
-use threadline_ports::{report, StoreError};
+use threadline_ports::{
+    report, LiveMessage, LiveMessages, StoreError, StoredMessage, ThreadMessages,
+};
 use threadline_runtime::metrics::names;
 use tokio::sync::{broadcast, watch, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -83,7 +81,7 @@ pub enum WatchError {
 
 /// The live feeds of this gateway process.
 pub struct Feeds {
-    log: Arc<JetStreamLog>,
+    log: Arc<dyn ThreadMessages>,
     /// Frames a socket may fall behind before it is closed as too slow.
     queue: usize,
     feeds: Mutex<HashMap<Uuid, Feed>>,
@@ -136,7 +134,7 @@ impl State {
         if message.sequence < self.created {
             return None;
         }
-        message.check(subjects)
+        history::check(message, subjects)
     }
 }
 
@@ -189,10 +187,10 @@ impl Drop for Watch {
 }
 
 impl Feeds {
-    pub fn new(log: Arc<JetStreamLog>, queue: usize) -> Arc<Self> {
+    pub fn new(log: Arc<dyn ThreadMessages>, queue: usize) -> Arc<Self> {
         // A resume's lookup and backlog read each end within one NATS_TIMEOUT, their turn
         // among the resumes included, whether or not its socket still waits.
-        let timeout = log.settings().nats_timeout;
+        let timeout = log.request_timeout();
         Arc::new(Self {
             log,
             queue: queue.max(1),
@@ -296,19 +294,9 @@ impl Feeds {
         Ok(watch)
     }
 
-    fn reader<'a>(&'a self, subject: &'a str) -> ThreadReader<'a> {
-        ThreadReader {
-            client: self.log.client(),
-            jetstream: self.log.jetstream(),
-            stream: &self.log.settings().stream_name,
-            subject,
-            timeout: self.log.settings().nats_timeout,
-        }
-    }
-
     /// Where the message `id` is stored in the thread (created at stream sequence `created`),
     /// looked up among the thread's latest ids (headers only): the last [`BACKLOG_MAX`] to
-    /// twice as many messages ([`ThreadReader::latest_from`]), then one read, and the latest
+    /// twice as many messages ([`ThreadMessages::latest_from`]), then one read, and the latest
     /// few without a `Nats-Msg-Id` read whole. An id further back cannot have a backlog a
     /// socket is sent; whether it is in the thread at all is not worth reading the thread for.
     async fn find(
@@ -318,18 +306,19 @@ impl Feeds {
         created: u64,
         through: u64,
     ) -> Result<Found, StoreError> {
-        let subject = self.log.subjects().message_posted(thread);
-        let reader = self.reader(&subject);
+        let log = &self.log;
         let (least, most) = (BACKLOG_MAX as u64 + 1, 2 * (BACKLOG_MAX as u64 + 1));
-        let (from, whole_thread) = reader.latest_from(created, through, least, most).await?;
+        let (from, whole_thread) = log
+            .latest_from(thread, created, through, least, most)
+            .await?;
         let max = 3 * BACKLOG_MAX + 3;
-        let latest = reader.ids(from, None, max, max).await?;
+        let latest = log.ids(thread, from, None, max, max).await?;
         let latest: Vec<_> = latest.into_iter().filter(|(at, _)| *at > created).collect();
         if let Some((at, _)) = latest.iter().find(|(_, named)| *named == Some(id)) {
             return Ok(Found::At(*at));
         }
         for at in unnamed(&latest) {
-            if self.stored_id(&subject, at).await? == Some(id) {
+            if id_stored_at(&*self.log, thread, at).await? == Some(id) {
                 return Ok(Found::At(at));
             }
         }
@@ -338,15 +327,6 @@ impl Feeds {
         } else {
             Found::TooFarBack
         })
-    }
-
-    /// The id of the message stored at `sequence` on `subject`, read whole (one request), if
-    /// it may be shown: for a message that carries no `Nats-Msg-Id`, or one whose
-    /// `Nats-Msg-Id` a later copy of its id would repeat.
-    async fn stored_id(&self, subject: &str, sequence: u64) -> Result<Option<Uuid>, StoreError> {
-        let stream = &self.log.settings().stream_name;
-        let subjects = self.log.subjects();
-        id_stored_at(self.log.jetstream(), stream, subject, subjects, sequence).await
     }
 
     /// The ids of the thread's latest messages stored after `created` up to `through`, oldest
@@ -364,20 +344,19 @@ impl Feeds {
         if through <= created {
             return Ok(Vec::new());
         }
-        let subject = self.log.subjects().message_posted(thread);
-        let reader = self.reader(&subject);
+        let log = &self.log;
         let least = REMEMBERED_MESSAGES as u64;
-        let (from, _) = reader
-            .latest_from(created, through, least, least + least / 4)
+        let (from, _) = log
+            .latest_from(thread, created, through, least, least + least / 4)
             .await?;
-        let mut latest = reader
-            .ids(from, Some(through), IDS_BATCH, usize::MAX)
+        let mut latest = log
+            .ids(thread, from, Some(through), IDS_BATCH, usize::MAX)
             .await?;
         latest.retain(|(at, _)| *at > created);
         let keep_from = latest.len().saturating_sub(REMEMBERED_MESSAGES);
         latest.drain(..keep_from);
         for at in unnamed(&latest) {
-            let id = self.stored_id(&subject, at).await?;
+            let id = id_stored_at(&*self.log, thread, at).await?;
             if let Some(entry) = latest.iter_mut().find(|(stored, _)| *stored == at) {
                 entry.1 = id;
             }
@@ -406,17 +385,17 @@ impl Feeds {
         if after >= through {
             return Ok(Some(Vec::new()));
         }
-        let subject = self.log.subjects().message_posted(thread);
-        let reader = self.reader(&subject);
-        let sizes = reader
-            .read(after + 1, Some(through), BACKLOG_MAX + 1, true)
+        let sizes = self
+            .log
+            .sizes(thread, after + 1, Some(through), BACKLOG_MAX + 1)
             .await?;
-        let bytes: usize = sizes.iter().map(payload_size).sum();
+        let bytes: usize = sizes.iter().sum();
         if sizes.len() > BACKLOG_MAX || bytes > BACKLOG_MAX_BYTES {
             return Ok(None);
         }
-        let stored = reader
-            .read(after + 1, Some(through), BACKLOG_MAX, false)
+        let stored = self
+            .log
+            .messages(thread, after + 1, Some(through), BACKLOG_MAX)
             .await?;
         let (shown, unchecked) = {
             let state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -434,7 +413,7 @@ impl Feeds {
         // A copy of an id that the feed knows from `Nats-Msg-Id` alone: its first copy is
         // read whole before this one is taken for a repeat.
         for (id, first) in unchecked {
-            let found = self.stored_id(&subject, first).await?;
+            let found = id_stored_at(&*self.log, thread, first).await?;
             let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             state.shown.checked(id, first, found);
         }
@@ -471,12 +450,7 @@ impl Feeds {
         shared: Arc<Shared>,
         stop: CancellationToken,
     ) -> Result<(), StoreError> {
-        let subscriber = self
-            .log
-            .client()
-            .subscribe(self.log.subjects().stored_messages(thread))
-            .await
-            .map_err(StoreError::nats)?;
+        let subscriber = self.log.subscribe(thread).await?;
         let created = self
             .log
             .thread_created_at(thread)
@@ -490,7 +464,6 @@ impl Feeds {
         let mut follower = Follower {
             thread,
             queue: self.queue,
-            subject: self.log.subjects().message_posted(thread),
             subjects: self.log.subjects().clone(),
             log: self.log.clone(),
             shared,
@@ -543,17 +516,15 @@ struct Follower {
     thread: Uuid,
     /// The sockets' queue length: a gap is filled no faster than the slowest socket reads.
     queue: usize,
-    /// The thread's message subject in the event stream.
-    subject: String,
     subjects: Subjects,
-    log: Arc<JetStreamLog>,
+    log: Arc<dyn ThreadMessages>,
     shared: Arc<Shared>,
 }
 
 impl Follower {
     async fn run(
         mut self,
-        mut subscriber: async_nats::Subscriber,
+        mut subscriber: LiveMessages,
         mut connections: watch::Receiver<u64>,
         stop: CancellationToken,
     ) {
@@ -585,23 +556,8 @@ impl Follower {
 
     /// Handles one republished message; fills the gap first if the thread's previous
     /// sequence is one this feed has not handled.
-    async fn follow(&mut self, message: async_nats::Message) -> Result<(), StoreError> {
-        use async_nats::header::{self, HeaderName};
-        let header = |name: HeaderName| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
-        };
-        let sequence = header(header::NATS_SEQUENCE).and_then(|v| v.parse::<u64>().ok());
-        let previous = header(header::NATS_LAST_SEQUENCE).and_then(|v| v.parse::<u64>().ok());
-        let (Some(sequence), Some(previous), Some(subject)) =
-            (sequence, previous, header(header::NATS_SUBJECT))
-        else {
-            tracing::warn!(subject = %message.subject, "ignoring a message that the stream did not republish");
-            return Ok(());
-        };
+    async fn follow(&mut self, live: LiveMessage) -> Result<(), StoreError> {
+        let (sequence, previous) = (live.message.sequence, live.previous);
         let last = self.last();
         if sequence <= last {
             return Ok(());
@@ -610,27 +566,13 @@ impl Follower {
             tracing::info!(thread = %self.thread, last, previous, "filling a gap from the stream");
             Box::pin(self.catch_up(Some(sequence - 1))).await?;
         }
-        self.check_and_show(&StoredMessage {
-            sequence,
-            subject,
-            headers: message.headers,
-            payload: message.payload,
-        })
-        .await
+        self.check_and_show(&live.message).await
     }
 
     /// Asks the stream for the thread's last sequence, before any socket watches it: the
     /// feed shows what is stored after it.
     async fn learn_last(&mut self) -> Result<(), StoreError> {
-        let last = ThreadReader {
-            client: self.log.client(),
-            jetstream: self.log.jetstream(),
-            stream: &self.log.settings().stream_name,
-            subject: &self.subject,
-            timeout: self.log.settings().nats_timeout,
-        }
-        .last_sequence()
-        .await?;
+        let last = self.log.last_sequence(self.thread).await?;
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         state.last = state.last.max(last);
         Ok(())
@@ -647,15 +589,10 @@ impl Follower {
             if through.is_some_and(|through| from > through) {
                 return Ok(());
             }
-            let stored = ThreadReader {
-                client: self.log.client(),
-                jetstream: self.log.jetstream(),
-                stream: &self.log.settings().stream_name,
-                subject: &self.subject,
-                timeout: self.log.settings().nats_timeout,
-            }
-            .read(from, through, CATCH_UP_BATCH, false)
-            .await
+            let stored = self
+                .log
+                .messages(self.thread, from, through, CATCH_UP_BATCH)
+                .await
             .inspect_err(
                 |e| tracing::warn!(thread = %self.thread, "cannot read the stream yet: {}", report(e)),
             )?;
@@ -684,14 +621,7 @@ impl Follower {
     /// knows that copy from its `Nats-Msg-Id` alone (once per such id).
     async fn check_and_show(&self, message: &StoredMessage) -> Result<(), StoreError> {
         if let Some((id, first)) = self.show(message) {
-            let found = id_stored_at(
-                self.log.jetstream(),
-                &self.log.settings().stream_name,
-                &self.subject,
-                &self.subjects,
-                first,
-            )
-            .await?;
+            let found = id_stored_at(&*self.log, self.thread, first).await?;
             let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             state.shown.checked(id, first, found);
             drop(state);

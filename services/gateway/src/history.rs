@@ -4,18 +4,10 @@
 //! shown, or held when its feed started, so that a repeat stored twice (outside the stream's
 //! duplicate window) shows once.
 
-use async_nats::jetstream::{self, response::Response, ErrorCode};
-use async_nats::HeaderMap;
 use axum::extract::ws::Utf8Bytes;
-use bytes::Bytes;
-use futures::StreamExt;
-use proto_events::{headers, Event, EventKind, Subjects};
-use serde::Deserialize;
-use serde_json::json;
+use proto_events::{Event, EventKind, Subjects};
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
-use threadline_nats::existence;
-use threadline_ports::StoreError;
+use threadline_ports::{StoreError, StoredMessage, ThreadMessages};
 use uuid::Uuid;
 
 /// How many message ids of a thread a feed remembers, with their stream sequences: those of
@@ -23,349 +15,36 @@ use uuid::Uuid;
 /// drops, and the resumes it answers without asking the stream.
 pub const REMEMBERED_MESSAGES: usize = 10_000;
 
-/// One `MessagePosted` event as the stream stored it.
-pub struct StoredMessage {
-    pub sequence: u64,
-    /// The subject it was published on (`<prefix>.thread.<id>.message`).
-    pub subject: String,
-    pub headers: Option<HeaderMap>,
-    pub payload: Bytes,
-}
-
 /// A message checked for showing: its id and the frame a socket gets.
 pub struct Shown {
     pub id: Uuid,
     pub frame: Utf8Bytes,
 }
 
-impl StoredMessage {
-    /// The message's id and frame, or `None` if the event is invalid (it is never shown; the
-    /// projector sets it aside).
-    pub fn check(&self, subjects: &Subjects) -> Option<Shown> {
-        let header = |name: &str| {
-            self.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str())
-        };
-        match Event::decode(
-            subjects,
-            &self.subject,
-            header(headers::EVENT),
-            header(headers::SCHEMA_VERSION),
-            &self.payload,
-        ) {
-            Ok(event) if event.kind() == EventKind::MessagePosted => {
-                // A payload that decoded as JSON is valid UTF-8.
-                let frame = Utf8Bytes::try_from(self.payload.clone()).ok()?;
-                Some(Shown {
-                    id: event.id(),
-                    frame,
-                })
-            }
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(subject = %self.subject, sequence = self.sequence, "not pushing an invalid event: {e}");
-                None
-            }
+/// The message's id and frame, or `None` if the event is invalid (it is never shown; the
+/// projector sets it aside).
+pub fn check(message: &StoredMessage, subjects: &Subjects) -> Option<Shown> {
+    match Event::decode(
+        subjects,
+        &message.subject,
+        message.event.as_deref(),
+        message.schema_version.as_deref(),
+        &message.payload,
+    ) {
+        Ok(event) if event.kind() == EventKind::MessagePosted => {
+            // A payload that decoded as JSON is valid UTF-8.
+            let frame = Utf8Bytes::try_from(message.payload.clone()).ok()?;
+            Some(Shown {
+                id: event.id(),
+                frame,
+            })
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(subject = %message.subject, sequence = message.sequence, "not pushing an invalid event: {e}");
+            None
         }
     }
-}
-
-/// The messages stored on `subject` after stream sequence `after`, up to `through` (all of
-/// them if `None`), oldest first. One request to the stream leader per message: for the few
-/// messages a lookup needs whole; [`ThreadReader`] reads many. A message whose stored copy
-/// cannot be read stands as an invalid one (never shown).
-pub async fn stored_after(
-    jetstream: &jetstream::Context,
-    stream: &str,
-    subject: &str,
-    after: u64,
-    through: Option<u64>,
-) -> Result<Vec<StoredMessage>, StoreError> {
-    let mut messages = Vec::new();
-    let mut next = after + 1;
-    loop {
-        if through.is_some_and(|through| next > through) {
-            return Ok(messages);
-        }
-        let Some(stored) = existence::next_on_subject(jetstream, stream, subject, next).await?
-        else {
-            return Ok(messages);
-        };
-        if through.is_some_and(|through| stored.sequence > through) {
-            return Ok(messages);
-        }
-        next = stored.sequence + 1;
-        messages.push(match stored.message {
-            Some(message) => StoredMessage {
-                sequence: stored.sequence,
-                subject: message.subject.to_string(),
-                headers: Some(message.headers),
-                payload: message.payload,
-            },
-            None => StoredMessage {
-                sequence: stored.sequence,
-                subject: subject.to_owned(),
-                headers: None,
-                payload: Bytes::new(),
-            },
-        });
-    }
-}
-
-/// How long the server keeps a consumer of [`ThreadReader`] that nobody reads any more.
-const READER_LINGER: Duration = Duration::from_secs(2);
-
-/// Reads one thread's messages from the stream through short-lived consumers, a few
-/// requests whatever the thread's length: each consumer is created with one request and
-/// filtered on the thread's message subject; the server counts what it holds from a given
-/// sequence on (`num_pending`) and pushes the messages, or only their headers, to an inbox
-/// of this connection. Consumers are ephemeral, in memory, on one replica, and left for the
-/// server to remove once unused ([`READER_LINGER`]): the gateway's NATS user may create
-/// them, but may neither delete nor pull from any consumer (nats-server 2.9).
-pub struct ThreadReader<'a> {
-    pub client: &'a async_nats::Client,
-    pub jetstream: &'a jetstream::Context,
-    pub stream: &'a str,
-    pub subject: &'a str,
-    /// How long to wait for each pushed message.
-    pub timeout: Duration,
-}
-
-#[derive(Deserialize)]
-struct Created {
-    num_pending: u64,
-    delivered: Delivered,
-}
-
-#[derive(Deserialize)]
-struct Delivered {
-    consumer_seq: u64,
-}
-
-#[derive(Deserialize)]
-struct LastGot {
-    message: LastSeq,
-}
-
-#[derive(Deserialize)]
-struct LastSeq {
-    seq: u64,
-}
-
-impl ThreadReader<'_> {
-    /// The stream sequence of the thread's last message, 0 if it has none: one request.
-    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
-        let response: Response<LastGot> = self
-            .jetstream
-            .request(
-                format!("STREAM.MSG.GET.{}", self.stream),
-                &json!({ "last_by_subj": self.subject }),
-            )
-            .await
-            .map_err(StoreError::nats)?;
-        match response {
-            Response::Ok(got) => Ok(got.message.seq),
-            Response::Err { error } if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => Ok(0),
-            Response::Err { error } => Err(StoreError::nats(error)),
-        }
-    }
-
-    /// Creates a consumer from stream sequence `from` on; the number of the thread's
-    /// messages there, and how many of them the server has pushed already. A consumer that
-    /// pushes to `push_to` pushes at most `max` messages: they are never acknowledged, and
-    /// the server stops at `max_ack_pending`, so that a read in batches costs each batch's
-    /// messages, not the rest of the thread each time.
-    async fn create(
-        &self,
-        from: u64,
-        push_to: Option<(&str, usize)>,
-        headers_only: bool,
-    ) -> Result<u64, StoreError> {
-        let mut config = json!({
-            "deliver_policy": "by_start_sequence",
-            "opt_start_seq": from.max(1),
-            "filter_subject": self.subject,
-            "ack_policy": "none",
-            "replay_policy": "instant",
-            "headers_only": headers_only,
-            "inactive_threshold": READER_LINGER.as_nanos() as u64,
-            "mem_storage": true,
-            "num_replicas": 1,
-        });
-        if let Some((inbox, max)) = push_to {
-            config["deliver_subject"] = json!(inbox);
-            config["ack_policy"] = json!("explicit");
-            config["max_ack_pending"] = json!(i64::try_from(max.max(1)).unwrap_or(i64::MAX));
-        }
-        let response: Response<Created> = self
-            .jetstream
-            .request(
-                format!("CONSUMER.CREATE.{}", self.stream),
-                &json!({ "stream_name": self.stream, "config": config }),
-            )
-            .await
-            .map_err(StoreError::nats)?;
-        match response {
-            Response::Ok(created) => Ok(created.num_pending + created.delivered.consumer_seq),
-            Response::Err { error } => Err(StoreError::nats(error)),
-        }
-    }
-
-    /// How many messages the thread holds from stream sequence `from` on: one request (a
-    /// consumer that nobody reads).
-    pub async fn count_from(&self, from: u64) -> Result<u64, StoreError> {
-        self.create(from, None, true).await
-    }
-
-    /// The thread's messages from stream sequence `from` on, oldest first: at most `max`,
-    /// none after `through`, only their headers if `headers_only` (a headers-only message
-    /// has an empty payload and its size in `Nats-Msg-Size`). Two requests (subscribe, create).
-    pub async fn read(
-        &self,
-        from: u64,
-        through: Option<u64>,
-        max: usize,
-        headers_only: bool,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        let inbox = self.client.new_inbox();
-        let mut pushed = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(StoreError::nats)?;
-        let held = self.create(from, Some((&inbox, max)), headers_only).await?;
-        let wanted = max.min(usize::try_from(held).unwrap_or(usize::MAX));
-        let mut messages = Vec::with_capacity(wanted.min(1024));
-        while messages.len() < wanted {
-            let message = tokio::time::timeout(self.timeout, pushed.next())
-                .await
-                .map_err(|_| StoreError::nats("the stream stopped pushing a thread's messages"))?
-                .ok_or_else(|| StoreError::nats("the NATS connection closed"))?;
-            let Some(sequence) = message.reply.as_deref().and_then(stream_sequence) else {
-                continue;
-            };
-            if through.is_some_and(|through| sequence > through) {
-                break;
-            }
-            messages.push(StoredMessage {
-                sequence,
-                subject: message.subject.to_string(),
-                headers: message.headers,
-                payload: message.payload,
-            });
-        }
-        // Dropping the subscription unsubscribes: the server stops pushing and removes the
-        // consumer after `READER_LINGER`.
-        Ok(messages)
-    }
-
-    /// Where the thread's latest messages begin: a stream sequence from which the thread
-    /// (created at stream sequence `created`) holds `least` to `most` messages, found by
-    /// counting what it holds from a few stream sequences on (fewer than 2 log2(the stream's
-    /// length) requests, none when the stream holds fewer than `least` messages after
-    /// `created` up to `through`), and whether that is the thread's first message. Without
-    /// such a sequence (messages arrive faster than the counts move), from near the top.
-    pub async fn latest_from(
-        &self,
-        created: u64,
-        through: u64,
-        least: u64,
-        most: u64,
-    ) -> Result<(u64, bool), StoreError> {
-        // Invariant: more than `most` messages from `low` on, fewer than `least` from `high`.
-        let mut low = created + 1;
-        let mut high = through + 1;
-        if high.saturating_sub(low) <= least || self.count_from(low).await? <= most {
-            return Ok((low, true));
-        }
-        let mut step = least;
-        while high.saturating_sub(low) > 1 {
-            // Down from the top in growing steps (a busy thread's latest messages are close
-            // to the stream's end), then halving.
-            let probe = if step > 0 {
-                high.saturating_sub(step).max(low + 1)
-            } else {
-                low + (high - low) / 2
-            };
-            let count = self.count_from(probe).await?;
-            if count > most {
-                low = probe;
-                step = 0;
-            } else if count < least {
-                high = probe;
-                step = step.saturating_mul(2);
-            } else {
-                return Ok((probe, false));
-            }
-        }
-        Ok((high.max(low), false))
-    }
-
-    /// The ids (`Nats-Msg-Id`, `None` where a message has none) and stream sequences of the
-    /// thread's messages from stream sequence `from` on, oldest first, none after `through`,
-    /// at most `max`: read with headers only, `batch` at a time, one consumer (one request)
-    /// per batch, so that only a batch of headers is held at once.
-    pub async fn ids(
-        &self,
-        from: u64,
-        through: Option<u64>,
-        batch: usize,
-        max: usize,
-    ) -> Result<Vec<(u64, Option<Uuid>)>, StoreError> {
-        let batch = batch.max(1);
-        let mut ids = Vec::new();
-        let mut next = from;
-        while ids.len() < max {
-            let read = self
-                .read(next, through, batch.min(max - ids.len()), true)
-                .await?;
-            let Some(last) = read.last().map(|m| m.sequence) else {
-                break;
-            };
-            ids.extend(read.iter().map(|m| (m.sequence, message_id(m))));
-            if read.len() < batch || through.is_some_and(|through| last >= through) {
-                break;
-            }
-            next = last + 1;
-        }
-        Ok(ids)
-    }
-}
-
-/// The stream sequence in a pushed message's reply subject:
-/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
-/// or the longer form with a domain and an account hash after `$JS.ACK`.
-fn stream_sequence(reply: &str) -> Option<u64> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    let index = match tokens.len() {
-        9 => 5,
-        n if n >= 11 => 7,
-        _ => return None,
-    };
-    (tokens.first() == Some(&"$JS") && tokens.get(1) == Some(&"ACK"))
-        .then(|| tokens.get(index)?.parse().ok())
-        .flatten()
-}
-
-/// The event id a stored message carries in `Nats-Msg-Id`, if it is a UUID.
-pub fn message_id(message: &StoredMessage) -> Option<Uuid> {
-    let id = message
-        .headers
-        .as_ref()?
-        .get(async_nats::header::NATS_MESSAGE_ID)?;
-    Uuid::try_parse(id.as_str()).ok()
-}
-
-/// The payload's size of a message read with headers only (`Nats-Msg-Size`).
-pub fn payload_size(message: &StoredMessage) -> usize {
-    message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Msg-Size"))
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(message.payload.len())
 }
 
 /// The ids a thread has shown (or held when its feed started), each with the stream sequence
@@ -461,33 +140,64 @@ impl ShownIds {
     }
 }
 
-/// The id of the message stored at `sequence` on `subject`, read whole (one request), if it
-/// may be shown (`None` if it is invalid or gone).
+/// The id of the thread's message stored at `sequence`, read whole (one request), if it may
+/// be shown (`None` if it is invalid or gone).
 pub async fn id_stored_at(
-    jetstream: &jetstream::Context,
-    stream: &str,
-    subject: &str,
-    subjects: &Subjects,
+    messages: &dyn ThreadMessages,
+    thread: Uuid,
     sequence: u64,
 ) -> Result<Option<Uuid>, StoreError> {
-    let stored = stored_after(
-        jetstream,
-        stream,
-        subject,
-        sequence.saturating_sub(1),
-        Some(sequence),
-    )
-    .await?;
+    let stored = messages.message_at(thread, sequence).await?;
     Ok(stored
-        .first()
-        .filter(|m| m.sequence == sequence)
-        .and_then(|m| m.check(subjects))
+        .and_then(|m| check(&m, messages.subjects()))
         .map(|shown| shown.id))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    const THREAD: &str = "8ff637eb-e83c-11f1-84cb-7bba21cdf64d";
+    const MESSAGE: &str = "9a1e0c2e-e83c-11f1-84cb-7bba21cdf64d";
+
+    fn stored(kind: &str, event: Option<&str>, payload: serde_json::Value) -> StoredMessage {
+        StoredMessage {
+            sequence: 7,
+            subject: format!("chat.thread.{THREAD}.{kind}"),
+            event: event.map(str::to_owned),
+            schema_version: Some("1".to_owned()),
+            payload: Bytes::from(payload.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_valid_message_is_shown_with_its_payload_as_the_frame() {
+        let payload = serde_json::json!({
+            "id": MESSAGE,
+            "user": {"name": "Agent Smith"},
+            "timestamp": "2026-11-24T03:22:40.123456Z",
+            "body": "Hello",
+            "send_by_user": false,
+            "thread": THREAD,
+        });
+        let subjects = Subjects::default();
+        let message = stored("message", Some("MessagePosted"), payload.clone());
+        let shown = check(&message, &subjects).expect("a valid message");
+        assert_eq!(shown.id, Uuid::try_parse(MESSAGE).unwrap());
+        assert_eq!(shown.frame.as_str(), payload.to_string());
+        let mismatched = stored("message", Some("ThreadCreated"), payload);
+        assert!(check(&mismatched, &subjects).is_none(), "event header");
+        let unreadable = StoredMessage {
+            payload: Bytes::new(),
+            event: None,
+            ..message
+        };
+        assert!(
+            check(&unreadable, &subjects).is_none(),
+            "an unreadable copy"
+        );
+    }
 
     #[test]
     fn shown_ids_drop_repeats_and_forget_the_oldest() {
@@ -526,19 +236,5 @@ mod tests {
         }
         assert_eq!(shown.sequence_of(a), None, "forgotten");
         assert_eq!(shown.sequence_of(b), Some(16));
-    }
-
-    #[test]
-    fn a_pushed_message_s_stream_sequence_is_read_from_its_reply_subject() {
-        assert_eq!(
-            stream_sequence("$JS.ACK.THREADLINE.abc.1.42.1.1764648000000000000.7"),
-            Some(42)
-        );
-        assert_eq!(
-            stream_sequence("$JS.ACK.hub.ACCHASH.THREADLINE.abc.1.43.1.1764648000000000000.7.r"),
-            Some(43)
-        );
-        assert_eq!(stream_sequence("_INBOX_gateway.abc"), None);
-        assert_eq!(stream_sequence("$JS.ACK.THREADLINE.abc.1.x.1.1.7"), None);
     }
 }

@@ -29,9 +29,9 @@ use socket::{close_for_backlog, session, SessionLimits};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use threadline_nats::{JetStreamLog, NatsSettings};
+use threadline_nats::NatsSettings;
 use threadline_ports::settings::parse_duration;
-use threadline_ports::{report, EventLog, StoreError};
+use threadline_ports::{report, EventLog, StoreError, ThreadMessages};
 use threadline_runtime::server::{method_not_allowed, NOT_FOUND_DETAIL};
 use threadline_runtime::startup::{self, Started};
 use threadline_runtime::{health_router, serve, HttpSettings};
@@ -122,8 +122,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(
-        log: Arc<JetStreamLog>,
+    /// A gateway on `log`: the event log that says which threads exist, and their messages.
+    pub fn new<L: EventLog + ThreadMessages>(
+        log: Arc<L>,
         settings: &GatewaySettings,
         shutdown: CancellationToken,
     ) -> Self {

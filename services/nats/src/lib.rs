@@ -1,8 +1,9 @@
 //! The NATS JetStream adapter: the event log ([`JetStreamLog`]) with the one rule of a
 //! thread's existence and the lookups shared by concurrent callers, the projector's durable
-//! consumer and the replay of the stream for `rebuild` and `verify`, the API's idempotency
-//! store ([`KvIdempotency`]), the events set aside as invalid, and the settings of all of
-//! them ([`NatsSettings`]).
+//! consumer and the replay of the stream for `rebuild` and `verify`, a thread's messages as
+//! the gateway reads them (the [`ThreadMessages`](threadline_ports::ThreadMessages) of
+//! [`thread_messages`]), the API's idempotency store ([`KvIdempotency`]), the events set aside
+//! as invalid, and the settings of all of them ([`NatsSettings`]).
 
 pub mod coalesce;
 pub mod consumer;
@@ -13,6 +14,7 @@ pub mod existence;
 pub mod idempotency;
 pub mod replay;
 pub mod settings;
+pub mod thread_messages;
 
 pub use event_log::JetStreamLog;
 pub use idempotency::KvIdempotency;

@@ -1,5 +1,6 @@
 //! The narrow interfaces the roles use, and the values that cross them: the event log
-//! ([`EventLog`]), the read model ([`ReadModel`]) and the API's idempotency store
+//! ([`EventLog`]), a thread's stored messages as the gateway reads them
+//! ([`ThreadMessages`]), the read model ([`ReadModel`]) and the API's idempotency store
 //! ([`IdempotencyStore`]), the log as the projector reads it ([`ProjectionSource`],
 //! [`EventReplay`]), what `/readyz` asks of a dependency ([`Dependency`]), their errors
 //! ([`StoreError`]), and the values the adapters' settings are made of. The adapters
@@ -13,6 +14,7 @@ pub mod projection;
 pub mod read_model;
 pub mod secret;
 pub mod settings;
+pub mod thread_messages;
 
 pub use error::{report, Backend, Cause, StoreError};
 pub use event_log::EventLog;
@@ -23,3 +25,4 @@ pub use projection::{
     StoredEvent,
 };
 pub use read_model::{AppliedMessage, AppliedThread, Changes, ReadModel, ThreadRead};
+pub use thread_messages::{LiveMessage, LiveMessages, StoredMessage, ThreadMessages};
