@@ -14,7 +14,6 @@ pub mod messages;
 pub mod request;
 pub mod threads;
 
-use anyhow::Context;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, MethodRouter};
@@ -28,8 +27,8 @@ use threadline_nats::{JetStreamLog, KvIdempotency, NatsSettings};
 use threadline_ports::settings::{parse_bytes, parse_duration, ByteSize};
 use threadline_ports::{EventLog, ReadModel, StoreError};
 use threadline_postgres::{DatabaseSettings, PgReadModel};
-use threadline_runtime::startup::{self, Started};
-use threadline_runtime::{health_router, serve, HttpSettings};
+use threadline_runtime::metrics::register;
+use threadline_runtime::{HttpSettings, Role};
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
@@ -196,7 +195,7 @@ async fn options() -> impl IntoResponse {
 
 /// Runs the `api` role until `shutdown` fires.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some((Started { listener, log }, read)) = startup::start_with_read_model(
+    let Some((role, log, read)) = Role::start_with_read_model(
         settings.listen_addr,
         &settings.nats,
         &settings.database,
@@ -211,14 +210,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    threadline_runtime::metrics::register::api();
-    let app = threadline_runtime::server::finish(
-        router(state).merge(health_router(vec![log, read])),
-        &settings.http,
-    );
-    serve(listener, app, shutdown, settings.http.shutdown_timeout)
+    role.metrics(register::api)
+        .routes(router(state))
+        .serve()
         .await
-        .context("HTTP server failed")
 }
 
 #[cfg(test)]

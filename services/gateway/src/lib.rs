@@ -11,7 +11,6 @@ pub mod history;
 pub mod limits;
 pub mod socket;
 
-use anyhow::Context;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
@@ -32,9 +31,9 @@ use std::time::Duration;
 use threadline_nats::NatsSettings;
 use threadline_ports::settings::parse_duration;
 use threadline_ports::{report, EventLog, StoreError, ThreadMessages};
+use threadline_runtime::metrics::register;
 use threadline_runtime::server::{method_not_allowed, NOT_FOUND_DETAIL};
-use threadline_runtime::startup::{self, Started};
-use threadline_runtime::{health_router, serve, HttpSettings};
+use threadline_runtime::{HttpSettings, Role};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -377,7 +376,7 @@ impl Drop for OpenSocket {
 /// Runs the `gateway` role until `shutdown` fires: it stops accepting, and its open sockets
 /// get a 1012 close frame (service restart) so that their clients reconnect elsewhere.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some(Started { listener, log }) = startup::start_reader(
+    let Some((role, log)) = Role::start_reader(
         settings.listen_addr,
         &settings.nats,
         &settings.http,
@@ -387,15 +386,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    let gateway = Gateway::new(log.clone(), &settings.gateway, shutdown.clone());
-    threadline_runtime::metrics::register::gateway();
-    let app = threadline_runtime::server::finish(
-        router(gateway.clone()).merge(health_router(vec![log])),
-        &settings.http,
-    );
-    let grace = settings.http.shutdown_timeout;
-    let (served, ()) = tokio::join!(serve(listener, app, shutdown, grace), gateway.drain(grace));
-    served.context("HTTP server failed")
+    let gateway = Gateway::new(log, &settings.gateway, shutdown);
+    let grace = role.shutdown_timeout();
+    role.metrics(register::gateway)
+        .routes(router(gateway.clone()))
+        .serve_beside(gateway.drain(grace))
+        .await
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ pub mod verify;
 
 pub use error::ProjectorError;
 
-use anyhow::Context;
 use clap::Args;
 use fold::Verdict;
 use proto_events::EventError;
@@ -37,8 +36,8 @@ use threadline_ports::settings::{parse_bytes, parse_duration};
 use threadline_ports::{report, Delivery, ProjectionSource, ReadModel, StoreError, StoredEvent};
 use threadline_postgres::DatabaseSettings;
 use threadline_runtime::metrics::names;
-use threadline_runtime::startup::{self, Started};
-use threadline_runtime::{health_router, retry, serve, HttpSettings};
+use threadline_runtime::metrics::register;
+use threadline_runtime::{retry, HttpSettings, Role};
 use tokio_util::sync::CancellationToken;
 
 /// How long after a projector stops the events it handed back are delivered again (see
@@ -426,7 +425,7 @@ fn record_lag(messages: &[impl Delivery]) {
 
 /// Runs the `projector` role until `shutdown` fires.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some((Started { listener, log }, read)) = startup::start_with_read_model(
+    let Some((role, log, read)) = Role::start_with_read_model(
         settings.listen_addr,
         &settings.nats,
         &settings.database,
@@ -437,18 +436,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     else {
         return Ok(());
     };
-    let projector = Projector::new(log.clone(), read.clone(), settings.projector);
-    threadline_runtime::metrics::register::projector();
-    let health = threadline_runtime::server::finish(
-        health_router(vec![log, read, projector.stall()]),
-        &settings.http,
-    );
-    let server = serve(
-        listener,
-        health,
-        shutdown.clone(),
-        settings.http.shutdown_timeout,
-    );
-    let (served, ()) = tokio::join!(server, projector.run(shutdown.clone()));
-    served.context("HTTP server failed")
+    let projector = Projector::new(log, read, settings.projector);
+    role.metrics(register::projector)
+        .depends_on(projector.stall())
+        .serve_beside(projector.run(shutdown.clone()))
+        .await
 }

@@ -6,6 +6,7 @@
 //! every other path 503. Once connected, the role's own server takes over the same socket;
 //! connections that arrive in between wait in the listen backlog. The admin listener
 //! (`ADMIN_LISTEN_ADDR`), when set, is bound at the same time and answers the same way.
+//! Roles start through [`crate::Role`].
 
 use crate::server::Listener;
 use crate::{retry, HttpSettings};
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A role's listeners and its connection to the event log.
-pub struct Started {
+pub(crate) struct Started {
     pub listener: Listener,
     pub log: Arc<JetStreamLog>,
 }
@@ -31,7 +32,7 @@ pub struct Started {
 /// Starts a role that only reads the event log (the gateway): it opens the event stream as
 /// it is, waiting until a role that manages the streams has created it, and changes nothing
 /// (its NATS user may not). `None` if shutdown fired while waiting.
-pub async fn start_reader(
+pub(crate) async fn start_reader(
     listen_addr: SocketAddr,
     nats: &NatsSettings,
     http: &HttpSettings,
@@ -47,7 +48,7 @@ pub async fn start_reader(
 
 /// Starts a role that needs the event log and the read model. `None` if shutdown fired while
 /// waiting.
-pub async fn start_with_read_model(
+pub(crate) async fn start_with_read_model(
     listen_addr: SocketAddr,
     nats: &NatsSettings,
     database: &DatabaseSettings,

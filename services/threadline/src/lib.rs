@@ -14,10 +14,10 @@ use threadline_gateway::{Gateway, GatewaySettings};
 use threadline_nats::NatsSettings;
 use threadline_postgres::{DatabaseSettings, PgReadModel};
 use threadline_projector::{Projector, ProjectorSettings};
+use threadline_runtime::metrics::register;
 use threadline_runtime::secret::ExamplePasswordSettings;
 use threadline_runtime::settings::LogFormat;
-use threadline_runtime::startup::{self, Started};
-use threadline_runtime::{health_router, serve, HttpSettings, LogSettings};
+use threadline_runtime::{HttpSettings, LogSettings};
 use tokio_util::sync::CancellationToken;
 
 /// threadline: the backend of a website support chat answered from Slack.
@@ -105,7 +105,7 @@ pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> 
 /// Runs api, projector and gateway in one process, sharing one NATS connection and one
 /// database pool.
 pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some((Started { listener, log }, read)) = startup::start_with_read_model(
+    let Some((role, log, read)) = threadline_runtime::Role::start_with_read_model(
         settings.listen_addr,
         &settings.nats,
         &settings.database,
@@ -121,28 +121,18 @@ pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyh
     else {
         return Ok(());
     };
-    let api = threadline_api::router(state);
-    threadline_runtime::metrics::register::api();
-    threadline_runtime::metrics::register::projector();
-    threadline_runtime::metrics::register::gateway();
-    let app = threadline_runtime::server::finish(
-        api.merge(threadline_gateway::router(gateway.clone()))
-            .merge(health_router(vec![log.clone(), read.clone()])),
-        &settings.http,
-    );
     let projector = Projector::new(log, read, settings.projector);
-    let server = serve(
-        listener,
-        app,
-        shutdown.clone(),
-        settings.http.shutdown_timeout,
-    );
-    let (served, (), ()) = tokio::join!(
-        server,
-        projector.run(shutdown.clone()),
-        gateway.drain(settings.http.shutdown_timeout)
-    );
-    served.context("HTTP server failed")
+    let grace = role.shutdown_timeout();
+    let work = async {
+        tokio::join!(projector.run(shutdown.clone()), gateway.drain(grace));
+    };
+    role.metrics(register::api)
+        .metrics(register::projector)
+        .metrics(register::gateway)
+        .routes(threadline_api::router(state))
+        .routes(threadline_gateway::router(gateway.clone()))
+        .serve_beside(work)
+        .await
 }
 
 /// Logs to standard error at the level RUST_LOG sets (default info): as text, in colour only
