@@ -1,18 +1,16 @@
 //! The `threadline` binary's library: the command line, logging, signals, and the `all` role,
 //! which runs the api, the projector and the gateway in one process with the HTTP API and the
 //! websocket on one port. The other roles are each service crate's own `run`; the operator
-//! commands are in `commands`.
+//! commands (`migrate` and `probe` among them) are in `commands`.
 
 pub mod commands;
-pub mod probe;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use threadline_api::{ApiSettings, AppState};
 use threadline_gateway::{Gateway, GatewaySettings};
 use threadline_nats::NatsSettings;
-use threadline_postgres::{DatabaseSettings, PgReadModel};
+use threadline_postgres::DatabaseSettings;
 use threadline_projector::{Projector, ProjectorSettings};
 use threadline_runtime::metrics::register;
 use threadline_runtime::secret::ExamplePasswordSettings;
@@ -46,12 +44,6 @@ pub enum Role {
     Gateway(threadline_gateway::Settings),
     /// All three in one process, with the HTTP API and the websocket on one port.
     All(AllSettings),
-    /// Creates the database if missing and brings the read model's tables up to date, then
-    /// exits. Run it as the tables' owner before the roles start (with MIGRATE_ON_START=false).
-    Migrate(DatabaseSettings),
-    /// Asks a running role's /readyz (or --path) on its LISTEN_ADDR; exits 0 on 200, 1
-    /// otherwise. For container health checks: the image holds no shell or HTTP client.
-    Probe(probe::ProbeSettings),
     #[command(flatten)]
     Operator(commands::Command),
 }
@@ -83,18 +75,6 @@ pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> 
         Role::Projector(settings) => threadline_projector::run(settings, shutdown).await,
         Role::Gateway(settings) => threadline_gateway::run(settings, shutdown).await,
         Role::All(settings) => run_all(settings, shutdown).await,
-        Role::Migrate(settings) => {
-            PgReadModel::options(&settings).map_err(anyhow::Error::msg)?;
-            PgReadModel::migrate(&settings)
-                .await
-                .context("migrating the read model")?;
-            tracing::info!("the read model's tables are up to date");
-            Ok(())
-        }
-        Role::Probe(settings) => match probe::run(settings).await {
-            code if code == std::process::ExitCode::SUCCESS => Ok(()),
-            _ => Err(anyhow::anyhow!("the probe failed")),
-        },
         Role::Operator(command) => match commands::run(command, shutdown).await {
             code if code == std::process::ExitCode::SUCCESS => Ok(()),
             _ => Err(anyhow::anyhow!("the command failed")),

@@ -3,9 +3,7 @@
 
 use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
-use threadline::{
-    commands, init_logging, init_logging_at, probe, run, shutdown_on_signals, Cli, Role,
-};
+use threadline::{commands, init_logging, init_logging_at, run, shutdown_on_signals, Cli, Role};
 use threadline_runtime::secret::refuse_example_passwords;
 
 #[tokio::main]
@@ -16,14 +14,12 @@ async fn main() -> ExitCode {
         true => Ok(()),
         false => refuse_example_passwords(&matches),
     };
-    if let Role::Probe(settings) = cli.role {
-        // No logging: a health check prints one line and exits.
-        return probe::run(settings).await;
-    }
     if let Role::Operator(command) = cli.role {
         // Operator commands print their results on standard output; their logs say only
         // what an operator needs (progress, warnings).
-        init_logging_at(cli.log.log_format, commands::DEFAULT_LOG);
+        if command.logs() {
+            init_logging_at(cli.log.log_format, commands::DEFAULT_LOG);
+        }
         if let Err(e) = refused {
             eprintln!("threadline: {e}");
             return ExitCode::from(3);

@@ -6,7 +6,7 @@
 //! record: the event was applied, or it was set aside again under a new record with its new
 //! reason. Until then the old record stays, so an interrupted retry loses nothing.
 
-use super::CommandError;
+use super::{CommandError, Outcome};
 use clap::Args;
 use serde_json::json;
 use std::collections::HashMap;
@@ -83,7 +83,7 @@ fn to_json(letter: &DeadLetter) -> serde_json::Value {
 }
 
 /// `threadline dead-letters list`: prints the set-aside events.
-pub async fn run_list(settings: &ListSettings) -> Result<bool, CommandError> {
+pub async fn run_list(settings: &ListSettings) -> Outcome {
     let log = JetStreamLog::connect(&settings.nats).await?;
     let letters = dead_letters::list(&log, 0).await?;
     if settings.json {
@@ -120,7 +120,7 @@ pub async fn run_list(settings: &ListSettings) -> Result<bool, CommandError> {
 
 /// `threadline dead-letters retry`: re-publishes the selected events and reports each one's
 /// fate. `Ok(false)` when any is still set aside or was not dealt with in time.
-pub async fn run_retry(settings: &RetrySettings) -> Result<bool, CommandError> {
+pub async fn run_retry(settings: &RetrySettings) -> Outcome {
     let log = JetStreamLog::connect(&settings.nats).await?;
     let letters = dead_letters::list(&log, 0).await?;
     for wanted in &settings.sequences {

@@ -4,7 +4,7 @@
 //! well-formed event (an agent's reply, or a payload from a file) exactly as an outside
 //! publisher would, after checking it as every consumer will.
 
-use super::CommandError;
+use super::{CommandError, Outcome};
 use clap::Args;
 use futures::StreamExt;
 use proto_events::{new_id, Event, EventKind, MessageBody, MessagePosted, Timestamp, UserJson};
@@ -58,10 +58,7 @@ pub struct PublishSettings {
 }
 
 /// Prints events as they are stored, until `shutdown` fires.
-pub async fn run_tail(
-    settings: &TailSettings,
-    shutdown: CancellationToken,
-) -> Result<bool, CommandError> {
+pub async fn run_tail(settings: &TailSettings, shutdown: CancellationToken) -> Outcome {
     let log = JetStreamLog::connect(&settings.nats).await?;
     let start = match (settings.from_seq, settings.since) {
         (Some(sequence), _) => TailStart::Sequence(sequence),
@@ -98,7 +95,7 @@ pub async fn run_tail(
 }
 
 /// Publishes one event and prints its sequence and payload.
-pub async fn run_publish(settings: &PublishSettings) -> Result<bool, CommandError> {
+pub async fn run_publish(settings: &PublishSettings) -> Outcome {
     let event = match (&settings.file, settings.thread, &settings.body) {
         (Some(path), _, _) => event_from_file(path)?,
         (None, Some(thread), Some(body)) => {

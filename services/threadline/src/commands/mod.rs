@@ -1,18 +1,27 @@
-//! The operator commands beside the roles (`rebuild`, `verify`, `dead-letters`, `events`):
-//! one clap tree. `dead-letters` and `events` have their face (arguments, output) here and
-//! their work in threadline-nats; `rebuild` and `verify` are the projector's. This module
-//! dispatches and turns the outcome into an exit status.
+//! The operator commands beside the roles (`migrate`, `probe`, `rebuild`, `verify`,
+//! `dead-letters`, `events`): one clap tree. Each command family has its face (arguments,
+//! output) in a module here and its work in the crate that owns it: threadline-postgres
+//! migrates, threadline-nats reads and writes the log, the projector rebuilds and verifies.
+//! This module dispatches, and is the one place that prints a failure and turns the outcome
+//! into an exit status.
+//!
+//! A command prints its results on standard output; its logs and its failure go to standard
+//! error, the failure as one line `threadline <command>: <what went wrong: its causes>`.
 //!
 //! Exit status: 0 when all is well, 1 when the command ran and found a problem (`verify`
-//! found differences, a retried event is still set aside), 2 for bad usage (clap), 3 when it
-//! could not run (a dependency unreachable, bad input), 130 when interrupted.
+//! found differences, a retried event is still set aside, `probe` got no 200), 2 for bad
+//! usage (clap), 3 when it could not run (a dependency unreachable, bad input), 130 when
+//! interrupted.
 
 pub mod dead_letters;
 pub mod events;
+pub mod migrate;
+pub mod probe;
 
 use clap::Subcommand;
 use std::process::ExitCode;
 use threadline_ports::{report, StoreError};
+use threadline_postgres::DatabaseSettings;
 use threadline_projector::{rebuild, verify, ProjectorError};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +31,12 @@ pub const DEFAULT_LOG: &str = "warn,threadline_projector=info,threadline_nats=in
 /// An operator command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Creates the database if missing and brings the read model's tables up to date, then
+    /// exits. Run it as the tables' owner before the roles start (with MIGRATE_ON_START=false).
+    Migrate(DatabaseSettings),
+    /// Asks a running role's /readyz (or --path) on its LISTEN_ADDR; exits 0 on 200, 1
+    /// otherwise. For container health checks: the image holds no shell or HTTP client.
+    Probe(probe::ProbeSettings),
     /// Rebuild the read model from the first event, beside the serving one, and switch over
     /// in one transaction.
     Rebuild(rebuild::RebuildSettings),
@@ -56,6 +71,8 @@ pub enum Events {
 impl Command {
     fn name(&self) -> &'static str {
         match self {
+            Command::Migrate(_) => "migrate",
+            Command::Probe(_) => "probe",
             Command::Rebuild(_) => "rebuild",
             Command::Verify(_) => "verify",
             Command::DeadLetters(DeadLetters::List(_)) => "dead-letters list",
@@ -64,58 +81,144 @@ impl Command {
             Command::Events(Events::Publish(_)) => "events publish",
         }
     }
-}
 
-/// Runs a command until it ends or `shutdown` fires.
-pub async fn run(command: Command, shutdown: CancellationToken) -> ExitCode {
-    let name = command.name();
-    let work = async {
-        match &command {
-            Command::Rebuild(s) => outcome(rebuild::run(s).await),
-            Command::Verify(s) => outcome(verify::run(s).await),
-            Command::DeadLetters(DeadLetters::List(s)) => outcome(dead_letters::run_list(s).await),
-            Command::DeadLetters(DeadLetters::Retry(s)) => {
-                outcome(dead_letters::run_retry(s).await)
-            }
-            Command::Events(Events::Tail(s)) => {
-                outcome(events::run_tail(s, shutdown.clone()).await)
-            }
-            Command::Events(Events::Publish(s)) => outcome(events::run_publish(s).await),
+    /// Whether the command writes logs: `probe`, a container's health check, prints its one
+    /// line and nothing else.
+    pub fn logs(&self) -> bool {
+        !matches!(self, Command::Probe(_))
+    }
+
+    /// Runs the command to its end (`events tail`: until `shutdown` fires).
+    async fn work(&self, shutdown: &CancellationToken) -> Outcome {
+        match self {
+            Command::Migrate(s) => migrate::run(s).await,
+            Command::Probe(s) => probe::run(s).await,
+            Command::Rebuild(s) => Ok(rebuild::run(s).await?),
+            Command::Verify(s) => Ok(verify::run(s).await?),
+            Command::DeadLetters(DeadLetters::List(s)) => dead_letters::run_list(s).await,
+            Command::DeadLetters(DeadLetters::Retry(s)) => dead_letters::run_retry(s).await,
+            Command::Events(Events::Tail(s)) => events::run_tail(s, shutdown.clone()).await,
+            Command::Events(Events::Publish(s)) => events::run_publish(s).await,
         }
-    };
-    let result = tokio::select! {
-        result = work => result,
-        // `tail` ends on its own at shutdown; everything else is cut short.
-        _ = shutdown.cancelled(), if !matches!(command, Command::Events(Events::Tail(_))) => {
-            Err(ProjectorError::Interrupted.to_string())
-        }
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(message) => {
-            eprintln!("threadline {name}: {message}");
-            if shutdown.is_cancelled() {
-                ExitCode::from(130)
-            } else {
-                ExitCode::from(3)
-            }
+    }
+
+    /// Whether shutdown cuts the command short; `events tail` ends on its own at shutdown.
+    fn cut_short_by_shutdown(&self) -> bool {
+        !matches!(self, Command::Events(Events::Tail(_)))
+    }
+
+    /// What is true when shutdown cut this command short.
+    fn interrupted(&self) -> CommandError {
+        match self {
+            Command::Rebuild(_) | Command::Verify(_) => ProjectorError::Interrupted.into(),
+            _ => CommandError::Interrupted,
         }
     }
 }
 
-fn outcome<E: std::error::Error + 'static>(result: Result<bool, E>) -> Result<bool, String> {
-    result.map_err(|e| report(&e))
+/// How a command ended: `Ok(true)` all well, `Ok(false)` it ran and found a problem (which
+/// it printed), `Err` it could not run.
+pub type Outcome = Result<bool, CommandError>;
+
+/// Runs a command until it ends or `shutdown` fires, prints why it failed if it did, and
+/// gives its exit status.
+pub async fn run(command: Command, shutdown: CancellationToken) -> ExitCode {
+    let outcome = tokio::select! {
+        outcome = command.work(&shutdown) => outcome,
+        _ = shutdown.cancelled(), if command.cut_short_by_shutdown() => Err(command.interrupted()),
+    };
+    if let Err(e) = &outcome {
+        eprintln!("threadline {}: {}", command.name(), report(e));
+    }
+    exit_status(&outcome, shutdown.is_cancelled())
 }
 
-/// Why `dead-letters` or `events` could not run.
+/// The exit status of a command's outcome (see the module's doc).
+fn exit_status(outcome: &Outcome, interrupted: bool) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(_) if interrupted => ExitCode::from(130),
+        Err(_) => ExitCode::from(3),
+    }
+}
+
+/// Why a command could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    /// NATS JetStream did not answer or refused.
+    /// NATS JetStream or PostgreSQL did not answer or refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The projector's work (rebuilding, verifying) failed or was cut short.
+    #[error(transparent)]
+    Projector(#[from] ProjectorError),
     /// The operator's input cannot be used (a payload that is not an event, an unknown
-    /// sequence).
+    /// sequence, a setting that does not parse).
     #[error("{0}")]
     Invalid(String),
+    /// Ctrl-C or SIGTERM cut the command short.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn command(args: &[&str]) -> Command {
+        let line = std::iter::once("threadline").chain(args.iter().copied());
+        match crate::Cli::try_parse_from(line) {
+            Ok(crate::Cli {
+                role: crate::Role::Operator(command),
+                ..
+            }) => command,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_family_says_what_an_interruption_leaves() {
+        for args in [&["rebuild"][..], &["verify"]] {
+            assert_eq!(
+                report(&command(args).interrupted()),
+                "interrupted; the serving read model is untouched",
+                "{args:?}"
+            );
+        }
+        for args in [
+            &["migrate"][..],
+            &["probe"],
+            &["dead-letters", "list"],
+            &["dead-letters", "retry"],
+            &["events", "publish", "--file", "event.json"],
+        ] {
+            assert_eq!(
+                report(&command(args).interrupted()),
+                "interrupted",
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_the_documented_exit_statuses() {
+        let failed = || Err(CommandError::Invalid("bad".into()));
+        assert_eq!(exit_status(&Ok(true), false), ExitCode::SUCCESS);
+        assert_eq!(exit_status(&Ok(false), false), ExitCode::from(1));
+        assert_eq!(exit_status(&failed(), false), ExitCode::from(3));
+        assert_eq!(exit_status(&failed(), true), ExitCode::from(130));
+        assert_eq!(
+            exit_status(&Err(CommandError::Interrupted), true),
+            ExitCode::from(130)
+        );
+    }
+
+    #[test]
+    fn only_the_tail_outlives_shutdown_and_only_the_probe_is_silent() {
+        assert!(!command(&["events", "tail"]).cut_short_by_shutdown());
+        assert!(command(&["dead-letters", "list"]).cut_short_by_shutdown());
+        assert!(!command(&["probe"]).logs());
+        assert!(command(&["migrate"]).logs());
+    }
 }

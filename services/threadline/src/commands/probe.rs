@@ -1,10 +1,11 @@
 //! `threadline probe`: asks a running role's own health endpoint and exits 0 when it answers
-//! 200, 1 otherwise. It serves the container health checks of `docker-compose.yml`, so that
-//! the image needs no shell and no HTTP client of its own beside the binary.
+//! 200, 1 otherwise (another status, nothing listening, no answer in time). It serves the
+//! container health checks of `docker-compose.yml`, so that the image needs no shell and no
+//! HTTP client of its own beside the binary.
 
+use super::Outcome;
 use clap::Args;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::ExitCode;
 use std::time::Duration;
 use threadline_ports::settings::parse_duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,32 +38,19 @@ fn path(text: &str) -> Result<String, String> {
     }
 }
 
-/// Runs the probe: prints one line (the status line, or why there is none) and exits 0 only
-/// on 200.
-pub async fn run(settings: ProbeSettings) -> ExitCode {
+/// Runs the probe: prints one line (the status line, or why there is none); all well only
+/// on 200. A role that does not answer is what the probe found, not a failure to run.
+pub async fn run(settings: &ProbeSettings) -> Outcome {
     let target =
         loopback_if_unspecified(settings.admin_listen_addr.unwrap_or(settings.listen_addr));
-    match tokio::time::timeout(settings.timeout, status_of(target, &settings.path)).await {
-        Ok(Ok(200)) => {
-            println!("http://{target}{}: 200", settings.path);
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(status)) => {
-            println!("http://{target}{}: {status}", settings.path);
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            println!("http://{target}{}: {e}", settings.path);
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            println!(
-                "http://{target}{}: no answer within {:?}",
-                settings.path, settings.timeout
-            );
-            ExitCode::FAILURE
-        }
-    }
+    let answer = tokio::time::timeout(settings.timeout, status_of(target, &settings.path)).await;
+    let (found, ready) = match answer {
+        Ok(Ok(status)) => (status.to_string(), status == 200),
+        Ok(Err(e)) => (e.to_string(), false),
+        Err(_) => (format!("no answer within {:?}", settings.timeout), false),
+    };
+    println!("http://{target}{}: {found}", settings.path);
+    Ok(ready)
 }
 
 fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
