@@ -12,6 +12,7 @@ pub mod health;
 pub mod idempotency;
 pub mod projection;
 pub mod read_model;
+pub mod rebuild;
 pub mod secret;
 pub mod settings;
 pub mod thread_messages;

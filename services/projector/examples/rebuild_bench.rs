@@ -19,16 +19,15 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use proto_events::{new_id, UserJson};
 use proto_events::{Event, MessageBody, MessagePosted, ThreadCreated, Timestamp};
-use sqlx::migrate::MigrateDatabase;
-use sqlx::PgConnection;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use threadline_nats::{JetStreamLog, NatsSettings};
 use threadline_ports::EventLog;
+use threadline_postgres::rebuild::{baseline, PgRebuild};
 use threadline_postgres::{DatabaseSettings, PgReadModel};
-use threadline_projector::rebuild::{self, RebuildSettings};
-use threadline_projector::{copy, tables, Projector};
+use threadline_projector::rebuild::{self, Options};
+use threadline_projector::Projector;
 use threadline_runtime::settings::from_environment;
 use tokio_util::sync::CancellationToken;
 
@@ -55,8 +54,6 @@ struct Args {
     live: bool,
 }
 
-const COPY_SCHEMA: &str = "threadline_copy_bench";
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -79,13 +76,12 @@ async fn main() -> anyhow::Result<()> {
     let log = JetStreamLog::connect(&nats).await?;
     fill(&log, args.events, args.per_thread.max(1)).await?;
 
-    let settings = RebuildSettings {
+    let options = Options {
         keep_old: false,
         switch_wait: std::time::Duration::from_secs(1),
-        nats: nats.clone(),
-        database: database.clone(),
     };
-    let summary = rebuild::rebuild(&settings).await?;
+    let target = PgRebuild::open(&database).await?;
+    let summary = rebuild::rebuild(&log, target, &options).await?;
     let seconds = summary.elapsed.as_secs_f64();
     let rate = summary.counts.events as f64 / seconds;
     println!(
@@ -100,7 +96,11 @@ async fn main() -> anyhow::Result<()> {
         summary.bulk_elapsed.as_secs_f64()
     );
 
-    let (rows, copy, indexes) = copy_baseline(&database).await?;
+    let baseline::CopyBaseline {
+        rows,
+        copy,
+        indexes,
+    } = baseline::copy_baseline(&database).await?;
     let copy_rate = rows as f64 / copy.as_secs_f64();
     let with_indexes = rows as f64 / (copy + indexes).as_secs_f64();
     println!(
@@ -138,10 +138,7 @@ async fn live_replay(
     log: JetStreamLog,
     database: &DatabaseSettings,
 ) -> anyhow::Result<(u64, Duration)> {
-    let url = database.database_url.expose();
-    if sqlx::Postgres::database_exists(url).await? {
-        sqlx::Postgres::drop_database(url).await?;
-    }
+    baseline::drop_database(database).await?;
     let read = Arc::new(PgReadModel::connect(database).await?);
     let settings = log.settings().clone();
     let stream = log.jetstream().get_stream(&settings.stream_name).await?;
@@ -238,60 +235,4 @@ async fn fill(log: &JetStreamLog, events: u64, per_thread: u64) -> anyhow::Resul
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// COPYs the rebuilt rows, read back from the read model, into empty tables of the same
-/// shape; returns the rows, the COPY's time and the index build's time.
-async fn copy_baseline(database: &DatabaseSettings) -> anyhow::Result<(u64, Duration, Duration)> {
-    let mut conn = copy::bulk_connection(database).await?;
-    let serving = tables::serving_schema(&mut conn).await?;
-    let mut data = Vec::new();
-    for (table, columns) in [
-        ("threads", copy::THREAD_COLUMNS),
-        ("messages", copy::MESSAGE_COLUMNS),
-    ] {
-        data.push((table, columns, copy_out(&mut conn, table, columns).await?));
-    }
-    sqlx::raw_sql(&format!(
-        "DROP SCHEMA IF EXISTS {COPY_SCHEMA} CASCADE; CREATE SCHEMA {COPY_SCHEMA}"
-    ))
-    .execute(&mut conn)
-    .await?;
-    tables::create_like(&mut conn, COPY_SCHEMA, &serving).await?;
-    let indexes = tables::index_statements(&mut conn, COPY_SCHEMA, &serving).await?;
-
-    let started = Instant::now();
-    let mut rows = 0;
-    for (table, columns, text) in &data {
-        let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY {COPY_SCHEMA}.{table} ({columns}) FROM STDIN"
-            ))
-            .await?;
-        for chunk in text.chunks(4 << 20) {
-            copy.send(chunk).await?;
-        }
-        rows += copy.finish().await?;
-    }
-    let copied = started.elapsed();
-    let started = Instant::now();
-    for statement in &indexes {
-        sqlx::raw_sql(statement).execute(&mut conn).await?;
-    }
-    let indexed = started.elapsed();
-    sqlx::raw_sql(&format!("DROP SCHEMA {COPY_SCHEMA} CASCADE"))
-        .execute(&mut conn)
-        .await?;
-    Ok((rows, copied, indexed))
-}
-
-async fn copy_out(conn: &mut PgConnection, table: &str, columns: &str) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stream = conn
-        .copy_out_raw(&format!("COPY {table} ({columns}) TO STDOUT"))
-        .await?;
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! The errors of the projector's operator commands, in terms an operator can act on.
 
+use threadline_ports::rebuild::RebuildError;
 use threadline_ports::{report, Backend, ReplayError, StoreError};
 
 /// Why a rebuild or a verification could not run to its end.
@@ -61,6 +62,16 @@ impl From<ReplayError> for ProjectorError {
         match e {
             ReplayError::Log(cause) => ProjectorError::Nats(cause.to_string()),
             ReplayError::Interrupted(why) => ProjectorError::Replay(why),
+        }
+    }
+}
+
+impl From<RebuildError> for ProjectorError {
+    fn from(e: RebuildError) -> Self {
+        match e {
+            RebuildError::Store(e) => e.into(),
+            RebuildError::Busy => ProjectorError::Busy,
+            RebuildError::Tables(text) => ProjectorError::Replay(text),
         }
     }
 }

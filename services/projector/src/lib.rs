@@ -8,7 +8,7 @@
 //! is retried until it succeeds, and after a while the projector says it is stuck (`stall`).
 
 pub mod batch;
-pub mod copy;
+pub mod bulk;
 pub mod error;
 pub mod fold;
 pub mod progress;
@@ -16,7 +16,6 @@ pub mod read_ahead;
 pub mod rebuild;
 pub mod replay;
 pub mod stall;
-pub mod tables;
 pub mod verify;
 
 pub use error::ProjectorError;

@@ -21,55 +21,34 @@
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
 
 use crate::batch::{self, ranges, Limits, WritePart};
-use crate::copy::{self, CopyWriter};
+use crate::bulk::BulkWriter;
 use crate::progress::Progress;
 use crate::replay::{self, Counts, EventReader, ReplayFold};
-use crate::tables::{self, quote};
 use crate::ProjectorError;
-use clap::Args;
-use sqlx::{Connection, PgConnection};
 use std::ops::Range;
 use std::time::{Duration, Instant};
-use threadline_nats::{JetStreamLog, NatsSettings};
-use threadline_ports::settings::parse_duration;
-use threadline_ports::{AppliedMessage, AppliedThread, Cause, EventReplay, StoreError};
-use threadline_postgres::read_model::CHANGED_CHANNEL;
-use threadline_postgres::{apply_rows, DatabaseSettings, PgReadModel, SWITCH_LOCK};
+use threadline_nats::JetStreamLog;
+use threadline_ports::rebuild::{GaveWay, RebuildTarget, SwitchOver, WriteRows};
+use threadline_ports::{AppliedMessage, AppliedThread, EventReplay, StoreError};
 
-/// Where the new read model is built.
-pub const BUILD_SCHEMA: &str = "threadline_rebuild";
-/// Where `--keep-old` keeps the replaced read model.
-pub const RETIRED_SCHEMA: &str = "threadline_retired";
-/// Held for the whole run, so two rebuilds never build at once.
-const REBUILD_LOCK: i64 = 0x7468_7265_6164_6c72; // "threadlr"
 /// The switch-over waits until at most this many events are left to apply under its lock.
 const SWITCH_GAP: u64 = 2_000;
 /// The shortest and the longest pause between two tries at the switch-over.
 const MIN_SWITCH_PAUSE: Duration = Duration::from_millis(100);
 const MAX_SWITCH_PAUSE: Duration = Duration::from_secs(30);
-/// SQLSTATE lock_not_available: a lock not granted within `lock_timeout`.
-const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// Events per statement while catching up.
 const CATCH_UP_BATCH: usize = 5_000;
 /// Most bytes of rows per statement while catching up.
 const CATCH_UP_BYTES: usize = 8 << 20;
 
-/// What `threadline rebuild` needs.
-#[derive(Debug, Clone, Args)]
-pub struct RebuildSettings {
-    /// Keep the replaced read model in schema `threadline_retired` (dropped by the next
-    /// rebuild) instead of dropping it.
-    #[arg(long)]
+/// How a rebuild switches over.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Keep the replaced read model (in a schema of its own, dropped by the next rebuild)
+    /// instead of dropping it.
     pub keep_old: bool,
-    /// How long the switch-over waits for a lock (the projector's transactions to end, a
-    /// reader of the serving tables to end its transaction) before it gives way and tries
-    /// again: reads of the serving tables and the projector wait at most this long for it.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How long the switch-over waits for a lock before it gives way and tries again.
     pub switch_wait: Duration,
-    #[command(flatten)]
-    pub nats: NatsSettings,
-    #[command(flatten)]
-    pub database: DatabaseSettings,
 }
 
 /// What a rebuild did.
@@ -86,35 +65,15 @@ pub struct Summary {
     pub bulk_elapsed: Duration,
 }
 
-/// Rebuilds the read model from the first event; see the module's documentation.
-pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorError> {
+/// Rebuilds the read model from the first event of `log` into `target`, and puts it in place
+/// of the serving one; see the module's documentation.
+pub async fn rebuild<T: RebuildTarget>(
+    log: &JetStreamLog,
+    target: T,
+    options: &Options,
+) -> Result<Summary, ProjectorError> {
     let started = Instant::now();
-    let log = JetStreamLog::connect(&settings.nats).await?;
-    // Creates the database and the serving tables if this is a fresh one.
-    PgReadModel::connect(&settings.database)
-        .await?
-        .pool()
-        .close()
-        .await;
-    let mut conn = copy::bulk_connection(&settings.database).await?;
-    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(REBUILD_LOCK)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(ProjectorError::database)?;
-    if !free {
-        return Err(ProjectorError::Busy);
-    }
-    let serving = tables::serving_schema(&mut conn).await?;
-    let indexes = tables::index_statements(&mut conn, BUILD_SCHEMA, &serving).await?;
-    execute(
-        &mut conn,
-        &format!("DROP SCHEMA IF EXISTS {BUILD_SCHEMA} CASCADE; CREATE SCHEMA {BUILD_SCHEMA}"),
-    )
-    .await?;
-    tables::create_like(&mut conn, BUILD_SCHEMA, &serving).await?;
-
-    let (first, last) = replay::stream_bounds(&log).await?;
+    let (first, last) = replay::stream_bounds(log).await?;
     let total = if last >= first { last - first + 1 } else { 0 };
     let progress = Progress::new("rebuild", total);
     tracing::info!(
@@ -122,64 +81,50 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
         last,
         "rebuilding the read model from events {first}..={last}"
     );
-    let mut reader = EventReader::open(&log, first).await?;
+    let mut reader = EventReader::open(log, first).await?;
     let mut fold = ReplayFold::new();
-    let writer = CopyWriter::start(conn, BUILD_SCHEMA);
-    let mut conn = replay::load(&mut reader, &mut fold, writer, last, &progress).await?;
+    let writer = BulkWriter::start(target);
+    let mut target = replay::load(&mut reader, &mut fold, writer, last, &progress).await?;
     let bulk_events = fold.counts.events;
     progress.phase("building indexes");
-    for statement in &indexes {
-        execute(&mut conn, statement).await?;
-    }
-    execute(
-        &mut conn,
-        &format!("ANALYZE {BUILD_SCHEMA}.threads, {BUILD_SCHEMA}.messages"),
-    )
-    .await?;
+    target.build_indexes().await?;
     let bulk_elapsed = started.elapsed();
 
     // From here on the new tables are written as the live projector writes the serving ones.
-    execute(&mut conn, &format!("SET search_path = {BUILD_SCHEMA}")).await?;
     progress.phase("catching up");
-    catch_up(&mut conn, &log, &mut reader, &mut fold, &progress).await?;
+    catch_up(&mut target, log, &mut reader, &mut fold, &progress).await?;
 
     progress.phase("switching over");
-    let mut pause = settings.switch_wait.max(MIN_SWITCH_PAUSE);
+    let mut pause = options.switch_wait.max(MIN_SWITCH_PAUSE);
     let through = loop {
         let mut tail = Tail::default();
         let switched = switch_over(
-            &mut conn,
-            &log,
+            &mut target,
+            log,
             &mut reader,
             &mut fold,
             &progress,
             &mut tail,
-            &serving,
-            settings,
+            options,
         )
         .await?;
-        let holder = match switched {
-            Switch::Done(through) => break through,
-            Switch::GaveWay(holder) => holder,
+        let GaveWay(holder) = match switched {
+            Ok(through) => break through,
+            Err(gave_way) => gave_way,
         };
         progress.note(&format!(
             "switching over: {holder} for {:?}; gave way, trying again in {pause:?}",
-            settings.switch_wait
+            options.switch_wait
         ));
         // The rows applied under the switch-over that gave way were rolled back with it.
-        write_rows(&mut conn, &tail.threads).await?;
-        write_rows(&mut conn, &tail.messages).await?;
+        write_rows(&mut target, &tail.threads).await?;
+        write_rows(&mut target, &tail.messages).await?;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_SWITCH_PAUSE);
-        catch_up(&mut conn, &log, &mut reader, &mut fold, &progress).await?;
+        catch_up(&mut target, log, &mut reader, &mut fold, &progress).await?;
     };
     progress.finish();
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(REBUILD_LOCK)
-        .execute(&mut conn)
-        .await
-        .map_err(ProjectorError::database)?;
-    let _ = conn.close().await;
+    target.close().await?;
     Ok(Summary {
         counts: fold.counts,
         through: reader.last_seq.max(through),
@@ -191,7 +136,7 @@ pub async fn rebuild(settings: &RebuildSettings) -> Result<Summary, ProjectorErr
 
 /// Applies events to the new tables until at most `SWITCH_GAP` are left.
 async fn catch_up(
-    conn: &mut PgConnection,
+    target: &mut impl WriteRows,
     log: &impl EventReplay,
     reader: &mut EventReader,
     fold: &mut ReplayFold,
@@ -202,7 +147,7 @@ async fn catch_up(
         if last <= reader.last_seq + SWITCH_GAP {
             return Ok(());
         }
-        apply_through(conn, reader, fold, last, progress, None).await?;
+        apply_through(target, reader, fold, last, progress, None).await?;
     }
 }
 
@@ -213,105 +158,35 @@ struct Tail {
     messages: Vec<AppliedMessage>,
 }
 
-/// How a try at the switch-over ended.
-enum Switch {
-    /// Switched over, with the new read model built through this stream sequence.
-    Done(u64),
-    /// A lock was not granted within `--switch-wait`, held by what this says: the try has
-    /// rolled back, every lock it held or asked for is released, and the rows it wrote are in
-    /// its `Tail`.
-    GaveWay(&'static str),
-}
-
-/// One try at the switch-over, in one transaction (see the module's documentation).
+/// One try at the switch-over, in one transaction (see the module's documentation): the
+/// stream sequence the new read model is built through, or why the try gave way.
 ///
 /// Every lock waits at most `--switch-wait`, because a waiting lock stops others too: the
 /// projector's transactions queue behind the switch lock, and every read of the serving
 /// tables queues behind an ACCESS EXCLUSIVE lock that a reader's open transaction holds up.
-#[allow(clippy::too_many_arguments)]
-async fn switch_over(
-    conn: &mut PgConnection,
+async fn switch_over<T: RebuildTarget>(
+    target: &mut T,
     log: &impl EventReplay,
     reader: &mut EventReader,
     fold: &mut ReplayFold,
     progress: &Progress,
     tail: &mut Tail,
-    serving: &str,
-    settings: &RebuildSettings,
-) -> Result<Switch, ProjectorError> {
-    let mut tx = conn.begin().await.map_err(ProjectorError::database)?;
-    let wait = settings.switch_wait.as_millis().max(1);
-    execute(&mut tx, &format!("SET LOCAL lock_timeout = {wait}")).await?;
-    let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SWITCH_LOCK)
-        .execute(&mut *tx)
-        .await;
-    if !granted(locked)? {
-        tx.rollback().await.map_err(ProjectorError::database)?;
-        return Ok(Switch::GaveWay(
-            "a projector transaction held the switch lock",
-        ));
-    }
+    options: &Options,
+) -> Result<Result<u64, GaveWay>, ProjectorError> {
+    let mut switch = match target.begin_switch(options.switch_wait).await? {
+        Ok(switch) => switch,
+        Err(gave_way) => return Ok(Err(gave_way)),
+    };
     // Every event the live projector has applied is in the stream by now.
     let (_, through) = replay::stream_bounds(log).await?;
-    apply_through(&mut tx, reader, fold, through, progress, Some(tail)).await?;
-    let serving_q = quote(serving);
-    let tables = tables::TABLES
-        .map(|t| format!("{serving_q}.{t}"))
-        .join(", ");
-    let held = "another session held the tables (a reader's open transaction, pg_dump)";
-    let lock = format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE");
-    if !granted(sqlx::raw_sql(&lock).execute(&mut *tx).await)? {
-        tx.rollback().await.map_err(ProjectorError::database)?;
-        return Ok(Switch::GaveWay(held));
-    }
-    // Every role keeps exactly the rights it had on the tables being replaced.
-    tables::copy_privileges(&mut tx, serving, BUILD_SCHEMA).await?;
-    let switch = switch_statements(&serving_q, settings.keep_old);
-    if !granted(sqlx::raw_sql(&switch).execute(&mut *tx).await)? {
-        tx.rollback().await.map_err(ProjectorError::database)?;
-        return Ok(Switch::GaveWay(held));
-    }
-    tx.commit().await.map_err(ProjectorError::database)?;
-    Ok(Switch::Done(through))
+    apply_through(&mut switch, reader, fold, through, progress, Some(tail)).await?;
+    Ok(switch.complete(options.keep_old).await?.map(|()| through))
 }
 
-/// The statements that move the serving tables out of the way and the new ones into their
-/// place, run with both locked.
-fn switch_statements(serving_q: &str, keep_old: bool) -> String {
-    let mut switch =
-        format!("DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE; CREATE SCHEMA {RETIRED_SCHEMA};");
-    for table in tables::TABLES {
-        switch.push_str(&format!(
-            "ALTER TABLE {serving_q}.{table} SET SCHEMA {RETIRED_SCHEMA};\
-             ALTER TABLE {BUILD_SCHEMA}.{table} SET SCHEMA {serving_q};"
-        ));
-    }
-    switch.push_str(&format!("DROP SCHEMA {BUILD_SCHEMA};"));
-    // Delivered at commit: API replicas drop the reads they keep in memory.
-    switch.push_str(&format!("NOTIFY {CHANGED_CHANNEL};"));
-    if !keep_old {
-        switch.push_str(&format!("DROP SCHEMA {RETIRED_SCHEMA} CASCADE;"));
-    }
-    switch
-}
-
-/// Whether a statement got its locks: `false` if one was not granted within the
-/// transaction's `lock_timeout`; other errors are errors.
-fn granted<T>(result: Result<T, sqlx::Error>) -> Result<bool, ProjectorError> {
-    match result {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
-            Ok(false)
-        }
-        Err(e) => Err(ProjectorError::database(e)),
-    }
-}
-
-/// Applies the events up to `through` to the tables the connection's search path names;
-/// keeps the rows written in `tail`, if given.
+/// Applies the events up to `through` to the new tables; keeps the rows written in `tail`,
+/// if given.
 async fn apply_through(
-    conn: &mut PgConnection,
+    target: &mut impl WriteRows,
     reader: &mut EventReader,
     fold: &mut ReplayFold,
     through: u64,
@@ -334,8 +209,8 @@ async fn apply_through(
             messages.extend(m);
         }
         if done || events >= CATCH_UP_BATCH || bytes >= CATCH_UP_BYTES {
-            fold.counts.refused += write_rows(conn, &threads).await?;
-            fold.counts.refused += write_rows(conn, &messages).await?;
+            fold.counts.refused += write_rows(target, &threads).await?;
+            fold.counts.refused += write_rows(target, &messages).await?;
             progress.advance(events as u64, reader.last_seq);
             if let Some(tail) = tail.as_deref_mut() {
                 tail.threads.append(&mut threads);
@@ -352,15 +227,15 @@ async fn apply_through(
     }
 }
 
-/// Rows of one table, as `apply_rows` writes them.
-trait Row {
+/// Rows of one table, as the live projector writes them.
+trait Row: Sync {
     fn stream_seq(&self) -> u64;
     /// About how many bytes the row takes in a statement.
     fn bytes(&self) -> usize;
-    fn apply<'a>(
-        conn: &'a mut PgConnection,
+    fn write<'a>(
+        target: &'a mut impl WriteRows,
         rows: &'a [Self],
-    ) -> futures::future::BoxFuture<'a, Result<(), threadline_ports::StoreError>>
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'a
     where
         Self: Sized;
 }
@@ -372,11 +247,11 @@ impl Row for AppliedThread {
     fn bytes(&self) -> usize {
         self.user.get().len() + 64
     }
-    fn apply<'a>(
-        conn: &'a mut PgConnection,
+    fn write<'a>(
+        target: &'a mut impl WriteRows,
         rows: &'a [Self],
-    ) -> futures::future::BoxFuture<'a, Result<(), threadline_ports::StoreError>> {
-        Box::pin(apply_rows(conn, rows, &[]))
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'a {
+        target.write(rows, &[])
     }
 }
 
@@ -387,19 +262,22 @@ impl Row for AppliedMessage {
     fn bytes(&self) -> usize {
         self.user.get().len() + self.body.as_str().len() + 96
     }
-    fn apply<'a>(
-        conn: &'a mut PgConnection,
+    fn write<'a>(
+        target: &'a mut impl WriteRows,
         rows: &'a [Self],
-    ) -> futures::future::BoxFuture<'a, Result<(), threadline_ports::StoreError>> {
-        Box::pin(apply_rows(conn, &[], rows))
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + 'a {
+        target.write(&[], rows)
     }
 }
 
 /// Writes rows as the live projector does, in statements within the catch-up's bounds, each
 /// in a transaction of its own (a savepoint within the switch-over's), splitting them where
-/// PostgreSQL refuses some; how many rows it refused, which are passed over (the live
+/// the store refuses some; how many rows it refused, which are passed over (the live
 /// projector set their events aside).
-async fn write_rows<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
+async fn write_rows<R: Row>(
+    target: &mut impl WriteRows,
+    rows: &[R],
+) -> Result<u64, ProjectorError> {
     let limits = Limits {
         events: CATCH_UP_BATCH,
         bytes: CATCH_UP_BYTES,
@@ -407,23 +285,26 @@ async fn write_rows<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, 
     let sizes: Vec<usize> = rows.iter().map(Row::bytes).collect();
     let mut refused = 0;
     for range in ranges(&sizes, limits) {
-        refused += write_part(conn, &rows[range]).await?;
+        refused += write_part(target, &rows[range]).await?;
     }
     Ok(refused)
 }
 
-/// Writes one statement's rows, splitting them where PostgreSQL refuses some (see
+/// Writes one statement's rows, splitting them where the store refuses some (see
 /// [`batch::isolate`]); how many rows it refused, each logged and passed over.
-async fn write_part<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, ProjectorError> {
+async fn write_part<R: Row>(
+    target: &mut impl WriteRows,
+    rows: &[R],
+) -> Result<u64, ProjectorError> {
     let refusals = batch::isolate(
         rows.len(),
-        |e| matches!(e, NotWritten::Refused { .. }),
-        InTransaction { conn, rows },
+        |e| matches!(e, StoreError::Refused { .. }),
+        InTransaction { target, rows },
     )
     .await
     .map_err(|failed| ProjectorError::from(failed.error))?;
     for (at, refusal) in &refusals {
-        if let NotWritten::Refused { code, cause } = refusal {
+        if let StoreError::Refused { code, cause } = refusal {
             tracing::warn!(
                 sequence = rows[*at].stream_seq(),
                 "passing over a row PostgreSQL refuses ({code}: {cause}); \
@@ -436,76 +317,15 @@ async fn write_part<R: Row>(conn: &mut PgConnection, rows: &[R]) -> Result<u64, 
 
 /// Rows written a part at a time, each part in a transaction of its own (a savepoint within
 /// the switch-over's).
-struct InTransaction<'a, R> {
-    conn: &'a mut PgConnection,
+struct InTransaction<'a, W, R> {
+    target: &'a mut W,
     rows: &'a [R],
 }
 
-/// Why a part of the rows was not written.
-enum NotWritten {
-    /// PostgreSQL refused a row of it: the transaction is rolled back, the part to be split.
-    Refused { code: String, cause: Cause },
-    /// Anything else: the rebuild stops.
-    Failed(ProjectorError),
-}
+impl<W: WriteRows, R: Row> WritePart for InTransaction<'_, W, R> {
+    type Error = StoreError;
 
-impl From<NotWritten> for ProjectorError {
-    fn from(error: NotWritten) -> Self {
-        match error {
-            NotWritten::Refused { code, cause } => StoreError::Refused { code, cause }.into(),
-            NotWritten::Failed(e) => e,
-        }
+    async fn write_part(&mut self, part: Range<usize>) -> Result<(), StoreError> {
+        R::write(self.target, &self.rows[part]).await
     }
-}
-
-impl<R: Row> WritePart for InTransaction<'_, R> {
-    type Error = NotWritten;
-
-    async fn write_part(&mut self, part: Range<usize>) -> Result<(), NotWritten> {
-        let failed = |e| NotWritten::Failed(ProjectorError::database(e));
-        let mut tx = self.conn.begin().await.map_err(failed)?;
-        match R::apply(&mut tx, &self.rows[part]).await {
-            Ok(()) => tx.commit().await.map_err(failed),
-            Err(StoreError::Refused { code, cause }) => {
-                tx.rollback().await.map_err(failed)?;
-                Err(NotWritten::Refused { code, cause })
-            }
-            Err(e) => Err(NotWritten::Failed(e.into())),
-        }
-    }
-}
-
-async fn execute(conn: &mut PgConnection, statements: &str) -> Result<(), ProjectorError> {
-    sqlx::raw_sql(statements)
-        .execute(conn)
-        .await
-        .map(|_| ())
-        .map_err(ProjectorError::database)
-}
-
-/// `threadline rebuild`: rebuilds and prints a summary.
-pub async fn run(settings: &RebuildSettings) -> Result<bool, ProjectorError> {
-    let summary = rebuild(settings).await?;
-    let seconds = summary.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "rebuilt the read model from {} events through sequence {} in {:.1} s ({:.0} events/s): \
-         {} threads, {} messages, {} events passed over (invalid or repeated){}; the previous read model was {}",
-        summary.counts.events,
-        summary.through,
-        seconds,
-        summary.counts.events as f64 / seconds,
-        summary.counts.threads,
-        summary.counts.messages,
-        summary.counts.skipped,
-        match summary.counts.refused {
-            0 => String::new(),
-            n => format!(", {n} rows refused by PostgreSQL and passed over"),
-        },
-        if settings.keep_old {
-            format!("kept in schema {RETIRED_SCHEMA}")
-        } else {
-            "dropped".to_owned()
-        }
-    );
-    Ok(true)
 }

@@ -1,14 +1,14 @@
 //! Replaying the event stream from its first event at bulk speed, shared by `rebuild` and
 //! `verify`: a reader of the log's replay that decodes the events into verdicts as they are
 //! read, the fold of a replay (which keeps, across batches, what the live projector asks of
-//! the log), and a writer that loads the rows (see `copy`) into tables without secondary
+//! the log), and a writer that loads the rows (see `bulk`) into tables without secondary
 //! indexes.
 
-use crate::copy::CopyWriter;
+use crate::bulk::BulkWriter;
 use crate::fold::{self, Verdict};
 use crate::ProjectorError;
-use sqlx::PgConnection;
 use std::collections::{HashMap, HashSet};
+use threadline_ports::rebuild::BulkLoad;
 use threadline_ports::{AppliedMessage, AppliedThread, EventReplay, Replay};
 use uuid::Uuid;
 
@@ -114,29 +114,28 @@ impl ReplayFold {
     }
 }
 
-/// Replays events up to `through` from `reader` into a writer; returns the connection.
-pub async fn load(
+/// Replays events up to `through` from `reader` into a writer; returns its tables.
+pub async fn load<L: BulkLoad>(
     reader: &mut EventReader,
     fold: &mut ReplayFold,
-    mut writer: CopyWriter,
+    mut writer: BulkWriter<L>,
     through: u64,
     progress: &crate::progress::Progress,
-) -> Result<PgConnection, ProjectorError> {
+) -> Result<L, ProjectorError> {
     while let Some(batch) = reader.next_batch(through).await? {
         let events = batch.len() as u64;
         let (threads, messages) = fold.fold(batch);
         writer.write(&threads, &messages).await?;
         progress.advance(events, reader.last_seq);
     }
-    let (conn, refused) = writer.finish().await?;
+    let (tables, refused) = writer.finish().await?;
     fold.counts.refused += refused;
-    Ok(conn)
+    Ok(tables)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::copy::CopyChunk;
     use bytes::Bytes;
     use proto_events::Subjects;
     use threadline_ports::StoredEvent;
@@ -225,28 +224,5 @@ mod tests {
         let (_, late) = fold.fold(verdicts(&[created(2, B, "v"), message(3, 7, B)]));
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].stream_seq, 3);
-    }
-
-    #[test]
-    fn rows_become_copy_text_in_column_order() {
-        let mut fold = ReplayFold::new();
-        let (threads, messages) =
-            fold.fold(verdicts(&[created(1, A, "tab\\there"), message(2, 7, A)]));
-        let mut chunk = CopyChunk::default();
-        chunk.push_thread(&threads[0]);
-        chunk.push_message(&messages[0]);
-        assert_eq!(
-            String::from_utf8(chunk.threads).unwrap(),
-            format!("{A}\t\"tab\\\\there\"\t2026-11-24T03:22:40.123456Z\t1\n")
-        );
-        assert_eq!(
-            String::from_utf8(chunk.messages).unwrap(),
-            format!(
-                "{id}\t{A}\t\"a\"\thi\tt\t2026-11-24T03:22:41.000000Z\t2\t\
-                 {{\"id\":\"{id}\",\"user\":\"a\",\"timestamp\":\"2026-11-24T03:22:41.000000Z\",\
-                 \"body\":\"hi\",\"send_by_user\":true}}\n",
-                id = Uuid::from_u128(7)
-            )
-        );
     }
 }

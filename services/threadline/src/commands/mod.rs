@@ -17,12 +17,14 @@ pub mod dead_letters;
 pub mod events;
 pub mod migrate;
 pub mod probe;
+pub mod rebuild;
+pub mod verify;
 
 use clap::Subcommand;
 use std::process::ExitCode;
 use threadline_ports::{report, StoreError};
 use threadline_postgres::DatabaseSettings;
-use threadline_projector::{rebuild, verify, ProjectorError};
+use threadline_projector::ProjectorError;
 use tokio_util::sync::CancellationToken;
 
 /// The log level of operator commands when RUST_LOG is not set.

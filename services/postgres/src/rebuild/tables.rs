@@ -2,8 +2,9 @@
 //! shape (columns from the serving tables, so a migration is followed without a change here),
 //! with their indexes and keys added once the rows are in.
 
-use crate::ProjectorError;
-use sqlx::PgConnection;
+use sqlx::{Executor, PgConnection};
+use threadline_ports::rebuild::RebuildError;
+use threadline_ports::StoreError;
 
 /// The tables of the read model.
 pub const TABLES: [&str; 2] = ["threads", "messages"];
@@ -15,14 +16,14 @@ pub fn quote(name: &str) -> String {
 
 /// The schema that holds the serving tables: where `threads` resolves with the connection's
 /// default search path.
-pub async fn serving_schema(conn: &mut PgConnection) -> Result<String, ProjectorError> {
+pub async fn serving_schema(conn: &mut PgConnection) -> Result<String, StoreError> {
     sqlx::query_scalar(
         "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.oid = 'threads'::regclass",
     )
     .fetch_one(conn)
     .await
-    .map_err(ProjectorError::database)
+    .map_err(StoreError::database)
 }
 
 /// Creates empty tables shaped like the serving ones in `schema` (`pg_temp` for temporary
@@ -31,16 +32,15 @@ pub async fn create_like(
     conn: &mut PgConnection,
     schema: &str,
     serving: &str,
-) -> Result<(), ProjectorError> {
+) -> Result<(), RebuildError> {
     for table in TABLES {
         let statement = format!(
             "CREATE TABLE {schema}.{table} (LIKE {}.{table} INCLUDING DEFAULTS)",
             quote(serving)
         );
-        sqlx::raw_sql(&statement)
-            .execute(&mut *conn)
+        conn.execute(statement.as_str())
             .await
-            .map_err(ProjectorError::database)?;
+            .map_err(StoreError::database)?;
     }
     Ok(())
 }
@@ -55,7 +55,7 @@ pub async fn copy_privileges(
     conn: &mut PgConnection,
     from: &str,
     to: &str,
-) -> Result<(), ProjectorError> {
+) -> Result<(), RebuildError> {
     for table in TABLES {
         let statements: Vec<String> = sqlx::query_scalar(PRIVILEGE_STATEMENTS)
             .bind(from)
@@ -63,16 +63,15 @@ pub async fn copy_privileges(
             .bind(table)
             .fetch_all(&mut *conn)
             .await
-            .map_err(ProjectorError::database)?;
+            .map_err(StoreError::database)?;
         if statements.is_empty() {
-            return Err(ProjectorError::Replay(format!(
+            return Err(RebuildError::Tables(format!(
                 "cannot read the rights on {from}.{table} and {to}.{table}"
             )));
         }
-        sqlx::raw_sql(&statements.concat())
-            .execute(&mut *conn)
+        conn.execute(statements.concat().as_str())
             .await
-            .map_err(ProjectorError::database)?;
+            .map_err(StoreError::database)?;
     }
     Ok(())
 }
@@ -116,7 +115,7 @@ pub async fn index_statements(
     conn: &mut PgConnection,
     schema: &str,
     serving: &str,
-) -> Result<Vec<String>, ProjectorError> {
+) -> Result<Vec<String>, RebuildError> {
     let rows: Vec<IndexRow> = sqlx::query_as(
         "SELECT t.relname::text, i.relname::text, pg_get_indexdef(x.indexrelid), \
                 con.conname::text, pg_get_constraintdef(con.oid) \
@@ -132,7 +131,7 @@ pub async fn index_statements(
     .bind(TABLES.map(str::to_owned).to_vec())
     .fetch_all(conn)
     .await
-    .map_err(ProjectorError::database)?;
+    .map_err(StoreError::database)?;
     rows.into_iter()
         .map(|(table, index, definition, constraint, constraint_def)| {
             match (constraint, constraint_def) {
@@ -141,7 +140,7 @@ pub async fn index_statements(
                     quote(&name)
                 )),
                 _ => retarget(&definition, serving, schema, &table).ok_or_else(|| {
-                    ProjectorError::Replay(format!(
+                    RebuildError::Tables(format!(
                         "cannot copy index {index} of the serving tables: {definition}"
                     ))
                 }),

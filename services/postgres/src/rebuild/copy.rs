@@ -1,24 +1,19 @@
-//! Rows into PostgreSQL at bulk speed: the COPY text format of the read model's rows, and a
-//! writer that loads them on a task of its own while the next ones are folded.
+//! Rows into PostgreSQL at bulk speed: the read model's rows in COPY's text format, and a
+//! COPY of some of them.
 
-use crate::batch::{self, WritePart};
-use crate::ProjectorError;
+use crate::sql_error;
 use sqlx::{Connection, PgConnection};
 use std::ops::Range;
+use threadline_ports::rebuild::{BulkRows, Table};
 use threadline_ports::{AppliedMessage, AppliedThread, StoreError};
-use threadline_postgres::sql_error;
-use tokio::sync::mpsc;
 use uuid::Uuid;
-
-/// Bytes of COPY text gathered before they are handed to the writer.
-const CHUNK_BYTES: usize = 4 << 20;
 
 /// Rows in PostgreSQL's COPY text format, for the `threads` and `messages` tables, with
 /// where each row ends (so that a chunk PostgreSQL refuses can be split).
 #[derive(Default)]
 pub struct CopyChunk {
-    pub threads: Vec<u8>,
-    pub messages: Vec<u8>,
+    threads: Vec<u8>,
+    messages: Vec<u8>,
     thread_ends: Vec<usize>,
     message_ends: Vec<usize>,
     /// A message's JSON before it is escaped into `messages`, kept between messages.
@@ -31,15 +26,43 @@ pub const MESSAGE_COLUMNS: &str =
     "id, thread_id, user_json, body, send_by_user, created_at, stream_seq, json";
 
 impl CopyChunk {
-    pub fn len(&self) -> usize {
+    /// The text of rows `part` (not empty) of `table`.
+    pub(crate) fn part(&self, table: Table, part: Range<usize>) -> &[u8] {
+        let (data, ends) = self.table(table);
+        let start = part.start.checked_sub(1).map_or(0, |i| ends[i]);
+        &data[start..ends[part.end - 1]]
+    }
+
+    fn table(&self, table: Table) -> (&[u8], &[usize]) {
+        match table {
+            Table::Threads => (&self.threads, &self.thread_ends),
+            Table::Messages => (&self.messages, &self.message_ends),
+        }
+    }
+}
+
+impl BulkRows for CopyChunk {
+    fn bytes(&self) -> usize {
         self.threads.len() + self.messages.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn rows(&self, table: Table) -> usize {
+        self.table(table).1.len()
     }
 
-    pub fn push_thread(&mut self, t: &AppliedThread) {
+    fn sequence(&self, table: Table, at: usize) -> Option<u64> {
+        // `stream_seq` is a thread's last column, and a message's last but one (before `json`).
+        let row = self.part(table, at..at + 1);
+        match table {
+            Table::Threads => row_sequence(row),
+            Table::Messages => {
+                let json = row.iter().rposition(|b| *b == b'\t')?;
+                row_sequence(&row[..json])
+            }
+        }
+    }
+
+    fn push_thread(&mut self, t: &AppliedThread) {
         let out = &mut self.threads;
         push_field(
             out,
@@ -55,7 +78,7 @@ impl CopyChunk {
         self.thread_ends.push(out.len());
     }
 
-    pub fn push_message(&mut self, m: &AppliedMessage) {
+    fn push_message(&mut self, m: &AppliedMessage) {
         let out = &mut self.messages;
         push_field(
             out,
@@ -147,158 +170,12 @@ fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// Loads COPY chunks into `<schema>.threads` and `<schema>.messages` on a task of its own, so
-/// that PostgreSQL writes one chunk while the next is folded. At most two chunks wait; the
-/// reader then waits for PostgreSQL. A chunk that PostgreSQL refuses is split in halves until
-/// the rows it refuses are found; those are passed over (the live projector set their events
-/// aside) and counted, the others loaded.
-pub struct CopyWriter {
-    chunks: mpsc::Sender<CopyChunk>,
-    task: Option<tokio::task::JoinHandle<Result<(PgConnection, u64), ProjectorError>>>,
-    pending: CopyChunk,
-}
-
-impl CopyWriter {
-    pub fn start(mut conn: PgConnection, schema: &str) -> Self {
-        let (chunks, mut rx) = mpsc::channel::<CopyChunk>(2);
-        let threads_copy = format!("COPY {schema}.threads ({THREAD_COLUMNS}) FROM STDIN");
-        let messages_copy = format!("COPY {schema}.messages ({MESSAGE_COLUMNS}) FROM STDIN");
-        let task = tokio::spawn(async move {
-            let mut refused = 0;
-            while let Some(chunk) = rx.recv().await {
-                for (statement, data, ends) in [
-                    (&threads_copy, chunk.threads, chunk.thread_ends),
-                    (&messages_copy, chunk.messages, chunk.message_ends),
-                ] {
-                    refused += copy_rows(&mut conn, statement, &data, &ends).await?;
-                }
-            }
-            Ok((conn, refused))
-        });
-        Self {
-            chunks,
-            task: Some(task),
-            pending: CopyChunk::default(),
-        }
-    }
-
-    /// Adds rows; hands them to PostgreSQL whenever enough have gathered.
-    pub async fn write(
-        &mut self,
-        threads: &[AppliedThread],
-        messages: &[AppliedMessage],
-    ) -> Result<(), ProjectorError> {
-        for t in threads {
-            self.pending.push_thread(t);
-            if self.pending.len() >= CHUNK_BYTES {
-                self.flush().await?;
-            }
-        }
-        for m in messages {
-            self.pending.push_message(m);
-            if self.pending.len() >= CHUNK_BYTES {
-                self.flush().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), ProjectorError> {
-        let chunk = std::mem::take(&mut self.pending);
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        if self.chunks.send(chunk).await.is_err() {
-            // The writer stopped on an error: report it.
-            self.join().await?;
-        }
-        Ok(())
-    }
-
-    /// Writes what is left and gives the connection back, with how many rows PostgreSQL
-    /// refused.
-    pub async fn finish(mut self) -> Result<(PgConnection, u64), ProjectorError> {
-        self.flush().await?;
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.chunks, closed));
-        self.join().await
-    }
-
-    async fn join(&mut self) -> Result<(PgConnection, u64), ProjectorError> {
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| ProjectorError::Replay("the COPY writer has stopped".into()))?;
-        task.await
-            .map_err(|e| ProjectorError::Replay(format!("the COPY writer failed: {e}")))?
-    }
-}
-
-/// COPYs the rows of `data` (each ending at its offset in `ends`) with `statement`, splitting
-/// them where PostgreSQL refuses some (see [`batch::isolate`]); how many rows it refused, each
-/// logged and passed over.
-async fn copy_rows(
+/// COPYs `rows` of COPY text with `statement`, all of them or none.
+pub(crate) async fn copy_in(
     conn: &mut PgConnection,
     statement: &str,
-    data: &[u8],
-    ends: &[usize],
-) -> Result<u64, ProjectorError> {
-    let rows = Rows { data, ends };
-    let copy = CopyIn {
-        conn,
-        statement,
-        rows,
-    };
-    let refusals = batch::isolate(
-        ends.len(),
-        |e| matches!(e, StoreError::Refused { .. }),
-        copy,
-    )
-    .await
-    .map_err(|failed| ProjectorError::from(failed.error))?;
-    for (at, refusal) in &refusals {
-        if let StoreError::Refused { code, cause } = refusal {
-            tracing::warn!(
-                sequence = row_sequence(rows.part(*at..*at + 1)),
-                "passing over a row PostgreSQL refuses ({code}: {cause}); \
-                 the live projector set its event aside"
-            );
-        }
-    }
-    Ok(refusals.len() as u64)
-}
-
-/// Rows of COPY text, each ending at its offset in `ends`.
-#[derive(Clone, Copy)]
-struct Rows<'a> {
-    data: &'a [u8],
-    ends: &'a [usize],
-}
-
-impl<'a> Rows<'a> {
-    /// The text of the rows whose indexes are in `part` (not empty).
-    fn part(&self, part: Range<usize>) -> &'a [u8] {
-        let start = part.start.checked_sub(1).map_or(0, |i| self.ends[i]);
-        &self.data[start..self.ends[part.end - 1]]
-    }
-}
-
-/// Rows COPYed a part at a time, each part a COPY of its own.
-struct CopyIn<'a> {
-    conn: &'a mut PgConnection,
-    statement: &'a str,
-    rows: Rows<'a>,
-}
-
-impl WritePart for CopyIn<'_> {
-    type Error = StoreError;
-
-    async fn write_part(&mut self, part: Range<usize>) -> Result<(), StoreError> {
-        copy_in(self.conn, self.statement, self.rows.part(part)).await
-    }
-}
-
-async fn copy_in(conn: &mut PgConnection, statement: &str, rows: &[u8]) -> Result<(), StoreError> {
+    rows: &[u8],
+) -> Result<(), StoreError> {
     let mut copy = conn.copy_in_raw(statement).await.map_err(sql_error)?;
     if let Err(e) = copy.send(rows).await {
         // The server may still be waiting for the rest: end the COPY before going on.
@@ -318,15 +195,15 @@ fn row_sequence(row: &[u8]) -> Option<u64> {
 /// Opens a connection of its own for long statements (COPY, index builds): the pool's
 /// statement timeout, meant for requests, does not apply.
 pub async fn bulk_connection(
-    settings: &threadline_postgres::DatabaseSettings,
-) -> Result<PgConnection, ProjectorError> {
+    settings: &crate::DatabaseSettings,
+) -> Result<PgConnection, StoreError> {
     use std::str::FromStr;
     let options = sqlx::postgres::PgConnectOptions::from_str(settings.database_url.expose())
-        .map_err(ProjectorError::database)?
+        .map_err(StoreError::database)?
         .options([("statement_timeout", "0")]);
     PgConnection::connect_with(&options)
         .await
-        .map_err(ProjectorError::database)
+        .map_err(StoreError::database)
 }
 
 #[cfg(test)]
@@ -408,5 +285,47 @@ mod tests {
         push_field(&mut expected, &message.json().expect("json"));
         assert_eq!(out, expected);
         assert!(!out.contains(&b'\t') && !out.contains(&b'\n'));
+    }
+
+    #[test]
+    fn rows_become_copy_text_in_column_order() {
+        let thread = Uuid::from_u128(1);
+        let id = Uuid::from_u128(7);
+        let mut chunk = CopyChunk::default();
+        chunk.push_thread(&AppliedThread {
+            id: thread,
+            user: proto_events::UserJson::from_json(r#""tab\there""#).expect("user"),
+            timestamp: proto_events::Timestamp::parse("2026-11-24T03:22:40.123456Z")
+                .expect("timestamp"),
+            stream_seq: 1,
+        });
+        chunk.push_message(&AppliedMessage {
+            id,
+            thread,
+            user: proto_events::UserJson::from_json(r#""a""#).expect("user"),
+            timestamp: proto_events::Timestamp::parse("2026-11-24T03:22:41.000000Z")
+                .expect("timestamp"),
+            body: proto_events::MessageBody::new("hi".into()).expect("body"),
+            send_by_user: true,
+            stream_seq: 2,
+        });
+        assert_eq!(
+            String::from_utf8_lossy(&chunk.threads),
+            format!("{thread}\t\"tab\\\\there\"\t2026-11-24T03:22:40.123456Z\t1\n")
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&chunk.messages),
+            format!(
+                "{id}\t{thread}\t\"a\"\thi\tt\t2026-11-24T03:22:41.000000Z\t2\t\
+                 {{\"id\":\"{id}\",\"user\":\"a\",\"timestamp\":\"2026-11-24T03:22:41.000000Z\",\
+                 \"body\":\"hi\",\"send_by_user\":true}}\n"
+            )
+        );
+        assert_eq!(
+            (chunk.rows(Table::Threads), chunk.rows(Table::Messages)),
+            (1, 1)
+        );
+        assert_eq!(chunk.sequence(Table::Messages, 0), Some(2));
+        assert_eq!(chunk.part(Table::Threads, 0..1), chunk.threads.as_slice());
     }
 }
