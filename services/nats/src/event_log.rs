@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use threadline_ports::settings::ByteSize;
-use threadline_ports::{report, Cause, Dependency, EventLog, StoreError};
+use threadline_ports::{
+    bounded_text, report, Cause, Dependency, EventLog, StoreError, REASON_MAX_BYTES,
+};
 use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
@@ -282,7 +284,7 @@ impl JetStreamLog {
 
     /// Republishes an invalid event on the dead-letter stream, with why and where it came from,
     /// and waits until that stream has stored it. The record always fits in one NATS message:
-    /// the reason is cut to [`REASON_MAX_BYTES`], and when the payload and the headers together
+    /// the reason is cut to [`REASON_MAX_BYTES`](threadline_ports::REASON_MAX_BYTES), and when the payload and the headers together
     /// would exceed the server's `max_payload`, the record goes without the payload and says
     /// so in `Threadline-Dead-Letter-Payload-Omitted` (the event stays in the event stream at
     /// its sequence, where `dead-letters retry` fetches it). Returns whether the payload was
@@ -329,24 +331,6 @@ impl JetStreamLog {
         ack.await.map_err(StoreError::nats)?;
         Ok(omitted)
     }
-}
-
-/// The most bytes of a set-aside event's reason kept in its record: a parser's message may
-/// quote the event at length.
-pub const REASON_MAX_BYTES: usize = 300;
-
-/// `text` cut to at most `max` bytes on a character boundary, with `…` (within the bound)
-/// where it was cut.
-pub fn bounded_text(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mark = if max >= "…".len() { "…" } else { "" };
-    let mut end = max - mark.len();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{mark}", &text[..end])
 }
 
 /// How many bytes `headers` take on the wire, as NATS counts them against `max_payload`.
@@ -656,19 +640,6 @@ impl Dependency for JetStreamLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_bounded_text_is_cut_on_a_character_boundary() {
-        assert_eq!(bounded_text("short", 300), "short");
-        let long = "é".repeat(400);
-        let cut = bounded_text(&long, 300);
-        assert!(cut.len() <= 300, "{}", cut.len());
-        assert!(cut.ends_with('…'));
-        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
-        for max in 0..12 {
-            assert!(bounded_text("aé€😀aé€😀", max).len() <= max);
-        }
-    }
 
     #[test]
     fn a_record_without_room_for_its_payload_is_sent_without_it() {

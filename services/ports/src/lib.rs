@@ -15,6 +15,7 @@ pub mod read_model;
 pub mod rebuild;
 pub mod secret;
 pub mod settings;
+pub mod text;
 pub mod thread_messages;
 
 pub use error::{report, Backend, Cause, StoreError};
@@ -26,4 +27,5 @@ pub use projection::{
     StoredEvent,
 };
 pub use read_model::{AppliedMessage, AppliedThread, Changes, ReadModel, ThreadRead};
+pub use text::{bounded_text, REASON_MAX_BYTES};
 pub use thread_messages::{LiveMessage, LiveMessages, StoredMessage, ThreadMessages};

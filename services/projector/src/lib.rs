@@ -283,9 +283,9 @@ impl<L: ProjectionSource> Projector<L> {
             tracing::warn!(
                 subject = %event.subject, sequence = event.sequence, reason = reason.code(),
                 "setting an invalid event aside: {}",
-                threadline_nats::event_log::bounded_text(
+                threadline_ports::bounded_text(
                     &reason.to_string(),
-                    threadline_nats::event_log::REASON_MAX_BYTES
+                    threadline_ports::REASON_MAX_BYTES
                 )
             );
             retry::until_ready("setting an invalid event aside", shutdown, || {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use threadline_nats::event_log::bounded_text;
+use threadline_ports::bounded_text;
 use threadline_ports::{Cause, Dependency};
 
 /// The most bytes of an error shown by the log line.
