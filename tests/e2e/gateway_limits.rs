@@ -28,7 +28,7 @@ async fn sockets_past_the_per_address_and_per_gateway_limits_are_refused() {
     let app = options()
         .env("WS_MAX_SOCKETS_PER_IP", "2")
         .env("WS_MAX_SOCKETS", "3")
-        .env("WS_TRUSTED_PROXIES", "127.0.0.1")
+        .env("TRUSTED_PROXIES", "127.0.0.1")
         .start()
         .await;
     let thread = app.new_thread().await;

@@ -13,16 +13,16 @@ pub mod socket;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use clap::Args;
 use feeds::{Backlog, Feeds, WatchError};
 use futures::StreamExt;
-use limits::{Admission, TrustedProxy};
+use limits::Admission;
 use serde_json::json;
 use socket::{close_for_backlog, session, SessionLimits};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,6 +31,7 @@ use std::time::Duration;
 use threadline_nats::NatsSettings;
 use threadline_ports::settings::parse_duration;
 use threadline_ports::{report, EventLog, StoreError, ThreadMessages};
+use threadline_runtime::client::Client;
 use threadline_runtime::metrics::register;
 use threadline_runtime::server::{method_not_allowed, NOT_FOUND_DETAIL};
 use threadline_runtime::{HttpSettings, Role};
@@ -64,19 +65,11 @@ pub struct GatewaySettings {
     #[arg(long, env = "WS_MAX_SOCKETS", default_value_t = 15_000)]
     pub ws_max_sockets: usize,
 
-    /// Most websockets from one client address at once (0: no limit); past it the upgrade
-    /// gets 429.
-    #[arg(long, env = "WS_MAX_SOCKETS_PER_IP", default_value_t = 100)]
+    /// Most websockets from one client (an IPv4 address or an IPv6 /64; behind a proxy in
+    /// TRUSTED_PROXIES, the address it forwards) at once (0: no limit); past it the upgrade
+    /// gets 429. High enough for the visitors behind one carrier-grade NAT or office proxy.
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_IP", default_value_t = 1_000)]
     pub ws_max_sockets_per_ip: usize,
-
-    /// Proxies (addresses or CIDR blocks, comma-separated) whose forwarding header names the
-    /// client's address; from anyone else the header is ignored.
-    #[arg(long, env = "WS_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
-    pub ws_trusted_proxies: Vec<TrustedProxy>,
-
-    /// The header in which a trusted proxy forwards the client's address.
-    #[arg(long, env = "WS_FORWARDED_HEADER", default_value = "x-forwarded-for")]
-    pub ws_forwarded_header: HeaderName,
 
     /// Largest frame or message (fragments together) a client may send; a larger one closes
     /// the socket with 1009. Clients of the contract send nothing.
@@ -93,6 +86,13 @@ pub struct GatewaySettings {
 /// contract's clients send only control frames (a pong is at most 131 bytes); a larger
 /// message, up to `WS_MAX_MESSAGE_BYTES`, makes the buffer grow for as long as it takes.
 const READ_BUFFER_BYTES: usize = 256;
+
+/// Settings of earlier versions that a later one replaced: a gateway refuses to start with
+/// one rather than silently stop believing its proxies.
+const RENAMED: [(&str, &str); 2] = [
+    ("WS_TRUSTED_PROXIES", "TRUSTED_PROXIES"),
+    ("WS_FORWARDED_HEADER", "FORWARDED_HEADER"),
+];
 
 /// Everything the `gateway` role needs to run on its own.
 #[derive(Debug, Clone, Args)]
@@ -134,8 +134,6 @@ impl Gateway {
             admission: Admission::new(
                 settings.ws_max_sockets,
                 settings.ws_max_sockets_per_ip,
-                settings.ws_trusted_proxies.clone(),
-                settings.ws_forwarded_header.clone(),
                 settings.ws_allowed_origins.clone(),
             ),
             max_message_bytes: settings.ws_max_message_bytes.max(125),
@@ -270,7 +268,7 @@ fn percent_decode(text: &str) -> String {
 #[tracing::instrument(skip_all, fields(thread_id))]
 async fn connect(
     State(gateway): State<Gateway>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    client: Option<Extension<Client>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     thread: Result<Path<String>, PathRejection>,
@@ -301,12 +299,8 @@ async fn connect(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection,
     };
-    let peer = peer.map_or(
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        |Extension(ConnectInfo(a))| a.ip(),
-    );
-    let address = gateway.admission.client_address(peer, &headers);
-    let permit = match gateway.admission.admit(address) {
+    let client = client.map_or(Client::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), |c| c.0);
+    let permit = match gateway.admission.admit(client.key) {
         Ok(permit) => permit,
         Err(refusal) => return refused(refusal),
     };
@@ -376,6 +370,11 @@ impl Drop for OpenSocket {
 /// Runs the `gateway` role until `shutdown` fires: it stops accepting, and its open sockets
 /// get a 1012 close frame (service restart) so that their clients reconnect elsewhere.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    for (old, new) in RENAMED {
+        if std::env::var_os(old).is_some() {
+            anyhow::bail!("{old} is now {new}, one setting for every role; rename it");
+        }
+    }
     let Some((role, log)) = Role::start_reader(
         settings.listen_addr,
         &settings.nats,

@@ -4,6 +4,7 @@
 //! `/readyz`, and record and render the metrics. [`Role`] wires these around a role's own
 //! routes and work.
 
+pub mod client;
 pub mod health;
 pub mod metrics;
 pub mod retry;

@@ -207,6 +207,10 @@ pub fn finish(router: Router, http: &HttpSettings) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(axum::middleware::from_fn_with_state(
+            http.clients(),
+            crate::client::identify,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             trusted,
             screen_request_id,
         ));

@@ -21,10 +21,16 @@ pub struct HttpSettings {
     )]
     pub cors_allowed_origins: Vec<String>,
 
-    /// Proxies (addresses or CIDR blocks, comma-separated) whose `x-request-id` is kept; from
-    /// anyone else, or longer than 128 bytes, the role makes a new id.
+    /// Proxies (addresses or CIDR blocks, comma-separated) that are believed: their
+    /// forwarding header names the client's address (for every per-client limit) and their
+    /// `x-request-id` is kept. From anyone else both are ignored.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', num_args = 0..)]
     pub trusted_proxies: Vec<crate::server::TrustedProxy>,
+
+    /// The header in which a trusted proxy forwards the client's address (the last address
+    /// in it that is not itself a trusted proxy is the client's).
+    #[arg(long, env = "FORWARDED_HEADER", default_value = "x-forwarded-for")]
+    pub forwarded_header: axum::http::HeaderName,
 
     /// Address of a listener of its own for `/metrics` and `/readyz` (and `/healthz`), e.g.
     /// `0.0.0.0:9090`; then LISTEN_ADDR answers those two with 404. Unset: all on LISTEN_ADDR.
@@ -33,6 +39,11 @@ pub struct HttpSettings {
 }
 
 impl HttpSettings {
+    /// How the role tells its clients apart.
+    pub fn clients(&self) -> crate::client::Clients {
+        crate::client::Clients::new(self.trusted_proxies.clone(), self.forwarded_header.clone())
+    }
+
     /// The allowed origins, without blanks; a malformed one is a configuration error.
     pub fn cors_origins(&self) -> Result<Vec<axum::http::HeaderValue>, String> {
         self.cors_allowed_origins
@@ -90,6 +101,7 @@ mod tests {
             shutdown_timeout: Duration::from_secs(1),
             cors_allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
             trusted_proxies: Vec::new(),
+            forwarded_header: axum::http::HeaderName::from_static("x-forwarded-for"),
             admin_listen_addr: None,
         }
     }

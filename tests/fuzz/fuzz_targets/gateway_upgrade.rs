@@ -1,7 +1,7 @@
 //! What the gateway reads from a websocket upgrade before any socket exists: the `?since=`
 //! resume parameter of the query string, the `Origin` header against the allow-list, and the
 //! client's address from a trusted proxy's forwarding header (and the proxy list itself, as
-//! written in `WS_TRUSTED_PROXIES`). Frames from the client are never parsed: there is nothing
+//! written in `TRUSTED_PROXIES`). Frames from the client are never parsed: there is nothing
 //! else to fuzz there.
 //!
 //! Input: `query\npeer address\ntrusted proxies (comma-separated)\nforwarded header values
@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr};
 use threadline_fuzz::{optional, split, text};
-use threadline_gateway::limits::{Admission, TrustedProxy};
+use threadline_gateway::limits::{Admission, Clients, TrustedProxy};
 use threadline_gateway::parse_since;
 use uuid::Uuid;
 
@@ -38,12 +38,10 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let allowed: Vec<String> = text(allowed).split(',').map(str::to_owned).collect();
     let forwarded_header = HeaderName::from_static("x-forwarded-for");
-    let admission = Admission::new(
-        0,
-        0,
+    let admission = Admission::new(0, 0, allowed.clone());
+    let clients = Clients::new(
         proxies.iter().map(|(p, _)| *p).collect(),
         forwarded_header.clone(),
-        allowed.clone(),
     );
     let cidrs: Vec<Cidr> = proxies.into_iter().map(|(_, c)| c).collect();
 
@@ -61,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         .trim()
         .parse()
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    client_address(&admission, &cidrs, peer, &headers);
+    client_address(&clients, &cidrs, peer, &headers);
     origin_check(&admission, &allowed, &headers);
 });
 
@@ -126,7 +124,7 @@ impl Cidr {
     }
 }
 
-fn client_address(admission: &Admission, proxies: &[Cidr], peer: IpAddr, headers: &HeaderMap) {
+fn client_address(clients: &Clients, proxies: &[Cidr], peer: IpAddr, headers: &HeaderMap) {
     let trusted = |a: IpAddr| proxies.iter().any(|p| p.contains(a));
     let peer_canonical = peer.to_canonical();
     let expected = if trusted(peer_canonical) {
@@ -143,7 +141,7 @@ fn client_address(admission: &Admission, proxies: &[Cidr], peer: IpAddr, headers
     } else {
         peer_canonical
     };
-    assert_eq!(admission.client_address(peer, headers), expected);
+    assert_eq!(clients.address(peer, headers), expected);
 }
 
 fn origin_check(admission: &Admission, allowed: &[String], headers: &HeaderMap) {

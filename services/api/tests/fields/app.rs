@@ -146,6 +146,7 @@ impl App {
             shutdown_timeout: Duration::from_secs(10),
             cors_allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            forwarded_header: axum::http::HeaderName::from_static("x-forwarded-for"),
             admin_listen_addr: None,
         };
         App {
