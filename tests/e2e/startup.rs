@@ -156,6 +156,13 @@ async fn a_malformed_setting_stops_the_role_with_one_clear_line() {
         ),
         ("projector", "STREAM_NAME", "has.dots", "STREAM_NAME"),
         ("all", "SUBJECT_PREFIX", "a b", "SUBJECT_PREFIX"),
+        // Renamed: silently ignoring it would count every visitor as the proxy.
+        (
+            "gateway",
+            "WS_TRUSTED_PROXIES",
+            "10.0.0.0/8",
+            "WS_TRUSTED_PROXIES",
+        ),
     ];
     for (role, key, value, named) in cases {
         let (code, stderr) = run_with(role, &app, key, value).await;

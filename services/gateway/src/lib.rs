@@ -94,6 +94,16 @@ const RENAMED: [(&str, &str); 2] = [
     ("WS_FORWARDED_HEADER", "FORWARDED_HEADER"),
 ];
 
+/// Stops a process that still sets one of the [`RENAMED`] settings, with one line.
+pub fn refuse_renamed_settings() -> anyhow::Result<()> {
+    for (old, new) in RENAMED {
+        if std::env::var_os(old).is_some() {
+            anyhow::bail!("{old} is now {new}, one setting for every role; rename it");
+        }
+    }
+    Ok(())
+}
+
 /// Everything the `gateway` role needs to run on its own.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -370,11 +380,7 @@ impl Drop for OpenSocket {
 /// Runs the `gateway` role until `shutdown` fires: it stops accepting, and its open sockets
 /// get a 1012 close frame (service restart) so that their clients reconnect elsewhere.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    for (old, new) in RENAMED {
-        if std::env::var_os(old).is_some() {
-            anyhow::bail!("{old} is now {new}, one setting for every role; rename it");
-        }
-    }
+    refuse_renamed_settings()?;
     let Some((role, log)) = Role::start_reader(
         settings.listen_addr,
         &settings.nats,

@@ -85,6 +85,7 @@ pub async fn run(role: Role, shutdown: CancellationToken) -> anyhow::Result<()> 
 /// Runs api, projector and gateway in one process, sharing one NATS connection and one
 /// database pool.
 pub async fn run_all(settings: AllSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    threadline_gateway::refuse_renamed_settings()?;
     let Some((role, log, read)) = threadline_runtime::Role::start_with_read_model(
         settings.listen_addr,
         &settings.nats,
