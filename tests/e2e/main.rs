@@ -8,6 +8,7 @@ mod harness;
 
 mod all_in_one;
 mod api_documents;
+mod behind_nginx;
 mod consistency;
 mod degraded;
 mod deploy_settings;

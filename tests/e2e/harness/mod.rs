@@ -8,6 +8,7 @@ pub mod ids;
 pub mod load;
 pub mod metrics;
 pub mod nats;
+pub mod nginx;
 pub mod operator;
 pub mod postgres;
 pub mod process;
