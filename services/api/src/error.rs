@@ -35,6 +35,13 @@ pub enum ApiError {
     BadIdempotencyKey,
     #[error("the Idempotency-Key was used for a request with another body")]
     IdempotencyKeyReused,
+    /// Over a rate limit (`RATE_LIMIT_THREADS`, `RATE_LIMIT_MESSAGES`): 429, told to wait
+    /// this long.
+    #[error("throttled: expected available in {0:?}")]
+    Throttled(std::time::Duration),
+    /// An agent's message without the agent token (`AGENT_TOKEN`): 403.
+    #[error("an agent's message without the agent token")]
+    PermissionDenied,
     /// A fault of this service's own (a record it cannot read back): 500, logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +104,25 @@ impl IntoResponse for ApiError {
             ApiError::IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"detail": "This Idempotency-Key was already used for a request with a different body."}),
+            ),
+            ApiError::Throttled(wait) => {
+                // DRF's `Throttled`: the wait rounded up to whole seconds, in the detail and
+                // in Retry-After (which DRF leaves out for a wait of 0).
+                let seconds = crate::throttle::whole_seconds(*wait);
+                let body = json!({"detail": crate::throttle::throttled_detail(seconds)});
+                if seconds == 0 {
+                    return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+                }
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, seconds.to_string())],
+                    Json(body),
+                )
+                    .into_response();
+            }
+            ApiError::PermissionDenied => (
+                StatusCode::FORBIDDEN,
+                json!({"detail": "You do not have permission to perform this action."}),
             ),
             ApiError::Internal(cause) => {
                 tracing::error!("answering 500: {cause}");

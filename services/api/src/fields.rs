@@ -80,6 +80,12 @@ impl ThreadRef {
     }
 }
 
+/// A thread that holds `most` messages already (`THREAD_MAX_MESSAGES`), in the words of
+/// Django's length validators.
+pub fn thread_full(most: u64) -> String {
+    format!("Ensure this thread has no more than {most} messages.")
+}
+
 /// `thread`: a primary key, parsed as Django's `UUIDField` parses it.
 pub fn thread(data: &Map<String, Value>) -> Result<ThreadRef, String> {
     let value = data.get("thread").ok_or(REQUIRED)?;

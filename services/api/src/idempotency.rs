@@ -154,6 +154,12 @@ impl Idempotency {
         Self { store, subjects }
     }
 
+    /// Whether `key` holds a request answered before (this one's, or another's), claiming
+    /// nothing.
+    pub async fn recorded(&self, key: &Key) -> Result<bool, ApiError> {
+        Ok(self.store.get(&key.0).await?.is_some())
+    }
+
     /// Records the request (a fingerprint of its body `raw` and the event built for it) under
     /// `key`, or finds the earlier request recorded there.
     async fn claim(

@@ -6,6 +6,7 @@
 //! difference. The API's OpenAPI document is `openapi.json` beside this crate's sources,
 //! served at `/openapi.json`.
 
+pub mod agent;
 pub mod error;
 pub mod fields;
 pub mod hot;
@@ -13,6 +14,7 @@ pub mod idempotency;
 pub mod messages;
 pub mod request;
 pub mod threads;
+pub mod throttle;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -24,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use threadline_nats::{JetStreamLog, KvIdempotency, NatsSettings};
+use threadline_ports::secret::Secret;
 use threadline_ports::settings::{parse_bytes, parse_duration, ByteSize};
 use threadline_ports::{EventLog, ReadModel, StoreError};
 use threadline_postgres::{DatabaseSettings, PgReadModel};
@@ -33,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use idempotency::Idempotency;
+pub use throttle::{Rate, Throttles};
 
 /// How the API answers.
 #[derive(Debug, Clone, Args)]
@@ -64,6 +68,44 @@ pub struct ApiSettings {
     /// 1 MiB) is never kept.
     #[arg(long, env = "HOT_THREADS_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub hot_threads_bytes: ByteSize,
+
+    /// Most `POST /chat/thread/` per client (an IPv4 address or an IPv6 /64) and per api
+    /// process, in DRF's rate syntax: `10/min` (N/s, N/m, N/h or N/d; only the period's first
+    /// letter counts). Past it: 429 with Retry-After. Unset: no limit.
+    #[arg(long, env = "RATE_LIMIT_THREADS", value_parser = throttle::parse_rate)]
+    pub rate_limit_threads: Option<Rate>,
+
+    /// Most `POST /chat/message/` per client and per api process, as RATE_LIMIT_THREADS:
+    /// `60/min`. Unset: no limit.
+    #[arg(long, env = "RATE_LIMIT_MESSAGES", value_parser = throttle::parse_rate)]
+    pub rate_limit_messages: Option<Rate>,
+
+    /// Most clients each rate limit keeps a count of (about 100 bytes each); while it is full
+    /// of recent ones, the clients it does not count yet share one count.
+    #[arg(long, env = "RATE_LIMIT_MAX_CLIENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_max_clients: u32,
+
+    /// Most messages a thread may hold for a post to add one more (0: no bound); a post to a
+    /// thread that holds them gets 400 `{"thread": [...]}`. Agent replies published straight
+    /// to NATS are not refused, and count.
+    #[arg(long, env = "THREAD_MAX_MESSAGES", default_value_t = 0)]
+    pub thread_max_messages: u64,
+
+    /// Token that an HTTP post of an agent's message (`send_by_user` false or absent) must
+    /// carry as `Authorization: Bearer <token>`, else 403. Unset: anyone may post as an agent.
+    #[arg(long, env = "AGENT_TOKEN", hide_env_values = true, value_parser = agent::parse_token, conflicts_with = "agent_token_file")]
+    pub agent_token: Option<Secret>,
+
+    /// File holding AGENT_TOKEN (a mounted secret), read once at start.
+    #[arg(long, env = "AGENT_TOKEN_FILE", value_parser = agent::read_token_file)]
+    pub agent_token_file: Option<Secret>,
+}
+
+impl ApiSettings {
+    /// The agent token, from AGENT_TOKEN or AGENT_TOKEN_FILE, if either is set.
+    pub fn agent_token(&self) -> Option<&Secret> {
+        self.agent_token.as_ref().or(self.agent_token_file.as_ref())
+    }
 }
 
 /// The stream forgets a `Nats-Msg-Id` after 2 minutes; a shorter window would let a retry that
@@ -105,6 +147,8 @@ pub struct AppState {
     pub append_timeout: Duration,
     pub settings: Arc<ApiSettings>,
     pub hot: hot::HotThreads,
+    /// The rate limits of the POSTs, per client.
+    pub throttles: Throttles,
 }
 
 impl AppState {
@@ -145,6 +189,7 @@ impl AppState {
             log,
             read,
             idempotency,
+            throttles: Throttles::from_settings(&settings),
             settings: Arc::new(settings),
             hot,
         })

@@ -4,7 +4,7 @@ use crate::error::{ApiError, FieldErrors};
 use crate::idempotency::Key;
 use crate::{fields, request, AppState};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use proto_events::{new_id, Event, ThreadCreated, ThreadView, Timestamp};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use threadline_ports::{report, StoreError, ThreadRead};
+use threadline_runtime::client::Client;
 use threadline_runtime::metrics::names;
 use uuid::Uuid;
 
@@ -19,9 +20,14 @@ use uuid::Uuid;
 #[tracing::instrument(skip_all)]
 pub async fn create_thread(
     State(state): State<AppState>,
+    client: Option<Extension<Client>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Before the body is read: a client over its rate costs no more than this.
+    state
+        .throttles
+        .thread_created(client.as_ref().map(|c| &c.0))?;
     let key = Key::from_headers(&headers, "thread")?;
     let request = request::json_object(&headers, body, state.settings.max_body_bytes).await?;
     let user = fields::user(&request.object).map_err(|message| {

@@ -2,6 +2,7 @@
 
 use crate::coalesce::{Answer, Coalesce};
 use crate::existence::{self, KnownThreads, MissingThreads};
+use crate::message_count::Tallies;
 use crate::settings::NatsSettings;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, stream};
@@ -47,6 +48,8 @@ pub struct JetStreamLog {
     /// unknown ids wait their turn instead of multiplying the stream leader's work.
     lookups_allowed: Arc<Semaphore>,
     connections: watch::Receiver<u64>,
+    /// Threads' message counts, kept to count on from (`THREAD_MAX_MESSAGES`).
+    tallies: Tallies,
 }
 
 /// How many distinct thread lookups one process sends to the stream leader at once.
@@ -122,6 +125,7 @@ impl JetStreamLog {
             head_asked: Coalesce::new(settings.nats_timeout, 1),
             lookups_allowed: Arc::new(Semaphore::new(LOOKUPS_AT_ONCE)),
             connections,
+            tallies: Tallies::default(),
         })
     }
 
@@ -244,6 +248,26 @@ impl JetStreamLog {
             .await
             .map_err(StoreError::nats)?;
         Ok(Some(last_message.map_or(created, |m| m.max(created))))
+    }
+
+    /// The count behind [`EventLog::thread_message_count`], without its bound (see
+    /// [`message_count`](crate::message_count)).
+    async fn message_count(&self, thread: Uuid) -> Result<u64, StoreError> {
+        let _turn = self
+            .lookups_allowed
+            .acquire()
+            .await
+            .map_err(StoreError::nats)?;
+        let subject = self.subjects.message_posted(thread);
+        self.tallies
+            .count(
+                &self.jetstream,
+                &self.stream,
+                &self.settings.stream_name,
+                thread,
+                &subject,
+            )
+            .await
     }
 
     /// The answer behind [`EventLog::applied_everything`], without its bound.
@@ -589,6 +613,10 @@ impl EventLog for JetStreamLog {
 
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
         self.bounded(self.last_sequence(thread)).await
+    }
+
+    async fn thread_message_count(&self, thread: Uuid) -> Result<u64, StoreError> {
+        self.bounded(self.message_count(thread)).await
     }
 
     async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError> {

@@ -123,6 +123,13 @@ impl IdempotencyStore for KvIdempotency {
             .await
             .unwrap_or_else(|_| Err(StoreError::nats("idempotency store timed out")))
     }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match tokio::time::timeout(self.timeout, self.store.get(key)).await {
+            Ok(found) => found.map_err(StoreError::nats),
+            Err(_) => Err(StoreError::nats("idempotency store timed out")),
+        }
+    }
 }
 
 /// The room the event log keeps under the server's `max_payload` for an event's headers.

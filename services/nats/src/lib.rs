@@ -2,8 +2,9 @@
 //! thread's existence and the lookups shared by concurrent callers, the projector's durable
 //! consumer and the replay of the stream for `rebuild` and `verify`, a thread's messages as
 //! the gateway reads them (the [`ThreadMessages`](threadline_ports::ThreadMessages) of
-//! [`thread_messages`]), the API's idempotency store ([`KvIdempotency`]), the events set aside
-//! as invalid, and the settings of all of them ([`NatsSettings`]).
+//! [`thread_messages`]), the API's idempotency store ([`KvIdempotency`]), a thread's message
+//! count for the API's bound on it ([`message_count`]), the events set aside as invalid, and
+//! the settings of all of them ([`NatsSettings`]).
 
 pub mod coalesce;
 pub mod consumer;
@@ -12,6 +13,7 @@ pub mod event_log;
 pub mod events;
 pub mod existence;
 pub mod idempotency;
+pub mod message_count;
 pub mod replay;
 pub mod settings;
 pub mod thread_messages;

@@ -22,6 +22,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// do not count: they change nothing.
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError>;
 
+    /// How many message events the log holds on the thread's subject, whoever published
+    /// them (the Slack integration's too, and any set aside as invalid); an event appended
+    /// again under its id counts once. One request to the log per call: asked only where a
+    /// bound needs it (`THREAD_MAX_MESSAGES`).
+    async fn thread_message_count(&self, thread: Uuid) -> Result<u64, StoreError>;
+
     /// A sequence through which every event has been applied to the read model. Cheap when
     /// the last answer was already at least `wanted`.
     async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError>;

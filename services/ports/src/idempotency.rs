@@ -9,4 +9,7 @@ use bytes::Bytes;
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Stores `record` under `key` unless the key holds a record already; that record if so.
     async fn claim(&self, key: &str, record: Bytes) -> Result<Option<Bytes>, StoreError>;
+
+    /// The record under `key`, if the key holds one, claiming nothing.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
 }

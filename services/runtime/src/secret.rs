@@ -45,9 +45,11 @@ pub struct ExamplePasswordSettings {
 /// The credential-bearing settings, by clap's id, and the names an operator knows them by.
 const URL_SETTINGS: [(&str, &str); 2] =
     [("database_url", "DATABASE_URL"), ("nats_url", "NATS_URL")];
-const SECRET_SETTINGS: [(&str, &str); 2] = [
+const SECRET_SETTINGS: [(&str, &str); 4] = [
     ("nats_password", "NATS_PASSWORD"),
     ("nats_token", "NATS_TOKEN"),
+    ("agent_token", "AGENT_TOKEN"),
+    ("agent_token_file", "AGENT_TOKEN_FILE"),
 ];
 
 /// Refuses a command line (any role or command: its settings as clap read them, however deep

@@ -1,7 +1,8 @@
 //! The API in this process: [`threadline_api::router`] behind the layers every served role
 //! gets ([`threadline_runtime::server::finish`]: the JSON 404, request ids, tracing, metrics),
 //! called with `tower::ServiceExt::oneshot` as axum's `examples/testing` does, over backends
-//! that record every call and refuse all of them but the question whether a thread exists.
+//! that record every call and refuse all of them but the question whether a thread exists
+//! ([`App::new`]), or that store what the API appends and claims ([`App::storing`]).
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -10,10 +11,11 @@ use axum::Router;
 use bytes::Bytes;
 use proto_events::{EncodedEvent, Subjects};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use threadline_api::hot::HotThreads;
-use threadline_api::{ApiSettings, AppState, Idempotency};
+use threadline_api::{ApiSettings, AppState, Idempotency, Throttles};
 use threadline_ports::{
     AppliedMessage, AppliedThread, EventLog, IdempotencyStore, ReadModel, StoreError, ThreadRead,
 };
@@ -38,6 +40,8 @@ pub enum Call {
     ReadThread(Uuid),
     ApplyRows,
     ClaimKey,
+    CountMessages(Uuid),
+    GetKey,
 }
 
 /// The event log, the read model and the idempotency store at once: each call is recorded;
@@ -47,11 +51,28 @@ struct Backends {
     thread: Uuid,
     refusal: fn() -> StoreError,
     calls: Mutex<Vec<Call>>,
+    /// Whether appends and claims are stored rather than refused.
+    stores: bool,
+    /// The events appended, by id (an event appended again is stored once), in order.
+    events: Mutex<Vec<EncodedEvent>>,
+    /// The idempotency records claimed, by key.
+    records: Mutex<HashMap<String, Bytes>>,
 }
 
 impl Backends {
     fn record(&self, call: Call) {
         self.calls.lock().expect("calls").push(call);
+    }
+
+    fn stored_messages(&self, thread: Uuid) -> u64 {
+        let events = self.events.lock().expect("events");
+        events
+            .iter()
+            .filter(|e| {
+                e.event().thread() == thread
+                    && e.event().kind() == proto_events::EventKind::MessagePosted
+            })
+            .count() as u64
     }
 
     fn refuse<T>(&self, call: Call) -> Result<T, StoreError> {
@@ -62,8 +83,26 @@ impl Backends {
 
 #[async_trait]
 impl EventLog for Backends {
-    async fn append(&self, _: &EncodedEvent) -> Result<u64, StoreError> {
-        self.refuse(Call::Append)
+    async fn append(&self, event: &EncodedEvent) -> Result<u64, StoreError> {
+        if !self.stores {
+            return self.refuse(Call::Append);
+        }
+        self.record(Call::Append);
+        let mut events = self.events.lock().expect("events");
+        let id = event.event().id();
+        let sequence = match events.iter().position(|e| e.event().id() == id) {
+            Some(at) => at + 1,
+            None => {
+                events.push(event.clone());
+                events.len()
+            }
+        };
+        Ok(sequence as u64)
+    }
+
+    async fn thread_message_count(&self, thread: Uuid) -> Result<u64, StoreError> {
+        self.record(Call::CountMessages(thread));
+        Ok(self.stored_messages(thread))
     }
 
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError> {
@@ -97,8 +136,27 @@ impl ReadModel for Backends {
 
 #[async_trait]
 impl IdempotencyStore for Backends {
-    async fn claim(&self, _: &str, _: Bytes) -> Result<Option<Bytes>, StoreError> {
-        self.refuse(Call::ClaimKey)
+    async fn claim(&self, key: &str, record: Bytes) -> Result<Option<Bytes>, StoreError> {
+        if !self.stores {
+            return self.refuse(Call::ClaimKey);
+        }
+        self.record(Call::ClaimKey);
+        let mut records = self.records.lock().expect("records");
+        match records.get(key) {
+            Some(earlier) => Ok(Some(earlier.clone())),
+            None => {
+                records.insert(key.to_owned(), record);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        if !self.stores {
+            return self.refuse(Call::GetKey);
+        }
+        self.record(Call::GetKey);
+        Ok(self.records.lock().expect("records").get(key).cloned())
     }
 }
 
@@ -122,23 +180,49 @@ impl App {
 
     /// As [`new`](Self::new), with backends that refuse with the error `refusal` makes.
     pub fn refusing_with(refusal: fn() -> StoreError) -> App {
+        App::start(refusal, false, |_| {})
+    }
+
+    /// The API with the settings `configure` makes of the defaults, over backends that store
+    /// what is appended and claimed (and refuse reads of the read model): [`THREAD`] holds
+    /// the messages posted to it.
+    pub fn storing(configure: impl FnOnce(&mut ApiSettings)) -> App {
+        App::start(unavailable, true, configure)
+    }
+
+    fn start(
+        refusal: fn() -> StoreError,
+        stores: bool,
+        configure: impl FnOnce(&mut ApiSettings),
+    ) -> App {
         let backends = Arc::new(Backends {
             thread: THREAD.parse().expect("a UUID"),
             refusal,
             calls: Mutex::new(Vec::new()),
+            stores,
+            events: Mutex::new(Vec::new()),
+            records: Mutex::new(HashMap::new()),
         });
-        let settings = ApiSettings {
+        let mut settings = ApiSettings {
             max_body_bytes: MAX_BODY_BYTES,
             read_your_writes_timeout: Duration::from_secs(3),
             idempotency_window: Duration::from_secs(24 * 3600),
             idempotency_max_bytes: Some(1 << 30),
             hot_threads_bytes: None,
+            rate_limit_threads: None,
+            rate_limit_messages: None,
+            rate_limit_max_clients: 100_000,
+            thread_max_messages: 0,
+            agent_token: None,
+            agent_token_file: None,
         };
+        configure(&mut settings);
         let state = AppState {
             log: backends.clone(),
             read: backends.clone(),
             idempotency: Idempotency::new(backends.clone(), Subjects::default()),
             append_timeout: Duration::from_secs(5),
+            throttles: Throttles::from_settings(&settings),
             settings: Arc::new(settings),
             hot: HotThreads::off(),
         };
@@ -194,8 +278,25 @@ impl App {
 
     /// POSTs `body` to `path` as `application/json`.
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.post_with(path, body, &[]).await
+    }
+
+    /// POSTs `body` to `path` as `application/json`, with `headers` besides.
+    pub async fn post_with(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
         let bytes = serde_json::to_vec(body).expect("JSON");
-        self.post_raw(path, bytes, Some("application/json")).await
+        let mut request = Request::post(path)
+            .header(header::CONTENT_LENGTH, bytes.len())
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Body::from(bytes)).expect("a request"))
+            .await
+    }
+
+    /// How many messages [`THREAD`] holds (with [`storing`](Self::storing) backends).
+    pub fn messages_stored(&self) -> u64 {
+        self.backends.stored_messages(self.backends.thread)
     }
 
     /// The calls made to the backends since the last time they were taken.

@@ -11,6 +11,7 @@
 //! an event larger than nats-server takes, and one missing-fields check end to end.
 
 mod app;
+mod guards;
 
 use app::{App, Call, MAX_BODY_BYTES, THREAD};
 use axum::body::Body;
