@@ -29,6 +29,33 @@ pub fn parse_token(text: &str) -> Result<Secret, String> {
     Ok(token.parse().unwrap_or_else(|never| match never {}))
 }
 
+/// clap's parser of `AGENT_TOKEN`: [`parse_token`], with an error that does not show the
+/// value given (clap's own errors quote the value they refuse).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenParser;
+
+impl clap::builder::TypedValueParser for TokenParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let refuse = |reason: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("AGENT_TOKEN: {reason}\n"),
+            )
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("the agent token is not UTF-8"))?;
+        parse_token(text).map_err(|e| refuse(&e))
+    }
+}
+
 /// Reads `AGENT_TOKEN_FILE` (a mounted secret, for example): the file's text, a final line
 /// break or white space around it dropped, as [`parse_token`] takes it.
 pub fn read_token_file(path: &str) -> Result<Secret, String> {
@@ -113,6 +140,25 @@ mod tests {
         let error = parse_token("two words").unwrap_err();
         assert!(!error.contains("two"), "{error}");
         assert!(parse_token("caf\u{e9}").is_err());
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Settings {
+        #[arg(long, value_parser = TokenParser)]
+        agent_token: Option<Secret>,
+    }
+
+    #[test]
+    fn a_refused_token_is_not_shown() {
+        use clap::Parser;
+        let parsed = Settings::try_parse_from(["t", "--agent-token", " t0ken\n"]);
+        let token = parsed.expect("a token").agent_token.expect("set");
+        assert_eq!(token.expose(), "t0ken");
+        let error = Settings::try_parse_from(["t", "--agent-token", "Pl4nted secret"])
+            .expect_err("a space is refused")
+            .to_string();
+        assert!(error.contains("AGENT_TOKEN"), "{error}");
+        assert!(!error.contains("Pl4nted"), "{error}");
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub struct ApiSettings {
 
     /// Token that an HTTP post of an agent's message (`send_by_user` false or absent) must
     /// carry as `Authorization: Bearer <token>`, else 403. Unset: anyone may post as an agent.
-    #[arg(long, env = "AGENT_TOKEN", hide_env_values = true, value_parser = agent::parse_token, conflicts_with = "agent_token_file")]
+    #[arg(long, env = "AGENT_TOKEN", hide_env_values = true, value_parser = agent::TokenParser, conflicts_with = "agent_token_file")]
     pub agent_token: Option<Secret>,
 
     /// File holding AGENT_TOKEN (a mounted secret), read once at start.
