@@ -18,6 +18,7 @@ mod existence;
 mod faults;
 mod gap_repair;
 mod gateway_limits;
+mod guards;
 mod health;
 mod hot_threads;
 mod idempotency;
