@@ -1,9 +1,11 @@
 //! Resuming with `?since=<message id>`: a socket that reconnects gets every message stored
 //! after the one it saw last, in stream order, then the live ones, each once; sockets show
-//! only what the stream stored; repeats stay single past the stream's duplicate window; and
-//! opening a socket depends on nothing outside threadline.
+//! only what the stream stored; repeats stay single past the stream's duplicate window; any id
+//! the log holds resumes, also one the gateway's feed has not shown yet; and opening a socket
+//! depends on nothing outside threadline.
 
-use crate::harness::gateway::{connect_with, frame_id, ws_url};
+use crate::harness::gateway::{connect_with, frame_id, stored_subject, ws_url};
+use crate::harness::proxy::Proxy;
 use crate::harness::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -65,6 +67,54 @@ async fn resuming_from_the_latest_message_gets_only_live_ones() {
     let live = app.say(&thread, "live").await;
     assert_eq!(ws.next_text().await, live.text);
     ws.assert_silent(QUIET).await;
+}
+
+#[tokio::test]
+async fn a_socket_resumes_from_its_own_post_that_the_gateway_s_feed_has_not_shown_yet() {
+    let mut app = options().replicas("gateway", 0).start().await;
+    let (proxy, _, client) = Proxy::gateway_behind(&mut app).await;
+    let thread = client.new_thread().await;
+    let mut watching = client.connect_ws(&thread).await;
+    let first = client.say(&thread, "before").await;
+    assert_eq!(watching.next_text().await, first.text, "the feed is live");
+
+    // The server's republished copy of the next stored message never reaches the gateway: its
+    // feed, which the watching socket holds open, stays behind until the next message shows
+    // the gap. The client holds that message's id from its own 201.
+    proxy.lose_next(&stored_subject(&thread));
+    let own = client.say(&thread, "the client's own").await;
+    let lost = eventually(
+        "the proxy to lose a message",
+        PROJECTION_TIMEOUT,
+        || async {
+            let lost = proxy.lost();
+            (!lost.is_empty()).then_some(lost)
+        },
+    )
+    .await;
+    assert_eq!(
+        frame_id(std::str::from_utf8(&lost[0]).expect("a UTF-8 payload")),
+        id_of(&own),
+        "the proxy lost another message than the client's own"
+    );
+
+    let mut resumed = client
+        .try_connect_ws(&format!("/ws/chat/{thread}/?since={}", id_of(&own)))
+        .await
+        .unwrap_or_else(|refused| {
+            panic!("an id of the thread that the feed has not shown was refused: {refused:?}")
+        });
+    let next = client.say(&thread, "next").await;
+    assert_eq!(
+        resumed.next_text().await,
+        next.text,
+        "exactly what follows the since"
+    );
+    resumed.assert_silent(QUIET).await;
+    // The feed filled its gap: the watching socket got both, once, in order.
+    assert_eq!(watching.next_text().await, own.text);
+    assert_eq!(watching.next_text().await, next.text);
+    watching.assert_silent(QUIET).await;
 }
 
 #[tokio::test]
