@@ -22,6 +22,7 @@ mod guards;
 mod health;
 mod hot_threads;
 mod idempotency;
+mod js_client;
 mod leader_load;
 mod long_reads;
 mod long_threads;
