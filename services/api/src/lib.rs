@@ -7,6 +7,7 @@
 //! served at `/openapi.json`.
 
 pub mod agent;
+pub mod demo;
 pub mod error;
 pub mod fields;
 pub mod hot;
@@ -99,6 +100,9 @@ pub struct ApiSettings {
     /// File holding AGENT_TOKEN (a mounted secret), read once at start.
     #[arg(long, env = "AGENT_TOKEN_FILE", value_parser = agent::read_token_file)]
     pub agent_token_file: Option<Secret>,
+
+    #[command(flatten)]
+    pub demo: demo::DemoSettings,
 }
 
 impl ApiSettings {
@@ -210,6 +214,7 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(openapi).fallback(threadline_runtime::server::method_not_allowed),
         )
+        .merge(demo::router(&state.settings.demo))
         .with_state(state)
 }
 

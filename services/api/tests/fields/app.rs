@@ -215,6 +215,7 @@ impl App {
             thread_max_messages: 0,
             agent_token: None,
             agent_token_file: None,
+            demo: Default::default(),
         };
         configure(&mut settings);
         let state = AppState {
