@@ -220,13 +220,25 @@ async fn cors_headers_only_for_allowed_origins_and_none_by_default() {
     let preflight = [
         ("origin", "https://www.example.com"),
         ("access-control-request-method", "POST"),
-        ("access-control-request-headers", "content-type"),
+        (
+            "access-control-request-headers",
+            "content-type,idempotency-key",
+        ),
     ];
     let allowed = send(cors, "OPTIONS", "/chat/message/", &preflight, None).await;
     assert_eq!(allowed.status, 200);
     assert_eq!(
         allowed.header("access-control-allow-origin"),
         Some("https://www.example.com")
+    );
+    // The JavaScript client retries its POSTs under an Idempotency-Key.
+    let allowed_headers = allowed
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        allowed_headers.contains("idempotency-key") && allowed_headers.contains("content-type"),
+        "{allowed_headers}"
     );
     let other = send(
         cors,

@@ -24,6 +24,10 @@ use tower_http::trace::TraceLayer;
 /// otherwise, and returned in the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The header under which a client retries a POST safely; a page on another origin sends it
+/// after a CORS preflight.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// The longest request id taken from a proxy (a UUID is 36 bytes); a longer one is replaced,
 /// since every log line of the request carries it.
 pub const REQUEST_ID_MAX_BYTES: usize = 128;
@@ -250,7 +254,11 @@ fn cors(http: &HttpSettings) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([axum::http::header::CONTENT_TYPE, REQUEST_ID])
+            .allow_headers([
+                axum::http::header::CONTENT_TYPE,
+                REQUEST_ID,
+                IDEMPOTENCY_KEY,
+            ])
             .expose_headers([REQUEST_ID])
             .max_age(Duration::from_secs(600)),
     )
