@@ -9,6 +9,7 @@ mod harness;
 mod all_in_one;
 mod api_documents;
 mod behind_nginx;
+mod browser;
 mod consistency;
 mod degraded;
 mod deploy_settings;
