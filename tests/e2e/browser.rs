@@ -3,7 +3,8 @@
 //! visitor's panel shows in both panels; an agent's reply published straight to NATS (the Slack
 //! path) shows in the visitor's panel within a second; the page's gateway stopped while 5
 //! messages are posted and started again: the page shows each once, in order, without a
-//! reload. The page also works on its own origin (`threadline all`) and on a phone's width.
+//! reload. The page also works on its own origin (`threadline all`) and on a phone's width,
+//! and the README's snippet, saved as a page of another origin, chats.
 //!
 //! The test saves a screenshot of the page at `$CARGO_TARGET_TMPDIR/demo.png`; with
 //! `UPDATE_SCREENSHOTS=1` it also writes it to `docs/images/demo.png`, the README's image.
@@ -409,4 +410,107 @@ async fn the_demo_page_works_on_its_own_origin() {
     assert_eq!(message_ids(&app.get_thread(&thread).await), [json!(said)]);
     assert_eq!(shown(page, "visitor").await, [said]);
     chromium.quit().await;
+}
+
+/// The README's page for a website (the first `html` block of its "Website client" section).
+fn readme_snippet() -> String {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("## Website client")
+        .nth(1)
+        .expect("the README's Website client section");
+    let start = section.find("```html\n").expect("an html block") + "```html\n".len();
+    let end = start + section[start..].find("```").expect("the block's end");
+    section[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_s_snippet_chats_in_a_blank_page() {
+    // The website: the README's page and the client module beside it, on an origin of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the website");
+    let site = format!("http://{}", listener.local_addr().expect("an address"));
+    let mut app = options()
+        .all_in_one()
+        .env("CORS_ALLOWED_ORIGINS", site.as_str())
+        .start()
+        .await;
+    let page_html =
+        readme_snippet().replace("http://localhost:8000", &format!("http://{}", app.api_addr));
+    let module = include_str!("../../clients/js/threadline.js");
+    let website = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(page_html) }),
+        )
+        .route(
+            "/threadline.js",
+            axum::routing::get(move || async move {
+                ([("content-type", "text/javascript; charset=utf-8")], module)
+            }),
+        );
+    let server = tokio::spawn(async move { axum::serve(listener, website).await });
+
+    let chromium = Chromium::start().await;
+    let page = chromium.page();
+    page.goto(&format!("{site}/"))
+        .await
+        .expect("opening the page");
+    let said = "Hello from a blank page";
+    let field = page
+        .wait()
+        .at_most(PAGE_TIMEOUT)
+        .for_element(Locator::Css("#text"))
+        .await
+        .expect("the text field");
+    field.send_keys(said).await.expect("typing");
+    click(page, "#compose button").await;
+    let items = || async {
+        let texts = run(
+            page,
+            "return [...document.querySelectorAll('#messages li')].map(li => li.textContent);",
+            vec![],
+        )
+        .await;
+        serde_json::from_value::<Vec<String>>(texts).expect("texts")
+    };
+    until("the visitor's message", PAGE_TIMEOUT, || async {
+        items().await == [format!("You: {said}")]
+    })
+    .await;
+
+    // The page's thread is the only one this app holds.
+    let db = app.db().await;
+    let thread: String = eventually(
+        "the page's thread in the read model",
+        PROJECTION_TIMEOUT,
+        || {
+            let db = db.clone();
+            async move {
+                sqlx::query_scalar::<_, String>("select id::text from threads")
+                    .fetch_optional(&db)
+                    .await
+                    .expect("reading the threads")
+            }
+        },
+    )
+    .await;
+    let reply = new_id();
+    app.publish_event(
+        &app.message_subject(&thread),
+        &[("Nats-Msg-Id", &reply)],
+        agent_reply(&reply, &thread, "Hi! How can I help?"),
+    )
+    .await;
+    until("the agent's reply", PAGE_TIMEOUT, || async {
+        items().await
+            == [
+                format!("You: {said}"),
+                "Agent: Hi! How can I help?".to_owned(),
+            ]
+    })
+    .await;
+    chromium.quit().await;
+    server.abort();
 }
