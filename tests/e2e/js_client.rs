@@ -72,3 +72,35 @@ async fn the_javascript_client_s_tests_pass_against_running_roles() {
         "the message lost was the thread's first, the client's own"
     );
 }
+
+#[tokio::test]
+async fn the_javascript_client_packs_with_npm() {
+    let out = tokio::process::Command::new("npm")
+        .args(["pack", "--dry-run", "--json"])
+        .current_dir(client_dir())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run npm ({e}): it comes with Node.js"));
+    assert!(
+        out.status.success(),
+        "npm pack refused the package: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("npm's JSON");
+    let mut files: Vec<&str> = packed[0]["files"]
+        .as_array()
+        .expect("the packed files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    files.sort_unstable();
+    assert_eq!(
+        files,
+        [
+            "README.md",
+            "package.json",
+            "threadline.d.ts",
+            "threadline.js"
+        ]
+    );
+}
