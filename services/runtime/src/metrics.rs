@@ -25,6 +25,16 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "threadline_http_requests_total";
     /// Histogram: seconds from request to response head, by `method`, `route` and `status`.
     pub const HTTP_DURATION: &str = "threadline_http_request_duration_seconds";
+    /// Gauge: client connections open in this process (websockets included), on every
+    /// listener.
+    pub const CONNECTIONS_OPEN: &str = "threadline_http_connections_open";
+    /// Counter: connections closed as soon as they were accepted, by `reason`:
+    /// `max_connections` (`MAX_CONNECTIONS`) or `max_connections_per_ip`.
+    pub const CONNECTIONS_REFUSED: &str = "threadline_http_connections_refused_total";
+    /// Counter: connections closed by a timeout, by `timeout`: `header`
+    /// (`HTTP_HEADER_TIMEOUT`), `idle` (`HTTP_IDLE_TIMEOUT`) or `request`
+    /// (`HTTP_REQUEST_TIMEOUT`, answered 408).
+    pub const CONNECTIONS_TIMED_OUT: &str = "threadline_http_connections_timed_out_total";
     /// Counter: threads answered by `GET /chat/thread/:id/`, by where the body came `from`:
     /// `memory` (kept by the API, see `HOT_THREADS_BYTES`) or `read_model`.
     pub const THREAD_READS: &str = "threadline_api_thread_reads_total";
@@ -153,13 +163,21 @@ pub mod register {
     use super::names;
     use proto_events::{EventError, EventKind};
 
-    /// The HTTP families: a request that every role answers (its probes and its scrapes).
+    /// The HTTP families: a request that every role answers (its probes and its scrapes),
+    /// and the connections.
     pub fn http() {
         for route in ["/healthz", "/readyz", "/metrics"] {
             let labels = [("method", "GET"), ("route", route), ("status", "200")];
             metrics::counter!(names::HTTP_REQUESTS, &labels).increment(0);
             // Registered: listed with empty buckets until the first sample.
             let _ = metrics::histogram!(names::HTTP_DURATION, &labels);
+        }
+        metrics::gauge!(names::CONNECTIONS_OPEN).increment(0.0);
+        for reason in crate::limits::Refusal::REASONS {
+            metrics::counter!(names::CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+        }
+        for timeout in ["header", "idle", "request"] {
+            metrics::counter!(names::CONNECTIONS_TIMED_OUT, "timeout" => timeout).increment(0);
         }
     }
 

@@ -1,23 +1,36 @@
-//! Serving a router until shutdown: stop accepting, let in-flight requests finish (bounded);
-//! and what every role's router gets: a JSON 404, `/metrics`, HTTP metrics, a request id,
-//! request tracing and CORS. With an admin listener (`ADMIN_LISTEN_ADDR`), `/metrics` and
+//! Serving a router until shutdown: accept the connections the limits allow ([`crate::limits`])
+//! and serve each until it closes or passes its bounds ([`crate::connection`]); on shutdown
+//! stop accepting, let in-flight requests finish (bounded). And what every role's router
+//! gets: a JSON 404, `/metrics`, HTTP metrics, a request id, request tracing, CORS, a bound on
+//! each request (`HTTP_REQUEST_TIMEOUT`) and on the requests in flight of each client a
+//! trusted proxy forwards. With an admin listener (`ADMIN_LISTEN_ADDR`), `/metrics` and
 //! `/readyz` are served there only, and the public listener answers them 404.
 
+use crate::connection::{Activity, Counted};
+use crate::limits::{ConnectionLimits, Gate, Holding, RequestLimit};
+use crate::metrics::names;
 use crate::HttpSettings;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use std::future::IntoFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// The header that carries a request's id: kept when a trusted proxy sent one, made
@@ -82,10 +95,11 @@ impl TrustedProxy {
 }
 
 /// A role's listening sockets: the public one (`LISTEN_ADDR`) and, when `ADMIN_LISTEN_ADDR`
-/// is set, the admin one.
+/// is set, the admin one; and the limits of the connections they take.
 pub struct Listener {
     pub public: TcpListener,
     pub admin: Option<TcpListener>,
+    pub limits: ConnectionLimits,
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then gives in-flight requests up to
@@ -97,53 +111,211 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let Some(admin) = listener.admin else {
-        return serve_one(listener.public, router, shutdown, grace, true).await;
+    let limits = listener.limits;
+    let public = Accepting {
+        limits: limits.clone(),
+        gate: limits.public.clone(),
+        announce: true,
     };
-    let public = router
+    let Some(admin) = listener.admin else {
+        return serve_one(listener.public, router, public, shutdown, grace).await;
+    };
+    let public_router = router
         .clone()
         .layer(axum::middleware::from_fn(outside_admin_paths));
     let admin_router = router.layer(axum::middleware::from_fn(admin_paths_only));
+    let admin_side = Accepting {
+        gate: limits.admin.clone(),
+        limits,
+        announce: false,
+    };
     let (public, admin) = tokio::join!(
-        serve_one(listener.public, public, shutdown.clone(), grace, true),
-        serve_one(admin, admin_router, shutdown, grace, false),
+        serve_one(
+            listener.public,
+            public_router,
+            public,
+            shutdown.clone(),
+            grace
+        ),
+        serve_one(admin, admin_router, admin_side, shutdown, grace),
     );
     public.and(admin)
 }
 
-/// Serves one listener; `public`: the one whose address is logged as `listening on`.
-async fn serve_one(
+/// How one listener takes connections: the limits, the count its connections go in, and
+/// whether its address is logged as `listening on` (the public one's).
+#[derive(Debug, Clone)]
+pub(crate) struct Accepting {
+    pub limits: ConnectionLimits,
+    pub gate: Arc<Gate>,
+    pub announce: bool,
+}
+
+/// Serves one listener until `shutdown` fires: accepts each connection its limits allow
+/// (closing the others at once) and serves it with hyper, websocket upgrades included,
+/// until it closes or passes a bound of [`connection`](crate::connection); then stops
+/// accepting and gives the open connections up to `grace` to finish their requests.
+/// Stays close to `axum::serve`, which has no such limits.
+pub(crate) async fn serve_one(
     listener: TcpListener,
     router: Router,
+    accepting: Accepting,
     shutdown: CancellationToken,
     grace: Duration,
-    public: bool,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    if public {
+    if accepting.announce {
         tracing::info!("listening on {addr}");
     }
-    let stop = shutdown.clone();
-    // The peer's address is known to handlers (the gateway counts sockets per client) and
-    // to the request id's check.
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        stop.cancelled().await;
-    })
-    .into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result,
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
-            Ok(())
+    let connections = TaskTracker::new();
+    let mut accept_errors = AcceptErrors::default();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_errors.handle(e).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let client = accepting.limits.client_of(peer);
+        let permit = match accepting.gate.admit(client) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                metrics::counter!(names::CONNECTIONS_REFUSED, "reason" => refusal.reason())
+                    .increment(1);
+                // Closed at once: no file, task or buffer is spent on it.
+                drop(stream);
+                continue;
+            }
+        };
+        let activity = Activity::new(
+            accepting.limits.header_timeout,
+            accepting.limits.idle_timeout,
+        );
+        let io = TokioIo::new(Counted::new(stream, activity.clone(), permit));
+        connections.spawn(serve_connection(
+            io,
+            peer,
+            router.clone(),
+            activity,
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+    }
+    Ok(())
+}
+
+/// Serves one connection until it closes, passes its deadline (closed without an answer:
+/// no request is in flight then), or, after `shutdown`, has finished its request in flight.
+async fn serve_connection(
+    io: TokioIo<Counted<TcpStream>>,
+    peer: SocketAddr,
+    router: Router,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+) {
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            // The peer's address is known to handlers (the gateway counts sockets per
+            // client) and to the request id's check.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let in_flight = activity.request_begun();
+            let answered = router.clone().oneshot(request.map(Body::new));
+            async move {
+                let response = answered.await?;
+                Ok::<_, Infallible>(response.map(|body| Holding::new(body, in_flight)))
+            }
+        })
+    };
+    let builder = Builder::new(TokioExecutor::new());
+    // The header timeout is Activity's, not hyper's (see `connection`): hyper's would close
+    // kept-alive connections after it too. Without a timer, hyper sets none.
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        let deadline = activity.deadline();
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::trace!("connection from {peer} ended: {e}");
+                }
+                return;
+            }
+            () = activity.changed() => {}
+            () = sleep_until(deadline) => {
+                if let Some(timeout) = activity.expired() {
+                    metrics::counter!(names::CONNECTIONS_TIMED_OUT, "timeout" => timeout.label())
+                        .increment(1);
+                    tracing::debug!("closing the connection from {peer}: {} timeout", timeout.label());
+                    return;
+                }
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<(tokio::time::Instant, crate::connection::Timeout)>) {
+    match deadline {
+        Some((at, _)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the accept loop does when `accept` fails: out of files (EMFILE, ENFILE) or memory,
+/// it logs at most once a second, waits a little for files to be freed, and goes on.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    const PAUSE: Duration = Duration::from_millis(50);
+    const LOG_EVERY: Duration = Duration::from_secs(1);
+
+    async fn handle(&mut self, error: std::io::Error) {
+        use std::io::ErrorKind;
+        // The client gave up before it was accepted: nothing to do.
+        if matches!(
+            error.kind(),
+            ErrorKind::ConnectionAborted
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionRefused
+        ) {
+            return;
+        }
+        if self
+            .last_logged
+            .map_or(true, |at| at.elapsed() >= Self::LOG_EVERY)
+        {
+            tracing::error!(
+                "cannot accept connections: {error} ({} more failures since the last report); \
+                 is MAX_CONNECTIONS above what the open-file limit leaves?",
+                self.unlogged
+            );
+            self.last_logged = Some(std::time::Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        tokio::time::sleep(Self::PAUSE).await;
     }
 }
 
@@ -198,14 +370,32 @@ pub const NOT_FOUND_DETAIL: &str = "Not found.";
 /// `GET /metrics` and request counts and latencies by route and status (registered at
 /// zero for the probes and the scrape), a request id (`x-request-id`, a trusted proxy's
 /// or a new one) in the response and on the span of every log line the
-/// request causes (a websocket's too, for its whole life), and CORS headers for the allowed
-/// origins (none by default). The origins were checked at start-up ([`crate::startup`]).
+/// request causes (a websocket's too, for its whole life), CORS headers for the allowed
+/// origins (none by default), a 408 for a request whose response has not begun within
+/// `HTTP_REQUEST_TIMEOUT`, and a 429 for a request past `MAX_CONNECTIONS_PER_IP` in flight
+/// from one client a trusted proxy forwards. The origins were checked at start-up ([`crate::startup`]).
 pub fn finish(router: Router, http: &HttpSettings) -> Router {
     crate::metrics::register::http();
     let trusted: Arc<[TrustedProxy]> = http.trusted_proxies.clone().into();
-    let traced = router
+    let connections = &http.connections;
+    let timed = router
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            connections.http_request_timeout,
+        ))
+        .layer(axum::middleware::map_response(
+            crate::limits::request_timed_out,
+        ));
+    let limited = match RequestLimit::new(connections.max_connections_per_ip, http.clients()) {
+        Some(limit) => timed.layer(axum::middleware::from_fn_with_state(
+            limit,
+            crate::limits::limit_forwarded_requests,
+        )),
+        None => timed,
+    };
+    let traced = limited
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

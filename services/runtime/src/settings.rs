@@ -36,6 +36,67 @@ pub struct HttpSettings {
     /// `0.0.0.0:9090`; then LISTEN_ADDR answers those two with 404. Unset: all on LISTEN_ADDR.
     #[arg(long, env = "ADMIN_LISTEN_ADDR")]
     pub admin_listen_addr: Option<std::net::SocketAddr>,
+
+    #[command(flatten)]
+    pub connections: ConnectionSettings,
+}
+
+/// How long a connection may take and how many may be open: what keeps one machine that
+/// opens connections and sends little or nothing from taking a role off the air (see
+/// [`crate::limits`]).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionSettings {
+    /// How long a client may take to send a request's headers: from the connection's
+    /// opening for its first request, from the request's first byte for a later one. Then
+    /// the connection is closed without an answer.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub http_header_timeout: Duration,
+
+    /// How long a kept-alive connection may wait, with no request in flight, for the first
+    /// byte of its next one; then it is closed. Keep it above the upstream keep-alive of a
+    /// proxy in front (nginx: 60s), so that the proxy, not this server, closes first.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// How long a request may take, its body's arrival included, before its response
+    /// begins; then it is answered 408 `{"detail": "Request timed out."}` and its connection
+    /// closed. A websocket after its upgrade and a response's body are not bounded by it.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub http_request_timeout: Duration,
+
+    /// Most connections open at once in this process (websockets included); past it a new
+    /// connection is closed at once. Unset: what the open-file limit leaves once files are
+    /// kept for NATS, PostgreSQL, the logs and the admin listener; a larger value is lowered
+    /// to that, with a warning.
+    #[arg(long, env = "MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Most connections open at once from one client (an IPv4 address or an IPv6 /64), `0`
+    /// for no limit; past it a new connection is closed at once. A proxy of
+    /// TRUSTED_PROXIES is not limited so, but each client it forwards may have at most this
+    /// many requests in flight (then 429).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(75),
+            http_request_timeout: Duration::from_secs(30),
+            max_connections: None,
+            max_connections_per_ip: 1_000,
+        }
+    }
+}
+
+/// A duration above zero (a zero timeout would close every connection at once).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} is not above 0")),
+        d => Ok(d),
+    }
 }
 
 impl HttpSettings {
@@ -103,6 +164,7 @@ mod tests {
             trusted_proxies: Vec::new(),
             forwarded_header: axum::http::HeaderName::from_static("x-forwarded-for"),
             admin_listen_addr: None,
+            connections: ConnectionSettings::default(),
         }
     }
 
@@ -116,5 +178,19 @@ mod tests {
             Ok(2)
         );
         assert!(http(&["www.example.com"]).cors_origins().is_err());
+    }
+
+    #[test]
+    fn connection_defaults_are_the_documented_ones() {
+        let parsed: HttpSettings = from_environment().expect("the defaults parse");
+        let documented = ConnectionSettings::default();
+        let c = parsed.connections;
+        assert_eq!(c.http_header_timeout, documented.http_header_timeout);
+        assert_eq!(c.http_idle_timeout, documented.http_idle_timeout);
+        assert_eq!(c.http_request_timeout, documented.http_request_timeout);
+        assert_eq!(c.max_connections, documented.max_connections);
+        assert_eq!(c.max_connections_per_ip, documented.max_connections_per_ip);
+        assert!(positive_duration("0s").is_err());
+        assert_eq!(positive_duration("2s"), Ok(Duration::from_secs(2)));
     }
 }

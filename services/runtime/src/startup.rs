@@ -4,11 +4,14 @@
 //! While it waits, the listener already answers the probes as Kubernetes reads them:
 //! `/healthz` 200 (the process runs), `/readyz` 503 naming the dependency it waits for, and
 //! every other path 503. Once connected, the role's own server takes over the same socket;
-//! connections that arrive in between wait in the listen backlog. The admin listener
+//! connections that arrive in between wait in the listen backlog. The probe server takes
+//! connections under the same limits as the role's own server ([`crate::limits`]), counted
+//! together. The admin listener
 //! (`ADMIN_LISTEN_ADDR`), when set, is bound at the same time and answers the same way.
 //! Roles start through [`crate::Role`].
 
-use crate::server::Listener;
+use crate::limits::ConnectionLimits;
+use crate::server::{serve_one, Accepting, Listener};
 use crate::{retry, HttpSettings};
 use anyhow::Context;
 use axum::extract::State;
@@ -79,6 +82,8 @@ struct Waiting {
     admin: Option<std::net::TcpListener>,
     /// Each dependency of the role and whether it answers yet.
     checks: Checks,
+    /// The limits of connections, the probe server's as the role's own.
+    limits: ConnectionLimits,
     stop: CancellationToken,
     servers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -116,6 +121,7 @@ impl Waiting {
             }
             None => (None, None),
         };
+        let limits = ConnectionLimits::new(&http.connections, http.clients());
         let checks: Checks = Arc::new(Mutex::new(
             dependencies.iter().map(|d| (*d, "unavailable")).collect(),
         ));
@@ -130,16 +136,23 @@ impl Waiting {
                 )
             })
             .with_state(checks.clone());
-        let servers = std::iter::once(probes)
-            .chain(admin_probes)
-            .map(|probes| {
-                let until = stop.clone();
-                let router = router.clone();
+        let servers = std::iter::once((probes, limits.public.clone()))
+            .chain(admin_probes.map(|probes| (probes, limits.admin.clone())))
+            .map(|(probes, gate)| {
+                let accepting = Accepting {
+                    limits: limits.clone(),
+                    gate,
+                    announce: false,
+                };
+                let served = serve_one(
+                    probes,
+                    router.clone(),
+                    accepting,
+                    stop.clone(),
+                    http.shutdown_timeout,
+                );
                 tokio::spawn(async move {
-                    let served = axum::serve(probes, router)
-                        .with_graceful_shutdown(async move { until.cancelled().await })
-                        .await;
-                    if let Err(e) = served {
+                    if let Err(e) = served.await {
                         tracing::warn!("the start-up probe server failed: {e}");
                     }
                 })
@@ -149,6 +162,7 @@ impl Waiting {
             socket,
             admin,
             checks,
+            limits,
             stop,
             servers,
         })
@@ -189,7 +203,11 @@ impl Waiting {
             .admin
             .map(|a| TcpListener::from_std(a).context("cannot use the admin listener"))
             .transpose()?;
-        Ok(Listener { public, admin })
+        Ok(Listener {
+            public,
+            admin,
+            limits: self.limits,
+        })
     }
 }
 

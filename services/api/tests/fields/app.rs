@@ -233,6 +233,7 @@ impl App {
             trusted_proxies: Vec::new(),
             forwarded_header: axum::http::HeaderName::from_static("x-forwarded-for"),
             admin_listen_addr: None,
+            connections: Default::default(),
         };
         App {
             router: threadline_runtime::server::finish(threadline_api::router(state), &http),
