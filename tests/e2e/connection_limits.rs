@@ -160,7 +160,10 @@ async fn connections_past_the_per_address_limit_are_refused_and_the_rest_time_ou
     let thread = app.new_thread().await;
     let visitor = Visitor::start(&app, &thread).await;
     let attacks = [
-        (app.api_addr, "POST /chat/message/ HTTP/1.1\r\nHost: x\r\n".to_owned()),
+        (
+            app.api_addr,
+            "POST /chat/message/ HTTP/1.1\r\nHost: x\r\n".to_owned(),
+        ),
         (
             app.ws_addr,
             format!(
@@ -173,7 +176,11 @@ async fn connections_past_the_per_address_limit_are_refused_and_the_rest_time_ou
         // Half of them send half a request, the other half nothing at all.
         let mut streams = Vec::new();
         for i in 0..2 * PER_IP {
-            let first = if i % 2 == 0 { half_request.as_str() } else { "" };
+            let first = if i % 2 == 0 {
+                half_request.as_str()
+            } else {
+                ""
+            };
             streams.push(connect_from(ATTACKER, *addr, first).await);
         }
         let (kept, past) = streams.split_at_mut(PER_IP);
@@ -237,8 +244,15 @@ async fn past_max_connections_a_connection_is_closed_at_once_until_others_go() {
             Err(refused) => break refused,
         }
     };
-    assert!(sockets.len() >= MAX - 1, "only {} sockets opened", sockets.len());
-    assert_eq!(refusal.status, None, "closed before any answer: {refusal:?}");
+    assert!(
+        sockets.len() >= MAX - 1,
+        "only {} sockets opened",
+        sockets.len()
+    );
+    assert_eq!(
+        refusal.status, None,
+        "closed before any answer: {refusal:?}"
+    );
     let mut raw = connect_from(VISITOR, app.ws_addr, &get("/healthz", "")).await;
     assert!(
         closed_within(&mut raw, AT_ONCE).await,

@@ -22,6 +22,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tower::{Layer, ServiceExt};
+use tower_http::timeout::TimeoutLayer;
 
 /// Files a process keeps open for what is not a client's connection: NATS, the PostgreSQL
 /// pool (`DATABASE_MAX_CONNECTIONS`, 10 by default), log files, the listeners, the runtime's
@@ -310,9 +312,25 @@ pub async fn limit_forwarded_requests(
     }
 }
 
-/// Middleware outside tower-http's timeout layer: its bodiless 408 becomes the JSON one, and
-/// the connection is closed after it (the request's body may be half read).
-pub async fn request_timed_out(response: Response) -> Response {
+/// Middleware: a request with a body must have sent it and begun its response within
+/// `HTTP_REQUEST_TIMEOUT` (tower-http's timeout), or it is answered 408 with a JSON body and
+/// its connection closed (the body may be half read). A request without a body (a GET, a
+/// websocket upgrade) has nothing to trickle in once its head is read (which
+/// `HTTP_HEADER_TIMEOUT` bounds), and what it waits for has bounds of its own: a long
+/// thread's GET may wait its turn among long reads for longer.
+pub async fn bound_requests_with_a_body(
+    State(timeout): State<TimeoutLayer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let response = match timeout.layer(next).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    // The timeout's own answer: a 408 without a body (no handler answers 408).
     if response.status() != StatusCode::REQUEST_TIMEOUT
         || response.body().size_hint().exact() != Some(0)
     {

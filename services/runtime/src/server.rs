@@ -371,8 +371,8 @@ pub const NOT_FOUND_DETAIL: &str = "Not found.";
 /// zero for the probes and the scrape), a request id (`x-request-id`, a trusted proxy's
 /// or a new one) in the response and on the span of every log line the
 /// request causes (a websocket's too, for its whole life), CORS headers for the allowed
-/// origins (none by default), a 408 for a request whose response has not begun within
-/// `HTTP_REQUEST_TIMEOUT`, and a 429 for a request past `MAX_CONNECTIONS_PER_IP` in flight
+/// origins (none by default), a 408 for a request with a body whose response has not begun
+/// within `HTTP_REQUEST_TIMEOUT`, and a 429 for a request past `MAX_CONNECTIONS_PER_IP` in flight
 /// from one client a trusted proxy forwards. The origins were checked at start-up ([`crate::startup`]).
 pub fn finish(router: Router, http: &HttpSettings) -> Router {
     crate::metrics::register::http();
@@ -381,12 +381,12 @@ pub fn finish(router: Router, http: &HttpSettings) -> Router {
     let timed = router
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            connections.http_request_timeout,
-        ))
-        .layer(axum::middleware::map_response(
-            crate::limits::request_timed_out,
+        .layer(axum::middleware::from_fn_with_state(
+            TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                connections.http_request_timeout,
+            ),
+            crate::limits::bound_requests_with_a_body,
         ));
     let limited = match RequestLimit::new(connections.max_connections_per_ip, http.clients()) {
         Some(limit) => timed.layer(axum::middleware::from_fn_with_state(

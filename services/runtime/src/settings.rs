@@ -58,9 +58,10 @@ pub struct ConnectionSettings {
     #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration)]
     pub http_idle_timeout: Duration,
 
-    /// How long a request may take, its body's arrival included, before its response
-    /// begins; then it is answered 408 `{"detail": "Request timed out."}` and its connection
-    /// closed. A websocket after its upgrade and a response's body are not bounded by it.
+    /// How long a request with a body (a POST) may take, the body's arrival included, before
+    /// its response begins; then it is answered 408 `{"detail": "Request timed out."}` and
+    /// its connection closed. Requests without a body (GETs, websocket upgrades) and
+    /// responses' bodies are not bounded by it.
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub http_request_timeout: Duration,
 
