@@ -145,6 +145,8 @@ impl Bench {
                 .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
                 .env("WS_MAX_SOCKETS", "0")
                 .env("WS_MAX_SOCKETS_PER_IP", "0")
+                // Every socket of the benchmark comes from 127.0.0.1.
+                .env("MAX_CONNECTIONS_PER_IP", "0")
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null()),
         )?;
