@@ -131,9 +131,6 @@ impl Gate {
         if let Some(key) = client {
             let from_client = open.per_client.entry(key).or_default();
             if self.max_per_client > 0 && *from_client >= self.max_per_client {
-                if *from_client == 0 {
-                    open.per_client.remove(&key);
-                }
                 return Err(Refusal::PerClient);
             }
             *from_client += 1;
