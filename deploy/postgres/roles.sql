@@ -10,7 +10,8 @@
 --   threadline_owner      owns the tables; `threadline migrate`, `rebuild` and the other
 --                         operator commands
 --   threadline_api        reads threads and messages (GET /chat/thread/:id/)
---   threadline_projector  writes threads and messages (the only writer of the read model)
+--   threadline_projector  writes threads and messages (the only writer of the read model),
+--                         and deletes those of an erased thread
 --
 -- The gateway does not connect to PostgreSQL at all.
 
@@ -56,4 +57,4 @@ GRANT USAGE ON SCHEMA public TO threadline_api, threadline_projector;
 ALTER DEFAULT PRIVILEGES FOR ROLE threadline_owner IN SCHEMA public
     GRANT SELECT ON TABLES TO threadline_api;
 ALTER DEFAULT PRIVILEGES FOR ROLE threadline_owner IN SCHEMA public
-    GRANT SELECT, INSERT, UPDATE ON TABLES TO threadline_projector;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO threadline_projector;

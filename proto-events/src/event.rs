@@ -12,6 +12,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum EventKind {
     ThreadCreated,
     MessagePosted,
+    ThreadErased,
 }
 
 impl EventKind {
@@ -20,6 +21,7 @@ impl EventKind {
         match self {
             EventKind::ThreadCreated => "created",
             EventKind::MessagePosted => "message",
+            EventKind::ThreadErased => "erased",
         }
     }
 
@@ -27,6 +29,7 @@ impl EventKind {
         match token {
             "created" => Some(EventKind::ThreadCreated),
             "message" => Some(EventKind::MessagePosted),
+            "erased" => Some(EventKind::ThreadErased),
             _ => None,
         }
     }
@@ -36,6 +39,7 @@ impl EventKind {
         match self {
             EventKind::ThreadCreated => "ThreadCreated",
             EventKind::MessagePosted => "MessagePosted",
+            EventKind::ThreadErased => "ThreadErased",
         }
     }
 }
@@ -66,11 +70,38 @@ pub struct MessagePosted {
     pub thread: Uuid,
 }
 
+/// A thread was erased by an operator (`threadline erase`): the visitor's right to be
+/// forgotten. Payload: `{thread, timestamp}`. From this event on the thread does not exist
+/// for any part of threadline, whatever else the log holds of it (a `ThreadCreated` published
+/// again later included): its rows are deleted from the read model, its sockets are closed and
+/// it is never shown again. Only the operator's command publishes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadErased {
+    #[serde(with = "canonical_uuid")]
+    pub thread: Uuid,
+    /// When it was erased.
+    pub timestamp: Timestamp,
+}
+
+impl ThreadErased {
+    /// The id of a thread's erasure, its `Nats-Msg-Id`: the same for every erasure of the
+    /// thread (the name-based UUID of the thread id), so that an erasure repeated within the
+    /// stream's duplicate window is stored once.
+    pub fn id_of(thread: Uuid) -> Uuid {
+        Uuid::new_v5(&ERASURE_NAMESPACE, thread.as_bytes())
+    }
+}
+
+/// The namespace of the ids of erasures (UUID v5).
+const ERASURE_NAMESPACE: Uuid = Uuid::from_u128(0x7e1f_6a2c_49d3_4b8e_a5c0_2d9b_8f31_c6e4);
+
 /// An event as read from the log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     ThreadCreated(ThreadCreated),
     MessagePosted(MessagePosted),
+    ThreadErased(ThreadErased),
 }
 
 impl Event {
@@ -78,6 +109,7 @@ impl Event {
         match self {
             Event::ThreadCreated(_) => EventKind::ThreadCreated,
             Event::MessagePosted(_) => EventKind::MessagePosted,
+            Event::ThreadErased(_) => EventKind::ThreadErased,
         }
     }
 
@@ -86,6 +118,7 @@ impl Event {
         match self {
             Event::ThreadCreated(e) => e.id,
             Event::MessagePosted(e) => e.thread,
+            Event::ThreadErased(e) => e.thread,
         }
     }
 
@@ -94,6 +127,7 @@ impl Event {
         match self {
             Event::ThreadCreated(e) => e.id,
             Event::MessagePosted(e) => e.id,
+            Event::ThreadErased(e) => ThreadErased::id_of(e.thread),
         }
     }
 
@@ -111,6 +145,7 @@ impl Event {
         let bytes = match self {
             Event::ThreadCreated(e) => serde_json::to_vec(e),
             Event::MessagePosted(e) => serde_json::to_vec(e),
+            Event::ThreadErased(e) => serde_json::to_vec(e),
         };
         // Serialising these types cannot fail: every field is a string, bool or valid JSON.
         bytes.unwrap_or_default()
@@ -154,6 +189,9 @@ impl Event {
                 .map_err(|e| EventError::InvalidPayload(e.to_string()))?,
             EventKind::MessagePosted => serde_json::from_slice(payload)
                 .map(Event::MessagePosted)
+                .map_err(|e| EventError::InvalidPayload(e.to_string()))?,
+            EventKind::ThreadErased => serde_json::from_slice(payload)
+                .map(Event::ThreadErased)
                 .map_err(|e| EventError::InvalidPayload(e.to_string()))?,
         };
         if event.thread() != thread {
@@ -402,6 +440,38 @@ mod tests {
             Event::decode(&Subjects::default(), &subject, None, None, b"{not json"),
             Err(EventError::InvalidPayload(_))
         ));
+    }
+
+    #[test]
+    fn thread_erased_round_trips_and_has_one_id_per_thread() {
+        let payload = json!({"thread": THREAD, "timestamp": "2026-11-24T03:22:40.123456Z"});
+        let bytes = serde_json::to_vec(&payload).unwrap();
+        let event = decode(&format!("chat.thread.{THREAD}.erased"), &payload).unwrap();
+        assert_eq!(event.kind(), EventKind::ThreadErased);
+        assert_eq!(event.thread().to_string(), THREAD);
+        assert_eq!(event.to_payload(), bytes);
+        let thread = Uuid::parse_str(THREAD).unwrap();
+        assert_eq!(event.id(), ThreadErased::id_of(thread));
+        assert_ne!(event.id(), thread, "the erasure's id is not the creation's");
+        assert_ne!(ThreadErased::id_of(Uuid::nil()), event.id());
+        let other = "00000000-0000-1000-8000-000000000000";
+        assert!(matches!(
+            decode(&format!("chat.thread.{other}.erased"), &payload),
+            Err(EventError::ThreadMismatch { .. })
+        ));
+        for bad in [
+            json!({"thread": THREAD}),
+            json!({"thread": THREAD, "timestamp": "2026-11-24T03:22:40.123456Z", "user": "x"}),
+            json!({"id": THREAD, "timestamp": "2026-11-24T03:22:40.123456Z"}),
+        ] {
+            assert!(
+                matches!(
+                    decode(&format!("chat.thread.{THREAD}.erased"), &bad),
+                    Err(EventError::InvalidPayload(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

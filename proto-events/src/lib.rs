@@ -4,7 +4,8 @@
 //! Every service (api, projector, gateway) and every outside publisher (the Slack
 //! integration) speaks through these types. A `MessagePosted` payload is, byte for byte, the
 //! public message JSON that a websocket client receives; so the gateway can forward what it got
-//! from NATS without re-serialising it. `PUBLISHING.md` beside this crate tells outside
+//! from NATS without re-serialising it. An operator's `ThreadErased` ends a thread for good
+//! (the right to be forgotten). `PUBLISHING.md` beside this crate tells outside
 //! publishers what to publish where, and `schema/` holds a JSON Schema per event.
 
 pub mod body;
@@ -18,7 +19,8 @@ pub mod user;
 
 pub use body::{BodyError, MessageBody};
 pub use event::{
-    EncodedEvent, Event, EventError, EventKind, MessagePosted, ThreadCreated, SCHEMA_VERSION,
+    EncodedEvent, Event, EventError, EventKind, MessagePosted, ThreadCreated, ThreadErased,
+    SCHEMA_VERSION,
 };
 pub use id::new_id;
 pub use shapes::{MessageJson, MessageView, ThreadView};

@@ -2,6 +2,8 @@
 //!
 //! - `<prefix>.thread.<thread_id>.created`: the thread's one `ThreadCreated` event;
 //! - `<prefix>.thread.<thread_id>.message`: its `MessagePosted` events;
+//! - `<prefix>.thread.<thread_id>.erased`: its `ThreadErased`, once an operator has erased it
+//!   (what stays of an erased thread in the stream; its other subjects are purged);
 //! - `<prefix>.deadletter.<reason>`: events set aside by a consumer, outside the event stream;
 //! - `<prefix>.stored.<thread_id>.message`: each `MessagePosted` event once the event stream
 //!   has stored it, republished by the NATS server itself with its stream sequence (the
@@ -59,6 +61,35 @@ impl Subjects {
         self.event(thread, EventKind::MessagePosted)
     }
 
+    /// The subject of a thread's `ThreadErased`.
+    pub fn thread_erased(&self, thread: Uuid) -> String {
+        self.event(thread, EventKind::ThreadErased)
+    }
+
+    /// The subjects of a thread's own events, which erasing it purges: its `created` and
+    /// `message` subjects (its `erased` subject stays).
+    pub fn thread_contents(&self, thread: Uuid) -> [String; 2] {
+        [self.thread_created(thread), self.message_posted(thread)]
+    }
+
+    /// Every subject of a thread's events.
+    pub fn thread_subjects(&self, thread: Uuid) -> [String; 3] {
+        [
+            self.thread_created(thread),
+            self.message_posted(thread),
+            self.thread_erased(thread),
+        ]
+    }
+
+    /// The `erased` subjects of every thread: where the erasures are read.
+    pub fn erasures(&self) -> String {
+        format!(
+            "{}.thread.*.{}",
+            self.prefix,
+            EventKind::ThreadErased.subject_token()
+        )
+    }
+
     /// The subject of one kind of event of one thread.
     pub fn event(&self, thread: Uuid, kind: EventKind) -> String {
         format!(
@@ -71,10 +102,14 @@ impl Subjects {
 
     /// The subjects the event stream captures.
     pub fn stream_subjects(&self) -> Vec<String> {
-        [EventKind::ThreadCreated, EventKind::MessagePosted]
-            .iter()
-            .map(|kind| format!("{}.thread.*.{}", self.prefix, kind.subject_token()))
-            .collect()
+        [
+            EventKind::ThreadCreated,
+            EventKind::MessagePosted,
+            EventKind::ThreadErased,
+        ]
+        .iter()
+        .map(|kind| format!("{}.thread.*.{}", self.prefix, kind.subject_token()))
+        .collect()
     }
 
     /// The subject on which the NATS server republishes a thread's `MessagePosted` events
@@ -153,8 +188,19 @@ mod tests {
         );
         assert_eq!(
             s.stream_subjects(),
-            vec!["chat.thread.*.created", "chat.thread.*.message"]
+            vec![
+                "chat.thread.*.created",
+                "chat.thread.*.message",
+                "chat.thread.*.erased"
+            ]
         );
+        assert_eq!(s.thread_erased(id), format!("chat.thread.{THREAD}.erased"));
+        assert_eq!(s.erasures(), "chat.thread.*.erased");
+        assert_eq!(
+            s.thread_contents(id),
+            [s.thread_created(id), s.message_posted(id)]
+        );
+        assert_eq!(s.thread_subjects(id)[2], s.thread_erased(id));
         assert_eq!(s.dead_letter("invalid"), "chat.deadletter.invalid");
         assert_eq!(
             s.stored_messages(id),
@@ -180,6 +226,10 @@ mod tests {
         assert_eq!(
             s.parse(&s.thread_created(id)),
             Ok((id, EventKind::ThreadCreated))
+        );
+        assert_eq!(
+            s.parse(&s.thread_erased(id)),
+            Ok((id, EventKind::ThreadErased))
         );
     }
 

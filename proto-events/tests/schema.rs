@@ -5,13 +5,14 @@
 
 use proto_events::{
     is_python_space, new_id, Event, EventKind, MessageBody, MessagePosted, Subjects, ThreadCreated,
-    Timestamp, UserJson,
+    ThreadErased, Timestamp, UserJson,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 const THREAD_CREATED_SCHEMA: &str = include_str!("../schema/thread-created.v1.json");
 const MESSAGE_POSTED_SCHEMA: &str = include_str!("../schema/message-posted.v1.json");
+const THREAD_ERASED_SCHEMA: &str = include_str!("../schema/thread-erased.v1.json");
 
 const THREAD: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
 const MESSAGE: &str = "5c1f2e5b-c9a6-11ee-8c90-0242ac120002";
@@ -59,6 +60,7 @@ impl Contract {
         let text = match kind {
             EventKind::ThreadCreated => THREAD_CREATED_SCHEMA,
             EventKind::MessagePosted => MESSAGE_POSTED_SCHEMA,
+            EventKind::ThreadErased => THREAD_ERASED_SCHEMA,
         };
         let schema: Value = serde_json::from_str(text).expect("the schema file is JSON");
         let schema = jsonschema::validator_for(&schema).expect("the schema compiles");
@@ -117,6 +119,10 @@ fn message_posted() -> Value {
         "send_by_user": false,
         "thread": THREAD,
     })
+}
+
+fn thread_erased() -> Value {
+    json!({"thread": THREAD, "timestamp": TIMESTAMP})
 }
 
 fn with(mut payload: Value, field: &str, value: Value) -> Value {
@@ -320,7 +326,11 @@ fn uuids() -> Vec<(&'static str, Value, bool)> {
 
 #[test]
 fn schemas_are_draft_2020_12_with_an_id_a_title_and_described_fields() {
-    for text in [THREAD_CREATED_SCHEMA, MESSAGE_POSTED_SCHEMA] {
+    for text in [
+        THREAD_CREATED_SCHEMA,
+        MESSAGE_POSTED_SCHEMA,
+        THREAD_ERASED_SCHEMA,
+    ] {
         let schema: Value = serde_json::from_str(text).unwrap();
         assert!(jsonschema::meta::is_valid(&schema), "{}", schema["$id"]);
         assert_eq!(
@@ -387,6 +397,45 @@ fn thread_created_schema_agrees_with_the_decoder() {
     ));
     cases.extend(non_objects());
     Contract::new(EventKind::ThreadCreated).assert_verdicts(&cases);
+}
+
+#[test]
+fn thread_erased_schema_agrees_with_the_decoder() {
+    let mut cases = vec![valid("an erasure", thread_erased())];
+    for field in ["thread", "timestamp"] {
+        cases.push(invalid(
+            format!("{field} missing"),
+            without(thread_erased(), field),
+        ));
+    }
+    for (name, id, ok) in uuids() {
+        assert!(!ok);
+        cases.push(invalid(
+            format!("thread {name}"),
+            with(thread_erased(), "thread", id),
+        ));
+    }
+    for (name, timestamp, ok) in timestamps() {
+        cases.push(case(
+            format!("timestamp {name}"),
+            with(thread_erased(), "timestamp", timestamp),
+            ok,
+        ));
+    }
+    cases.push(invalid(
+        "the visitor's user",
+        with(thread_erased(), "user", json!({"name": "Ada"})),
+    ));
+    cases.push(invalid(
+        "an id of its own",
+        with(thread_erased(), "id", json!(MESSAGE)),
+    ));
+    cases.push(invalid(
+        "a creation's fields",
+        json!({"id": THREAD, "timestamp": TIMESTAMP}),
+    ));
+    cases.extend(non_objects());
+    Contract::new(EventKind::ThreadErased).assert_verdicts(&cases);
 }
 
 #[test]
@@ -530,6 +579,10 @@ fn events_built_by_the_crate_validate() {
             body: MessageBody::parse(&json!("  Thanks, that helped! ")).unwrap(),
             send_by_user: true,
             thread,
+        }),
+        Event::ThreadErased(ThreadErased {
+            thread,
+            timestamp: Timestamp::now(),
         }),
     ];
     for event in events {

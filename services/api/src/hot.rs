@@ -13,6 +13,10 @@
 //! ([`CHANGED_CHANNEL`](threadline_postgres::read_model::CHANGED_CHANNEL)); an entry is kept
 //! under the epoch of [`Changes`] current before its read and served only while that epoch
 //! lasts. While nothing listens (PostgreSQL unreachable), nothing is kept or served.
+//!
+//! An erased thread is forgotten as soon as its erasure is heard ([`HotThreads::forget`]);
+//! before that, its kept body could not be served anyway: the log, asked for each request,
+//! says it does not exist.
 
 use bytes::Bytes;
 use quick_cache::sync::Cache;
@@ -118,6 +122,20 @@ impl HotThreads {
         );
     }
 
+    /// Forgets a thread: it was erased.
+    pub fn forget(&self, thread: Uuid) {
+        if let Some(entries) = &self.entries {
+            entries.remove(&thread);
+        }
+    }
+
+    /// Forgets every thread (erasures may have been missed).
+    pub fn forget_all(&self) {
+        if let Some(entries) = &self.entries {
+            entries.clear();
+        }
+    }
+
     /// Bytes kept now.
     pub fn weight(&self) -> u64 {
         self.entries.as_ref().map_or(0, |entries| entries.weight())
@@ -163,6 +181,20 @@ mod tests {
         let off = HotThreads::new(None, Changes::fixed(1));
         off.keep(thread, 1, 1, &body("x"));
         assert!(off.get(thread).is_none());
+    }
+
+    #[test]
+    fn an_erased_thread_is_forgotten() {
+        let hot = HotThreads::new(Some(1 << 20), Changes::fixed(1));
+        let (erased, kept) = (Uuid::new_v4(), Uuid::new_v4());
+        hot.keep(erased, 1, 1, &body("erased"));
+        hot.keep(kept, 2, 1, &body("kept"));
+        hot.forget(erased);
+        assert!(hot.get(erased).is_none());
+        assert!(hot.get(kept).is_some());
+        hot.forget_all();
+        assert!(hot.get(kept).is_none());
+        assert_eq!(hot.weight(), 0);
     }
 
     #[test]

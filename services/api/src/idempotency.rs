@@ -115,6 +115,20 @@ impl Record {
     }
 }
 
+/// The thread whose event a record holds, as its first line names it: what erasing the
+/// thread looks for (`threadline erase`). Reads the first line only (records of earlier
+/// versions: their JSON).
+pub fn record_thread(subjects: &Subjects, record: &[u8]) -> Option<Uuid> {
+    let subject = if record.first() == Some(&b'{') {
+        serde_json::from_slice::<JsonRecord>(record).ok()?.subject
+    } else {
+        let end = record.iter().position(|b| *b == b'\n')?;
+        let line = std::str::from_utf8(&record[..end]).ok()?;
+        line.split_once(' ')?.1.to_owned()
+    };
+    subjects.parse(&subject).ok().map(|(thread, _)| thread)
+}
+
 /// The 201's body for the request that built `event`: the message itself, or the new thread
 /// without messages.
 fn answer(event: &EncodedEvent) -> Result<Bytes, ApiError> {
@@ -131,6 +145,10 @@ fn answer(event: &EncodedEvent) -> Result<Bytes, ApiError> {
                 .map(Bytes::from)
                 .map_err(ApiError::internal)
         }
+        // The API records only the events it builds, never an erasure.
+        Event::ThreadErased(_) => Err(ApiError::internal(
+            "an idempotency record holds a ThreadErased",
+        )),
     }
 }
 
@@ -276,6 +294,29 @@ mod tests {
         assert!(bytes.len() < event.payload().len() + 128, "{bytes:?}");
         assert_eq!(Record::decode(bytes), Ok(record));
         assert!(Record::decode(Bytes::from_static(b"no first line")).is_err());
+    }
+
+    #[test]
+    fn a_record_names_the_thread_of_its_event() {
+        let (subjects, subject, event) = encoded(thread_created());
+        let record = Record {
+            fingerprint: "f".repeat(32),
+            subject: subject.clone(),
+            event: event.payload().clone(),
+        };
+        assert_eq!(
+            record_thread(&subjects, &record.encode()),
+            Some(Uuid::from_u128(7))
+        );
+        let json = serde_json::json!({"fingerprint": "abc", "subject": subject, "event": "{}"});
+        let old = serde_json::to_vec(&json).expect("JSON");
+        assert_eq!(record_thread(&subjects, &old), Some(Uuid::from_u128(7)));
+        assert_eq!(record_thread(&subjects, b"no first line"), None);
+        assert_eq!(record_thread(&subjects, b"f other.subject\n{}"), None);
+        assert_eq!(
+            record_thread(&Subjects::new("acme").unwrap(), &record.encode()),
+            None
+        );
     }
 
     #[test]

@@ -167,10 +167,36 @@ impl AppState {
             settings.hot_threads_bytes,
             read.watch_changes(shutdown.clone()),
         );
-        threadline_runtime::retry::until_ready("opening the idempotency bucket", shutdown, || {
-            Self::open(log.clone(), read.clone(), settings.clone(), hot.clone())
-        })
-        .await
+        let state = threadline_runtime::retry::until_ready(
+            "opening the idempotency bucket",
+            shutdown,
+            || Self::open(log.clone(), read.clone(), settings.clone(), hot.clone()),
+        )
+        .await?;
+        tokio::spawn(state.clone().forget_erased_threads(shutdown.clone()));
+        Some(state)
+    }
+
+    /// Drops each thread erased from the threads kept in memory, until `shutdown` fires (the
+    /// log's own memory of threads that exist drops it by itself). Having missed some, it
+    /// drops them all.
+    pub async fn forget_erased_threads(self, shutdown: CancellationToken) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut erasures = self.log.erasures();
+        loop {
+            let heard = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                heard = erasures.recv() => heard,
+            };
+            match heard {
+                Ok(thread) => self.hot.forget(thread),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "missed erasures: forgetting every thread kept");
+                    self.hot.forget_all();
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
     }
 
     /// The API's state on JetStream and PostgreSQL: opens (or creates) the idempotency bucket.

@@ -48,6 +48,10 @@ pub const BACKLOG_MAX_BYTES: usize = 4 << 20;
 /// sent: load the thread with `GET`, then resume from the last message it lists.
 pub const LOAD_THE_THREAD_FIRST: u16 = 4000;
 
+/// The close code of a socket whose thread was erased (`threadline erase`): it is gone for
+/// good, as an unknown thread (404) is; do not reconnect.
+pub const THREAD_ERASED: u16 = 4404;
+
 /// How many of the latest messages without a `Nats-Msg-Id` a resume reads whole to find its
 /// `since` among them.
 const UNNAMED_LOOKUPS: usize = 32;
@@ -75,6 +79,9 @@ enum Found {
 pub enum WatchError {
     #[error("message {0} is not in the thread")]
     UnknownSince(Uuid),
+    /// The thread does not exist (any more: it was erased meanwhile).
+    #[error("thread {0} does not exist")]
+    UnknownThread(Uuid),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -108,6 +115,8 @@ struct Feed {
     shared: Arc<Shared>,
     ready: Arc<OnceCell<()>>,
     stop: CancellationToken,
+    /// Fired when the thread is erased: its sockets close ([`Watch::erased`]).
+    erased: CancellationToken,
 }
 
 /// What a feed's task and its sockets share. `sender` is used only under `state`'s lock, so
@@ -144,6 +153,7 @@ pub struct Watch {
     thread: Uuid,
     backlog: Backlog,
     receiver: Option<broadcast::Receiver<Frame>>,
+    erased: CancellationToken,
     feeds: Arc<Feeds>,
 }
 
@@ -170,6 +180,11 @@ impl Watch {
                 skip_through: 0,
             },
         )
+    }
+
+    /// Fires when the thread is erased: the socket closes with [`THREAD_ERASED`].
+    pub fn erased(&self) -> CancellationToken {
+        self.erased.clone()
     }
 
     pub fn receiver(&mut self) -> &mut broadcast::Receiver<Frame> {
@@ -210,7 +225,7 @@ impl Feeds {
         since: Option<Uuid>,
     ) -> Result<Watch, WatchError> {
         // A first receiver, taken under the lock, holds the feed open while it starts.
-        let (shared, ready, stop, receiver) = {
+        let (shared, ready, stop, erased, receiver) = {
             let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
             let feed = feeds.entry(thread).or_insert_with(|| Feed {
                 shared: Arc::new(Shared {
@@ -219,12 +234,14 @@ impl Feeds {
                 }),
                 ready: Arc::new(OnceCell::new()),
                 stop: CancellationToken::new(),
+                erased: CancellationToken::new(),
             });
             let receiver = feed.shared.sender.subscribe();
             let joined = (
                 feed.shared.clone(),
                 feed.ready.clone(),
                 feed.stop.clone(),
+                feed.erased.clone(),
                 receiver,
             );
             metrics::gauge!(names::THREADS_WATCHED).set(feeds.len() as f64);
@@ -237,6 +254,7 @@ impl Feeds {
                 skip_through: 0,
             },
             receiver: Some(receiver),
+            erased,
             feeds: self.clone(),
         };
         ready
@@ -372,6 +390,25 @@ impl Feeds {
         self.feeds.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// The threads this process is watching.
+    pub fn watched(&self) -> Vec<Uuid> {
+        let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds.keys().copied().collect()
+    }
+
+    /// Ends the feed of an erased thread: its sockets close with [`THREAD_ERASED`], its task
+    /// stops, and a socket that opens on the thread afterwards starts a feed of its own,
+    /// which finds no thread.
+    pub fn erase(&self, thread: Uuid) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(feed) = feeds.remove(&thread) {
+            feed.erased.cancel();
+            feed.stop.cancel();
+            metrics::gauge!(names::THREADS_WATCHED).set(feeds.len() as f64);
+            tracing::info!(%thread, "closing the sockets of an erased thread");
+        }
+    }
+
     /// The frames stored after `after` up to `through` (where the socket's live frames start),
     /// without repeats; `None` if they are more than [`BACKLOG_MAX`] or [`BACKLOG_MAX_BYTES`].
     /// Read first with headers only (their count and size), then with payloads.
@@ -449,13 +486,13 @@ impl Feeds {
         thread: Uuid,
         shared: Arc<Shared>,
         stop: CancellationToken,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), WatchError> {
         let subscriber = self.log.subscribe(thread).await?;
         let created = self
             .log
             .thread_created_at(thread)
             .await?
-            .ok_or_else(|| StoreError::nats(format!("thread {thread} has no ThreadCreated")))?;
+            .ok_or(WatchError::UnknownThread(thread))?;
         shared
             .state
             .lock()
@@ -493,6 +530,8 @@ impl Feeds {
 
     fn leave(&self, thread: Uuid) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        // A feed ended by an erasure is gone from the map already: this finds none, or a newer
+        // feed of the same thread, which it leaves alone while sockets watch it.
         if let Some(feed) = feeds.get(&thread) {
             if feed.shared.sender.receiver_count() == 0 {
                 feed.stop.cancel();

@@ -5,6 +5,7 @@
 //! only to the threads its own sockets watch (see [`feeds`]), so NATS delivers a thread's
 //! messages to exactly the gateways that need them. A socket shows only what the event stream
 //! stored, and a client that reconnects with `?since=<message id>` gets what it missed first.
+//! A thread erased by an operator has its sockets closed with 4404 and refuses new ones (404).
 
 pub mod feeds;
 pub mod history;
@@ -138,6 +139,11 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Self {
         let feeds = Feeds::new(log.clone(), settings.ws_client_queue);
+        tokio::spawn(close_erased_threads(
+            log.clone(),
+            feeds.clone(),
+            shutdown.clone(),
+        ));
         Self {
             log,
             feeds,
@@ -167,6 +173,35 @@ impl Gateway {
             .is_err()
         {
             tracing::warn!("websockets still open after {grace:?}; stopping anyway");
+        }
+    }
+}
+
+/// Closes the sockets of each thread erased (close code 4404), until `shutdown` fires. Having
+/// missed some erasures, it asks whether each thread watched still exists.
+async fn close_erased_threads(
+    log: Arc<dyn EventLog>,
+    feeds: Arc<Feeds>,
+    shutdown: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut erasures = log.erasures();
+    loop {
+        let heard = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            heard = erasures.recv() => heard,
+        };
+        match heard {
+            Ok(thread) => feeds.erase(thread),
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed erasures: checking every thread watched");
+                for thread in feeds.watched() {
+                    if matches!(log.thread_exists(thread).await, Ok(false)) {
+                        feeds.erase(thread);
+                    }
+                }
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }
@@ -324,6 +359,8 @@ async fn connect(
         Err(WatchError::UnknownSince(id)) => {
             return bad_since(&id.to_string(), "Message \"{}\" is not in this thread.")
         }
+        // Erased since the check above.
+        Err(WatchError::UnknownThread(_)) => return not_found(),
         Err(WatchError::Store(e)) => return unavailable(e),
     };
     // Counted from the 101 on, not from when the upgraded connection's task first runs: a
@@ -349,8 +386,19 @@ async fn connect(
                         frames,
                         skip_through,
                     } => {
+                        let erased = watch.erased();
                         let live = watch.receiver();
-                        session(sink, incoming, frames, skip_through, live, limits, shutdown).await
+                        session(
+                            sink,
+                            incoming,
+                            frames,
+                            skip_through,
+                            live,
+                            limits,
+                            shutdown,
+                            erased,
+                        )
+                        .await
                     }
                     Backlog::TooLong => close_for_backlog(sink, limits).await,
                 };

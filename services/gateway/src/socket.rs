@@ -1,10 +1,11 @@
 //! One websocket session: push the frames the socket missed (when it resumed), then the
 //! thread's live frames; ignore what the client sends, ping, and close on shutdown (1012, so
 //! that the client reconnects elsewhere with `since`), on a stalled client, on a client that
-//! fell too far behind (1013) or sent a frame over the limit (1009). The frames it missed are
+//! fell too far behind (1013) or sent a frame over the limit (1009), and when the thread is
+//! erased (4404: gone for good). The frames it missed are
 //! sent as the live ones are, so that a shutdown or a client that leaves stops them too.
 
-use crate::feeds::{Frame, LOAD_THE_THREAD_FIRST};
+use crate::feeds::{Frame, LOAD_THE_THREAD_FIRST, THREAD_ERASED};
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub enum Ended {
     FeedClosed,
     ClientError,
     BacklogTooLong,
+    ThreadErased,
 }
 
 /// Closes a socket whose `since` is further back than the backlog a socket is sent, telling
@@ -55,7 +57,9 @@ where
 /// Runs a session over the two halves of any websocket-like sink and stream (a split axum
 /// `WebSocket` in production), so that it can be tested without a network. The socket comes
 /// split, so that the session's future holds two handles rather than the whole socket.
-/// `backlog` goes first, then the live frames stored after `skip_through`.
+/// `backlog` goes first, then the live frames stored after `skip_through`, until the thread
+/// is `erased`.
+#[allow(clippy::too_many_arguments)]
 pub async fn session<Si, St, E>(
     mut sink: Si,
     mut incoming: St,
@@ -64,6 +68,7 @@ pub async fn session<Si, St, E>(
     frames: &mut broadcast::Receiver<Frame>,
     limits: SessionLimits,
     shutdown: CancellationToken,
+    erased: CancellationToken,
 ) -> Ended
 where
     Si: Sink<Message> + Unpin,
@@ -88,6 +93,7 @@ where
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => Next::End(Ended::ShuttingDown, Some((close_code::RESTART, "server restarting, reconnect with since"))),
+            _ = erased.cancelled() => Next::End(Ended::ThreadErased, Some((THREAD_ERASED, "thread erased"))),
             message = incoming.next() => match message {
                 None | Some(Ok(Message::Close(_))) => Next::End(Ended::ClientClosed, None),
                 // A frame or message over the limit, or a broken frame; if the connection
@@ -246,6 +252,7 @@ mod tests {
                     &mut rx,
                     limits(),
                     shutdown,
+                    CancellationToken::new(),
                 )
                 .await
             }
@@ -288,6 +295,7 @@ mod tests {
             &mut rx,
             limits(),
             CancellationToken::new(),
+            CancellationToken::new(),
         )
         .await;
         assert_eq!(ended, Ended::TooSlow);
@@ -318,6 +326,7 @@ mod tests {
             &mut rx,
             limits(),
             CancellationToken::new(),
+            CancellationToken::new(),
         )
         .await;
         assert_eq!(ended, Ended::Idle);
@@ -341,7 +350,17 @@ mod tests {
         let backlog: Vec<Utf8Bytes> = (0..1000).map(|i| Utf8Bytes::from(format!("{i}"))).collect();
         let (_tx, mut rx) = broadcast::channel(8);
         let (sink, incoming) = socket.split();
-        let ended = session(sink, incoming, backlog, 0, &mut rx, limits(), shutdown).await;
+        let ended = session(
+            sink,
+            incoming,
+            backlog,
+            0,
+            &mut rx,
+            limits(),
+            shutdown,
+            CancellationToken::new(),
+        )
+        .await;
         let expected = if leave {
             Ended::ClientClosed
         } else {
@@ -371,6 +390,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_socket_of_an_erased_thread_is_closed_with_its_code() {
+        let (sent_tx, mut sent) = mpsc::unbounded();
+        let (_client, client_rx) = mpsc::unbounded();
+        let socket = FakeSocket {
+            sent: sent_tx,
+            client: client_rx,
+        };
+        let (tx, mut rx) = broadcast::channel(8);
+        let erased = CancellationToken::new();
+        let task = tokio::spawn({
+            let erased = erased.clone();
+            async move {
+                let (sink, incoming) = socket.split();
+                session(
+                    sink,
+                    incoming,
+                    Vec::new(),
+                    0,
+                    &mut rx,
+                    limits(),
+                    CancellationToken::new(),
+                    erased,
+                )
+                .await
+            }
+        });
+        tx.send(frame(1, "before")).unwrap();
+        assert_eq!(sent.next().await, Some(Message::Text("before".into())));
+        erased.cancel();
+        assert_eq!(task.await.unwrap(), Ended::ThreadErased);
+        match sent.next().await {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, THREAD_ERASED),
+            other => panic!("expected a 4404 close frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn live_frames_up_to_the_resumed_sequence_are_skipped() {
         let (sent_tx, mut sent) = mpsc::unbounded();
         let (_client, client_rx) = mpsc::unbounded();
@@ -387,7 +443,17 @@ mod tests {
             let shutdown = shutdown.clone();
             async move {
                 let (sink, incoming) = socket.split();
-                session(sink, incoming, Vec::new(), 9, &mut rx, limits(), shutdown).await
+                session(
+                    sink,
+                    incoming,
+                    Vec::new(),
+                    9,
+                    &mut rx,
+                    limits(),
+                    shutdown,
+                    CancellationToken::new(),
+                )
+                .await
             }
         });
         assert_eq!(sent.next().await, Some(Message::Text("12".into())));

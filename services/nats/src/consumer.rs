@@ -180,6 +180,14 @@ impl ProjectionSource for JetStreamLog {
         JetStreamLog::remember_thread(self, thread, sequence)
     }
 
+    fn erased(&self, thread: Uuid) -> bool {
+        JetStreamLog::erased(self, thread)
+    }
+
+    fn remember_erasure(&self, thread: Uuid) {
+        self.erasure_heard(thread)
+    }
+
     async fn set_aside(
         &self,
         subject: &str,

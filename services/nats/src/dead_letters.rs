@@ -9,6 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use proto_events::headers;
 use threadline_ports::StoreError;
+use uuid::Uuid;
 
 /// One set-aside event.
 #[derive(Debug, Clone)]
@@ -32,6 +33,29 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Whether the set-aside event belongs to `thread`: the thread token of its subject
+    /// (after `<prefix>.thread.`) or the `thread` or `id` of its payload names the thread, in
+    /// any spelling of its id (upper case, without hyphens: an event set aside as
+    /// `bad_subject` may be spelled so).
+    pub fn names_thread(&self, prefix: &str, thread: Uuid) -> bool {
+        let names = |text: &str| Uuid::try_parse(text).is_ok_and(|id| id == thread);
+        let in_subject = self
+            .subject
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(".thread."))
+            .and_then(|rest| rest.split('.').next())
+            .is_some_and(names);
+        in_subject
+            || serde_json::from_slice::<serde_json::Value>(&self.payload).is_ok_and(|payload| {
+                ["thread", "id"].iter().any(|field| {
+                    payload
+                        .get(field)
+                        .and_then(|v| v.as_str())
+                        .is_some_and(names)
+                })
+            })
+    }
+
     fn from_stored(message: async_nats::jetstream::message::StreamMessage) -> Self {
         let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
         let code = message
@@ -157,6 +181,19 @@ pub async fn republish(
     Ok(ack.sequence)
 }
 
+/// The record at dead-letter sequence `sequence`, if it is there.
+pub async fn get(log: &JetStreamLog, sequence: u64) -> Result<Option<DeadLetter>, StoreError> {
+    match dead_letter_stream(log)
+        .await?
+        .get_raw_message(sequence)
+        .await
+    {
+        Ok(message) => Ok(Some(DeadLetter::from_stored(message))),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(StoreError::nats(e)),
+    }
+}
+
 /// Removes the record at dead-letter sequence `sequence`.
 pub async fn remove(log: &JetStreamLog, sequence: u64) -> Result<(), StoreError> {
     dead_letter_stream(log)
@@ -165,4 +202,69 @@ pub async fn remove(log: &JetStreamLog, sequence: u64) -> Result<(), StoreError>
         .await
         .map_err(StoreError::nats)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREAD: &str = "4b0e1d4a-c9a6-11ee-8c90-0242ac120002";
+
+    fn letter(subject: &str, payload: &str) -> DeadLetter {
+        DeadLetter {
+            sequence: 1,
+            time: DateTime::default(),
+            code: "invalid_payload".into(),
+            reason: String::new(),
+            subject: subject.into(),
+            event_sequence: Some(7),
+            payload: Bytes::from(payload.to_owned()),
+            payload_omitted: None,
+        }
+    }
+
+    #[test]
+    fn a_set_aside_event_names_its_thread_in_any_spelling() {
+        let thread = Uuid::parse_str(THREAD).unwrap();
+        let upper = THREAD.to_uppercase();
+        let simple = THREAD.replace('-', "");
+        let other = "5b0e1d4a-c9a6-11ee-8c90-0242ac120002";
+        for (subject, payload) in [
+            (
+                format!("chat.thread.{THREAD}.message"),
+                "garbage".to_owned(),
+            ),
+            (format!("chat.thread.{upper}.message"), "{}".to_owned()),
+            (format!("chat.thread.{simple}.created"), String::new()),
+            (
+                format!("chat.thread.{other}.message"),
+                format!(r#"{{"id":"{other}","thread":"{upper}"}}"#),
+            ),
+            (
+                format!("chat.thread.{other}.created"),
+                format!(r#"{{"id":"{THREAD}"}}"#),
+            ),
+        ] {
+            assert!(
+                letter(&subject, &payload).names_thread("chat", thread),
+                "{subject} {payload}"
+            );
+        }
+        for (subject, payload) in [
+            (format!("chat.thread.{other}.message"), "garbage".to_owned()),
+            (
+                format!("other.thread.{THREAD}.message"),
+                r#"{"thread":"x"}"#.to_owned(),
+            ),
+            (
+                format!("chat.thread.{other}.message"),
+                format!(r#"{{"body":"{THREAD}"}}"#),
+            ),
+        ] {
+            assert!(
+                !letter(&subject, &payload).names_thread("chat", thread),
+                "{subject} {payload}"
+            );
+        }
+    }
 }

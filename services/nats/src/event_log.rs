@@ -1,6 +1,7 @@
 //! The event log on NATS JetStream.
 
 use crate::coalesce::{Answer, Coalesce};
+use crate::erasures::{self, Erasures};
 use crate::existence::{self, KnownThreads, MissingThreads};
 use crate::message_count::Tallies;
 use crate::settings::NatsSettings;
@@ -9,14 +10,15 @@ use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use proto_events::{headers, EncodedEvent, EventKind, Subjects};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use threadline_ports::settings::ByteSize;
 use threadline_ports::{
     bounded_text, report, Cause, Dependency, EventLog, StoreError, REASON_MAX_BYTES,
 };
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Histogram: seconds an append to JetStream took until stored, by `event` and `outcome`
@@ -37,6 +39,10 @@ pub struct JetStreamLog {
     known_threads: KnownThreads,
     /// Threads found missing a moment ago, not asked about again for clients meanwhile.
     missing_threads: MissingThreads,
+    /// The threads erased (see [`erasures`](crate::erasures)); followed once
+    /// [`follow_erasures`](Self::follow_erasures) has run.
+    erasures: Erasures,
+    following_erasures: AtomicBool,
     applied_floor: AtomicU64,
     /// Lookups in flight, shared by every caller asking the same. Each runs to its answer or
     /// to `NATS_TIMEOUT` (its wait for a turn included), whether or not its callers still wait.
@@ -101,14 +107,23 @@ impl JetStreamLog {
             .map_err(|e| {
                 StoreError::nats(format!("cannot open stream {}: {e}", settings.stream_name))
             })?;
-        if access == StreamAccess::Read
-            && stream.cached_info().config.republish != Some(republish_rule(&subjects))
-        {
-            return Err(StoreError::nats(format!(
-                "stream {} does not republish stored events as this version expects yet \
-                 (the api or the projector updates it when it starts)",
-                settings.stream_name
-            )));
+        if access == StreamAccess::Read {
+            let config = &stream.cached_info().config;
+            if config.republish != Some(republish_rule(&subjects)) {
+                return Err(StoreError::nats(format!(
+                    "stream {} does not republish stored events as this version expects yet \
+                     (the api or the projector updates it when it starts)",
+                    settings.stream_name
+                )));
+            }
+            if !config.subjects.contains(&subjects.erasures()) {
+                return Err(StoreError::nats(format!(
+                    "stream {} does not hold erasures ({}) yet \
+                     (the api or the projector updates it when it starts)",
+                    settings.stream_name,
+                    subjects.erasures()
+                )));
+            }
         }
         Ok(Self {
             client,
@@ -118,6 +133,8 @@ impl JetStreamLog {
             settings: settings.clone(),
             known_threads: KnownThreads::default(),
             missing_threads: MissingThreads::default(),
+            erasures: Erasures::default(),
+            following_erasures: AtomicBool::new(false),
             applied_floor: AtomicU64::new(0),
             threads_asked: Coalesce::new(settings.nats_timeout, LOOKUPS_IN_FLIGHT),
             last_sequences_asked: Coalesce::new(settings.nats_timeout, LOOKUPS_IN_FLIGHT),
@@ -152,10 +169,48 @@ impl JetStreamLog {
     }
 
     /// Notes a valid `ThreadCreated` of `thread` stored at `sequence` (just appended, or
-    /// folded by the projector). It proves that the thread exists; it may not be the first.
+    /// folded by the projector). It proves that the thread exists unless it was erased; it
+    /// may not be the first.
     pub fn remember_thread(&self, thread: Uuid, sequence: u64) {
+        if self.erasures.contains(thread) {
+            return;
+        }
         self.known_threads.seen(thread, sequence);
         self.missing_threads.found(thread);
+    }
+
+    /// Reads every erasure the stream holds, then follows new ones until `shutdown` fires
+    /// (see [`erasures`](crate::erasures)): what every role does before it serves. Once
+    /// it has returned `Ok`, calling it again does nothing.
+    pub async fn follow_erasures(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        if self.following_erasures.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        erasures::follow(self.clone(), shutdown).await?;
+        self.following_erasures.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The threads this process knows to be erased.
+    pub fn known_erasures(&self) -> &Erasures {
+        &self.erasures
+    }
+
+    /// Whether `thread` is known to be erased.
+    pub fn erased(&self, thread: Uuid) -> bool {
+        self.erasures.contains(thread)
+    }
+
+    /// Notes a valid `ThreadErased` of `thread` (read from the stream, appended or folded
+    /// here): the thread is forgotten, and whoever listens is told.
+    pub fn erasure_heard(&self, thread: Uuid) {
+        if self.erasures.insert(thread) {
+            self.known_threads.forget(thread);
+            tracing::info!(%thread, "thread erased");
+        }
     }
 
     /// The stream sequence of the thread's first valid `ThreadCreated`, if the log holds one:
@@ -179,6 +234,9 @@ impl JetStreamLog {
 
     /// The lookup behind [`thread_created_at`](Self::thread_created_at), without its bound.
     async fn first_creation(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        if self.erasures.contains(thread) {
+            return Ok(None);
+        }
         if let Some(known) = self.known_threads.get(thread).filter(|k| k.first) {
             return Ok(Some(known.sequence));
         }
@@ -202,6 +260,10 @@ impl JetStreamLog {
             .get_fresh_if(thread, ask, |answer| matches!(answer, Ok(None)))
             .await
             .map_err(StoreError::nats)?;
+        // Erased while the lookup was in flight: its answer is out of date.
+        if self.erasures.contains(thread) {
+            return Ok(None);
+        }
         match created {
             Some(sequence) => {
                 self.known_threads.first(thread, sequence);
@@ -216,6 +278,9 @@ impl JetStreamLog {
     /// else the first; `None` also when the thread was found missing a moment ago
     /// ([`NOT_FOUND_MEMORY`](existence::NOT_FOUND_MEMORY)), without asking again.
     async fn thread_created_for_client(&self, thread: Uuid) -> Result<Option<u64>, StoreError> {
+        if self.erasures.contains(thread) {
+            return Ok(None);
+        }
         if let Some(known) = self.known_threads.get(thread) {
             return Ok(Some(known.sequence));
         }
@@ -300,6 +365,9 @@ impl JetStreamLog {
         thread: Uuid,
         from: u64,
     ) -> Result<Option<u64>, StoreError> {
+        if self.erasures.contains(thread) {
+            return Ok(None);
+        }
         match self.known_threads.get(thread) {
             Some(known) if known.sequence < from => Ok(Some(known.sequence)),
             _ => self.thread_created_at(thread).await,
@@ -399,7 +467,8 @@ async fn manage_streams(
     settings: &NatsSettings,
     subjects: &Subjects,
 ) -> Result<(), StoreError> {
-    let info = ensure_stream(
+    // Streams made before erasures lack their subjects: they are added.
+    let info = ensure_stream_adding(
         jetstream,
         stream::Config {
             name: settings.stream_name.clone(),
@@ -415,6 +484,7 @@ async fn manage_streams(
             republish: Some(republish_rule(subjects)),
             ..Default::default()
         },
+        &[subjects.erasures()],
     )
     .await?;
     update_stream_rules(jetstream, info.config, settings, subjects).await?;
@@ -494,6 +564,17 @@ pub(crate) async fn ensure_stream(
     jetstream: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Info, StoreError> {
+    ensure_stream_adding(jetstream, config, &[]).await
+}
+
+/// As [`ensure_stream`], and adds those of `config`'s subjects in `added` that an existing
+/// stream lacks (subjects of this version that a stream made by an earlier one has not); a
+/// stream that lacks any other of them is not threadline's.
+async fn ensure_stream_adding(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+    added: &[String],
+) -> Result<stream::Info, StoreError> {
     let mut stream = jetstream
         .get_or_create_stream(config.clone())
         .await
@@ -501,11 +582,11 @@ pub(crate) async fn ensure_stream(
             StoreError::nats(format!("cannot create or open stream {}: {e}", config.name))
         })?;
     let info = stream.info().await.map_err(StoreError::nats)?.clone();
-    let missing: Vec<&String> = config
+    let (to_add, missing): (Vec<&String>, Vec<&String>) = config
         .subjects
         .iter()
         .filter(|s| !info.config.subjects.contains(s))
-        .collect();
+        .partition(|s| added.contains(s));
     if !missing.is_empty() {
         return Err(StoreError::nats(format!(
             "stream {} exists with subjects {:?}, which lack {:?}; \
@@ -514,7 +595,7 @@ pub(crate) async fn ensure_stream(
         )));
     }
     let limits = |c: &stream::Config| (c.num_replicas, c.max_age, c.max_bytes, c.discard);
-    if limits(&info.config) == limits(&config) {
+    if limits(&info.config) == limits(&config) && to_add.is_empty() {
         return Ok(info);
     }
     // The settings changed since the stream was made (more replicas, other limits): the
@@ -526,6 +607,10 @@ pub(crate) async fn ensure_stream(
         wanted.max_bytes,
         wanted.discard,
     ) = limits(&config);
+    for subject in to_add {
+        tracing::info!(stream = %config.name, subject, "adding a subject to the stream");
+        wanted.subjects.push(subject.clone());
+    }
     tracing::info!(
         stream = %config.name,
         replicas = wanted.num_replicas,
@@ -597,8 +682,10 @@ impl EventLog for JetStreamLog {
                 self.settings.nats_timeout
             )));
         };
-        if event.kind() == EventKind::ThreadCreated {
-            self.remember_thread(event.thread(), sequence);
+        match event.kind() {
+            EventKind::ThreadCreated => self.remember_thread(event.thread(), sequence),
+            EventKind::ThreadErased => self.erasure_heard(event.thread()),
+            EventKind::MessagePosted => {}
         }
         record_append(event.kind(), "stored", started);
         Ok(sequence)
@@ -648,6 +735,10 @@ impl EventLog for JetStreamLog {
 
     async fn applied_everything(&self) -> Result<Option<u64>, StoreError> {
         self.bounded(self.everything_applied()).await
+    }
+
+    fn erasures(&self) -> broadcast::Receiver<Uuid> {
+        self.erasures.subscribe()
     }
 }
 

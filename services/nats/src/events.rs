@@ -50,13 +50,10 @@ pub async fn tail(
         }
         TailStart::New => DeliverPolicy::New,
     };
-    // nats-server 2.9 takes one filter per consumer, and a thread's events are on two
+    // nats-server 2.9 takes one filter per consumer, and a thread's events are on three
     // subjects: one ordered consumer per subject, merged.
     let filters = match thread {
-        Some(thread) => vec![
-            log.subjects().thread_created(thread),
-            log.subjects().message_posted(thread),
-        ],
+        Some(thread) => log.subjects().thread_subjects(thread).to_vec(),
         None => vec![String::new()],
     };
     let stream = log

@@ -2,7 +2,10 @@
 //!
 //! A thread exists from its first valid `ThreadCreated`: the lowest stream sequence on the
 //! thread's `created` subject whose event is valid. Nothing stored on that subject later,
-//! valid or not, changes who created the thread, when, or whether it exists. The api (POST of
+//! valid or not, changes who created the thread, when, or whether it exists. Only its
+//! erasure ends it: a thread the stream holds a valid `ThreadErased` of does not exist, for
+//! good, whatever its `created` subject holds (see [`erasures`](crate::erasures), which each
+//! process knows without asking). The api (POST of
 //! a message, GET), the gateway (socket upgrade, which messages a feed may show) and the live
 //! projector (which messages count) ask [`JetStreamLog::thread_created_at`](crate::JetStreamLog::thread_created_at),
 //! which looks the event up with [`first_valid_creation`]; `rebuild` and `verify` fold the
@@ -21,8 +24,8 @@ use uuid::Uuid;
 /// How many threads each process remembers to exist. Past it, the threads used least of late
 /// are forgotten first, and threads seen once (as anonymous visitors create them by the
 /// thousand) cannot push out those in use: the cache is quick_cache's, bounded and
-/// scan-resistant. Threads never disappear, so a remembered answer is never wrong; a
-/// forgotten one is asked again.
+/// scan-resistant. Threads disappear only when erased, and an erased thread is forgotten as
+/// soon as its erasure is heard; a forgotten one is asked again.
 pub const KNOWN_THREADS_CAPACITY: usize = 100_000;
 
 /// How long a process remembers that a thread does not exist, for the requests of clients
@@ -91,6 +94,11 @@ impl KnownThreads {
                 first: false,
             },
         );
+    }
+
+    /// Forgets `thread`: it was erased.
+    pub fn forget(&self, thread: Uuid) {
+        self.lock().remove(&thread);
     }
 
     /// Notes the first valid `ThreadCreated` of `thread`, as the stream answered.

@@ -10,14 +10,24 @@
 //! otherwise fill the JetStream store that the event stream needs too. When it is full, new
 //! records are refused ([`StoreError::Full`]) until the oldest expire, and the records it
 //! holds keep their promise; requests without a key never touch it.
+//!
+//! Erasing a thread removes its records (`threadline erase`): a record is found by reading
+//! every record in the bucket (one consumer, the latest record of each key, in one pass) and
+//! asking the caller which of them hold the thread's events, since only the API knows their
+//! layout; its key's subject is then purged, on every replica of the bucket. A bucket's size
+//! is bounded (IDEMPOTENCY_MAX_BYTES, IDEMPOTENCY_WINDOW), and so is the cost of that read:
+//! cheaper than a second record per request naming its thread, which every POST would pay.
 
 use crate::JetStreamLog;
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{kv, stream, ErrorCode};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use std::time::Duration;
 use threadline_ports::settings::ByteSize;
-use threadline_ports::{report, IdempotencyStore, StoreError};
+use threadline_ports::{report, IdempotencyStore, RecordFilter, StoreError};
 
 /// The idempotency store in a JetStream key-value bucket.
 pub struct KvIdempotency {
@@ -66,10 +76,35 @@ impl KvIdempotency {
         )
         .await
         .map_err(|e| StoreError::nats(format!("cannot create key-value bucket {bucket}: {e}")))?;
-        let store = jetstream
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| StoreError::nats(format!("cannot open key-value bucket {bucket}: {e}")))?;
+        Self::opened(log, bucket, max_bytes).await
+    }
+
+    /// Opens the bucket `bucket` as it is, changing nothing, for an operator's command;
+    /// `None` if there is none (no api has made it: it holds no record).
+    pub async fn existing(log: &JetStreamLog, bucket: &str) -> Result<Option<Self>, StoreError> {
+        match log.jetstream().get_stream(format!("KV_{bucket}")).await {
+            Ok(_) => Self::opened(log, bucket, None).await.map(Some),
+            Err(e)
+                if matches!(e.kind(), GetStreamErrorKind::JetStream(error)
+                if error.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::nats(format!(
+                "cannot open key-value bucket {bucket}: {e}"
+            ))),
+        }
+    }
+
+    async fn opened(
+        log: &JetStreamLog,
+        bucket: &str,
+        max_bytes: ByteSize,
+    ) -> Result<Self, StoreError> {
+        let store =
+            log.jetstream().get_key_value(bucket).await.map_err(|e| {
+                StoreError::nats(format!("cannot open key-value bucket {bucket}: {e}"))
+            })?;
         Ok(Self {
             store,
             client: log.client().clone(),
@@ -77,6 +112,11 @@ impl KvIdempotency {
             bucket: bucket.to_owned(),
             max_bytes,
         })
+    }
+
+    /// The subject of a key's records.
+    fn subject(&self, key: &str) -> String {
+        format!("{}{key}", self.store.prefix)
     }
 }
 
@@ -129,6 +169,56 @@ impl IdempotencyStore for KvIdempotency {
             Ok(found) => found.map_err(StoreError::nats),
             Err(_) => Err(StoreError::nats("idempotency store timed out")),
         }
+    }
+
+    async fn keys_of(&self, wanted: RecordFilter<'_>) -> Result<Vec<String>, StoreError> {
+        let consumer = self
+            .store
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{}>", self.store.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(StoreError::nats)?;
+        let mut keys = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(keys);
+        }
+        let mut records = consumer.messages().await.map_err(StoreError::nats)?;
+        loop {
+            let record = tokio::time::timeout(self.timeout, records.next())
+                .await
+                .map_err(|_| StoreError::nats("the idempotency bucket stopped answering"))?
+                .ok_or_else(|| StoreError::nats("the idempotency bucket's consumer ended"))?
+                .map_err(StoreError::nats)?;
+            let pending = record.info().map_err(StoreError::nats)?.pending;
+            // A purge or delete marker has no record.
+            if !record.payload.is_empty() && wanted(&record.payload) {
+                if let Some(key) = record.subject.strip_prefix(self.store.prefix.as_str()) {
+                    keys.push(key.to_owned());
+                }
+            }
+            if pending == 0 {
+                return Ok(keys);
+            }
+        }
+    }
+
+    async fn remove(&self, keys: &[String]) -> Result<(), StoreError> {
+        // A purge of the key's subject, not the bucket's delete (which the bucket denies) or
+        // purge (which leaves a marker, and a claim of the key would then fail): nothing of
+        // the key is left, on any replica.
+        for key in keys {
+            self.store
+                .stream
+                .purge()
+                .filter(self.subject(key))
+                .await
+                .map_err(StoreError::nats)?;
+        }
+        Ok(())
     }
 }
 

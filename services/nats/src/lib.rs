@@ -3,12 +3,15 @@
 //! consumer and the replay of the stream for `rebuild` and `verify`, a thread's messages as
 //! the gateway reads them (the [`ThreadMessages`](threadline_ports::ThreadMessages) of
 //! [`thread_messages`]), the API's idempotency store ([`KvIdempotency`]), a thread's message
-//! count for the API's bound on it ([`message_count`]), the events set aside as invalid, and
-//! the settings of all of them ([`NatsSettings`]).
+//! count for the API's bound on it ([`message_count`]), the events set aside as invalid, the
+//! threads erased ([`erasures`]) and what erasing one removes ([`erase`]), and the settings of
+//! all of them ([`NatsSettings`]).
 
 pub mod coalesce;
 pub mod consumer;
 pub mod dead_letters;
+pub mod erase;
+pub mod erasures;
 pub mod event_log;
 pub mod events;
 pub mod existence;

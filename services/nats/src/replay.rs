@@ -9,10 +9,11 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_trait::async_trait;
 use futures::StreamExt;
 use proto_events::Subjects;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 use threadline_ports::{Decode, EventReplay, Replay, ReplayError};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 /// Most events asked of JetStream per pull request (below the client's per-subscription
 /// buffer of 65,536 messages, which an unacknowledged consumer must never overflow).
@@ -42,6 +43,10 @@ impl EventReplay for JetStreamLog {
             .map_err(log_error)?;
         let info = stream.info().await.map_err(log_error)?;
         Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    async fn erased_threads(&self) -> Result<HashSet<Uuid>, ReplayError> {
+        crate::erasures::read_all(self).await.map_err(log_error)
     }
 
     async fn replay<T: Send + 'static>(

@@ -411,19 +411,42 @@ impl ThreadReader<'_> {
     }
 }
 
-/// The stream sequence in a pushed message's reply subject:
+/// The stream sequence in a pushed message's reply subject (see [`Pushed`]).
+fn stream_sequence(reply: &str) -> Option<u64> {
+    Pushed::parse(reply).map(|pushed| pushed.stream)
+}
+
+/// What a message pushed by a consumer says of itself in its reply subject:
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
 /// or the longer form with a domain and an account hash after `$JS.ACK`.
-fn stream_sequence(reply: &str) -> Option<u64> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    let index = match tokens.len() {
-        9 => 5,
-        n if n >= 11 => 7,
-        _ => return None,
-    };
-    (tokens.first() == Some(&"$JS") && tokens.get(1) == Some(&"ACK"))
-        .then(|| tokens.get(index)?.parse().ok())
-        .flatten()
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pushed {
+    /// Its stream sequence.
+    pub stream: u64,
+    /// Its sequence among the messages the consumer delivered.
+    pub consumer: u64,
+    /// How many messages the consumer holds for delivery after it.
+    pub pending: u64,
+}
+
+impl Pushed {
+    pub(crate) fn parse(reply: &str) -> Option<Pushed> {
+        let tokens: Vec<&str> = reply.split('.').collect();
+        let first = match tokens.len() {
+            9 => 5,
+            n if n >= 11 => 7,
+            _ => return None,
+        };
+        if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
+            return None;
+        }
+        let number = |at: usize| tokens.get(at)?.parse().ok();
+        Some(Pushed {
+            stream: number(first)?,
+            consumer: number(first + 1)?,
+            pending: number(first + 3)?,
+        })
+    }
 }
 
 /// The event id a stored message carries in `Nats-Msg-Id`, if it is a UUID.
@@ -458,6 +481,22 @@ mod tests {
         );
         assert_eq!(stream_sequence("_INBOX_gateway.abc"), None);
         assert_eq!(stream_sequence("$JS.ACK.THREADLINE.abc.1.x.1.1.7"), None);
+        assert_eq!(
+            Pushed::parse("$JS.ACK.THREADLINE.abc.1.42.3.1764648000000000000.7"),
+            Some(Pushed {
+                stream: 42,
+                consumer: 3,
+                pending: 7
+            })
+        );
+        assert_eq!(
+            Pushed::parse("$JS.ACK.hub.ACCHASH.THREADLINE.abc.1.43.4.1764648000000000000.0.r"),
+            Some(Pushed {
+                stream: 43,
+                consumer: 4,
+                pending: 0
+            })
+        );
     }
 
     fn republish(headers: &[(&str, &str)]) -> async_nats::Message {

@@ -3,6 +3,7 @@
 use crate::StoreError;
 use async_trait::async_trait;
 use proto_events::EncodedEvent;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 /// What the domain needs from the event log.
@@ -12,13 +13,13 @@ pub trait EventLog: Send + Sync + 'static {
     /// Appending the same event (same id) again stores it once.
     async fn append(&self, event: &EncodedEvent) -> Result<u64, StoreError>;
 
-    /// Whether the thread exists: the log holds a valid `ThreadCreated` of it (see
-    /// `threadline_nats::existence` for the one rule).
+    /// Whether the thread exists: the log holds a valid `ThreadCreated` of it and no
+    /// `ThreadErased` (see `threadline_nats::existence` for the one rule).
     async fn thread_exists(&self, thread: Uuid) -> Result<bool, StoreError>;
 
     /// A stream sequence through which the read model holds everything of the thread that was
     /// appended before this call: the later of its creation and its latest message. `None` if
-    /// the thread does not exist. Events stored on its `created` subject after its creation
+    /// the thread does not exist (an erased thread included). Events stored on its `created` subject after its creation
     /// do not count: they change nothing.
     async fn thread_last_sequence(&self, thread: Uuid) -> Result<Option<u64>, StoreError>;
 
@@ -36,4 +37,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// event through it; `None` if it has not. One request to the log serves every caller
     /// waiting at the same moment.
     async fn applied_everything(&self) -> Result<Option<u64>, StoreError>;
+
+    /// The threads erased from now on, each as soon as this process hears of it (an
+    /// operator's `ThreadErased`): what a process that keeps threads in memory or open drops.
+    /// A receiver that lags behind (`RecvError::Lagged`) has missed some: it must treat every
+    /// thread it holds as possibly erased and ask [`thread_exists`](Self::thread_exists).
+    fn erasures(&self) -> broadcast::Receiver<Uuid>;
 }

@@ -2,10 +2,12 @@
 //! ([`EventLog`]), a thread's stored messages as the gateway reads them
 //! ([`ThreadMessages`]), the read model ([`ReadModel`]) and the API's idempotency store
 //! ([`IdempotencyStore`]), the log as the projector reads it ([`ProjectionSource`],
-//! [`EventReplay`]), what `/readyz` asks of a dependency ([`Dependency`]), their errors
+//! [`EventReplay`]), what erasing a thread removes from the log ([`ErasableLog`]), what
+//! `/readyz` asks of a dependency ([`Dependency`]), their errors
 //! ([`StoreError`]), and the values the adapters' settings are made of. The adapters
 //! (`threadline-nats`, `threadline-postgres`) implement them; nothing here knows NATS or SQL.
 
+pub mod erase;
 pub mod error;
 pub mod event_log;
 pub mod health;
@@ -18,14 +20,15 @@ pub mod settings;
 pub mod text;
 pub mod thread_messages;
 
+pub use erase::ErasableLog;
 pub use error::{report, Backend, Cause, StoreError};
 pub use event_log::EventLog;
 pub use health::Dependency;
-pub use idempotency::IdempotencyStore;
+pub use idempotency::{IdempotencyStore, RecordFilter};
 pub use projection::{
     Backlog, Decode, Deliveries, Delivery, EventReplay, ProjectionSource, Replay, ReplayError,
     StoredEvent,
 };
-pub use read_model::{AppliedMessage, AppliedThread, Changes, ReadModel, ThreadRead};
+pub use read_model::{AppliedMessage, AppliedThread, Changes, ReadModel, ThreadRead, ThreadRows};
 pub use text::{bounded_text, REASON_MAX_BYTES};
 pub use thread_messages::{LiveMessage, LiveMessages, StoredMessage, ThreadMessages};

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use proto_events::{EventError, Subjects};
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
@@ -94,6 +95,14 @@ pub trait ProjectionSource: Send + Sync + 'static {
     /// projector: later existence checks of the thread need not ask the log.
     fn remember_thread(&self, thread: Uuid, sequence: u64);
 
+    /// Whether `thread` was erased: the log holds its `ThreadErased` (every one stored
+    /// before this process started, and every one heard or folded since). None of its events
+    /// counts, wherever it is in the stream.
+    fn erased(&self, thread: Uuid) -> bool;
+
+    /// Notes a valid `ThreadErased` of `thread`, folded by the projector.
+    fn remember_erasure(&self, thread: Uuid);
+
     /// Stores an invalid event aside with why, where it came from and who set it aside, and
     /// waits until it is stored. The reason may be cut short; a payload too large for the
     /// record is left out (the event stays in the log at its sequence). Returns whether the
@@ -143,6 +152,10 @@ pub type Decode<T> = fn(&Subjects, &StoredEvent) -> T;
 pub trait EventReplay: Send + Sync {
     /// The stream's first and last sequence now.
     async fn stream_bounds(&self) -> Result<(u64, u64), ReplayError>;
+
+    /// Every thread the stream holds a valid `ThreadErased` of now: a replay that reads
+    /// them first folds none of their events, wherever they are in the stream.
+    async fn erased_threads(&self) -> Result<HashSet<Uuid>, ReplayError>;
 
     /// Reads the stream in order from sequence `from`, nothing acknowledged, nothing kept
     /// by the log for it afterwards. Each event is decoded with `decode` as it is read, on a

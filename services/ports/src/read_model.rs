@@ -55,6 +55,13 @@ pub enum ThreadRead {
     Streamed(futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>),
 }
 
+/// How many rows of the read model hold a thread: its own and its messages'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadRows {
+    pub threads: u64,
+    pub messages: u64,
+}
+
 /// What the domain needs from the read model.
 #[async_trait]
 pub trait ReadModel: Send + Sync + 'static {
@@ -69,6 +76,13 @@ pub trait ReadModel: Send + Sync + 'static {
         threads: &[AppliedThread],
         messages: &[AppliedMessage],
     ) -> Result<(), StoreError>;
+
+    /// Deletes every row of these threads (their thread rows and their messages), in one
+    /// transaction: what folding a `ThreadErased` does. Safe to repeat; how many rows went.
+    async fn erase(&self, threads: &[Uuid]) -> Result<ThreadRows, StoreError>;
+
+    /// How many rows the read model holds of a thread.
+    async fn rows_of(&self, thread: Uuid) -> Result<ThreadRows, StoreError>;
 }
 
 /// What a process has heard of changes of the serving read model (a rebuild's switch-over): an

@@ -63,6 +63,11 @@ pub trait WriteRows: Send {
         threads: &[AppliedThread],
         messages: &[AppliedMessage],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes every row of these threads, erased meanwhile, in a transaction of its own (a
+    /// savepoint within a switch-over's), as the live projector does when it folds their
+    /// `ThreadErased`.
+    fn erase(&mut self, threads: &[Uuid]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// A new read model built beside the serving one, then put in its place in one transaction.

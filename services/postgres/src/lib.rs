@@ -9,5 +9,5 @@ pub mod rebuild;
 pub mod settings;
 
 pub use error::sql_error;
-pub use read_model::{apply_rows, PgReadModel, SWITCH_LOCK};
+pub use read_model::{apply_rows, erase_rows, PgReadModel, SWITCH_LOCK};
 pub use settings::DatabaseSettings;

@@ -11,6 +11,10 @@ use uuid::Uuid;
 pub enum Verdict {
     Thread(AppliedThread),
     Message(AppliedMessage),
+    /// A thread's `ThreadErased`: its rows go, and none of its events counts from now on.
+    Erase(Uuid),
+    /// An event of an erased thread: nothing to write, nothing to set aside.
+    Skip,
     SetAside(EventError),
 }
 
@@ -39,7 +43,34 @@ pub fn verdict(subjects: &Subjects, incoming: &StoredEvent) -> Verdict {
             send_by_user: e.send_by_user,
             stream_seq: incoming.sequence,
         }),
+        Ok(Event::ThreadErased(e)) => Verdict::Erase(e.thread),
         Err(e) => Verdict::SetAside(e),
+    }
+}
+
+/// The threads the verdicts erase, in stream order.
+pub fn erasures_in(verdicts: &[Verdict]) -> Vec<Uuid> {
+    verdicts
+        .iter()
+        .filter_map(|verdict| match verdict {
+            Verdict::Erase(thread) => Some(*thread),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Skips every thread and message row of a thread that `erased` says is erased, wherever it
+/// is in the stream (before its erasure, or a `ThreadCreated` published again after it).
+pub fn skip_erased(verdicts: &mut [Verdict], erased: impl Fn(Uuid) -> bool) {
+    for verdict in verdicts.iter_mut() {
+        let thread = match verdict {
+            Verdict::Thread(t) => t.id,
+            Verdict::Message(m) => m.thread,
+            _ => continue,
+        };
+        if erased(thread) {
+            *verdict = Verdict::Skip;
+        }
     }
 }
 
@@ -53,7 +84,7 @@ pub fn rows<'a>(
         match verdict {
             Verdict::Thread(t) => threads.push(t.clone()),
             Verdict::Message(m) => messages.push(m.clone()),
-            Verdict::SetAside(_) => {}
+            Verdict::Erase(_) | Verdict::Skip | Verdict::SetAside(_) => {}
         }
     }
     (threads, messages)
@@ -200,6 +231,43 @@ mod tests {
             matches!(&verdicts[0], Verdict::SetAside(EventError::UnknownThread(t)) if *t == other)
         );
         assert!(matches!(&verdicts[1], Verdict::Message(_)));
+    }
+
+    fn erased(sequence: u64) -> StoredEvent {
+        incoming(
+            "erased",
+            sequence,
+            json!({"thread": THREAD, "timestamp": "2026-11-24T03:22:42.000000Z"}),
+        )
+    }
+
+    #[test]
+    fn an_erasure_skips_every_row_of_its_thread_before_and_after_it() {
+        let s = Subjects::default();
+        let other = "00000000-0000-1000-8000-000000000001";
+        let mut again = created();
+        again.sequence = 5;
+        let mut verdicts: Vec<Verdict> = [
+            created(),
+            message(2, THREAD),
+            erased(3),
+            message(4, other),
+            again,
+        ]
+        .iter()
+        .map(|i| verdict(&s, i))
+        .collect();
+        let thread = Uuid::parse_str(THREAD).unwrap();
+        assert_eq!(erasures_in(&verdicts), [thread]);
+        skip_erased(&mut verdicts, |t| t == thread);
+        assert!(matches!(verdicts[0], Verdict::Skip));
+        assert!(matches!(verdicts[1], Verdict::Skip));
+        assert!(matches!(verdicts[2], Verdict::Erase(t) if t == thread));
+        assert!(matches!(&verdicts[3], Verdict::Message(m) if m.stream_seq == 4));
+        assert!(matches!(verdicts[4], Verdict::Skip));
+        let (threads, messages) = rows(verdicts.iter());
+        assert!(threads.is_empty());
+        assert_eq!(messages.len(), 1);
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! so are events whose rows PostgreSQL refuses (found by splitting the batch, see `batch`).
 //! Batches are bounded by count and by bytes. A batch that keeps failing for another reason
 //! is retried until it succeeds, and after a while the projector says it is stuck (`stall`).
+//! A `ThreadErased` deletes its thread's rows, and no event of an erased thread is applied
+//! or set aside afterwards, nor before it if it comes late (`fold::skip_erased`).
 
 pub mod batch;
 pub mod bulk;
+pub mod erase;
 pub mod error;
 pub mod fold;
 pub mod progress;
@@ -198,6 +201,7 @@ impl<L: ProjectionSource> Projector<L> {
         }
         let mut judged = self.judge(incoming, shutdown).await?;
         let written = self.write_rows(&mut judged, shutdown).await?;
+        self.erase_rows(&judged, shutdown).await?;
         self.set_aside(&judged, shutdown).await?;
         // An acknowledgement lost is only logged: the event is delivered and applied again,
         // which changes nothing.
@@ -219,6 +223,12 @@ impl<L: ProjectionSource> Projector<L> {
             .iter()
             .map(|i| fold::verdict(subjects, i))
             .collect();
+        // The batch's erasures first: none of an erased thread's events counts, before or
+        // after its erasure.
+        for thread in fold::erasures_in(&verdicts) {
+            self.log.remember_erasure(thread);
+        }
+        fold::skip_erased(&mut verdicts, |thread| self.log.erased(thread));
         let created =
             retry::until_ready("checking threads against the event log", shutdown, || {
                 self.noting_failure(first_seq, self.threads_created(&verdicts))
@@ -266,6 +276,33 @@ impl<L: ProjectionSource> Projector<L> {
             }
         }
         Ok(written)
+    }
+
+    /// Deletes the rows of the threads the batch erases, retried until it succeeds. The rows
+    /// of the batch itself skipped them already.
+    async fn erase_rows(
+        &self,
+        judged: &Judged,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ShutDown> {
+        if judged.erased.is_empty() {
+            return Ok(());
+        }
+        let sequence = judged.incoming.first().map_or(0, |i| i.sequence);
+        let erased = retry::until_ready("deleting the rows of erased threads", shutdown, || {
+            self.noting_failure(sequence, self.read.erase(&judged.erased))
+        })
+        .await
+        .ok_or(ShutDown)?;
+        for thread in &judged.erased {
+            tracing::info!(%thread, "folded a thread's erasure");
+        }
+        tracing::debug!(
+            threads = erased.threads,
+            messages = erased.messages,
+            "deleted the rows of erased threads"
+        );
+        Ok(())
     }
 
     /// Sets the batch's invalid and refused events aside on the dead-letter stream, in stream
@@ -377,20 +414,24 @@ impl<L: ProjectionSource> Projector<L> {
 struct ShutDown;
 
 /// A batch's events as judged: the rows to write and the events to set aside, each by its
-/// index in `incoming`; the rows in stream order.
+/// index in `incoming`; the rows in stream order; the threads erased.
 struct Judged {
     incoming: Vec<StoredEvent>,
     rows: Vec<(usize, Verdict)>,
     set_aside: Vec<(usize, EventError)>,
+    erased: Vec<uuid::Uuid>,
 }
 
 impl Judged {
     fn new(incoming: Vec<StoredEvent>, verdicts: Vec<Verdict>) -> Self {
         let mut rows = Vec::new();
         let mut set_aside = Vec::new();
+        let mut erased = Vec::new();
         for (index, verdict) in verdicts.into_iter().enumerate() {
             match verdict {
                 Verdict::SetAside(reason) => set_aside.push((index, reason)),
+                Verdict::Erase(thread) => erased.push(thread),
+                Verdict::Skip => {}
                 row => rows.push((index, row)),
             }
         }
@@ -398,6 +439,7 @@ impl Judged {
             incoming,
             rows,
             set_aside,
+            erased,
         }
     }
 }

@@ -17,6 +17,10 @@
 //!    rolls the try back, so that nobody queues behind it, and the switch-over says so, catches
 //!    up again and tries again after a pause.
 //!
+//! No event of an erased thread is folded: the threads erased when the rebuild starts are read
+//! first, and a `ThreadErased` appended meanwhile deletes its thread's rows from the new
+//! tables as the live projector deletes them from the serving ones.
+//!
 //! Interrupted at any point, the serving tables are untouched: until the switch-over commits,
 //! only `threadline_rebuild` has been written, and a new run drops it and starts over.
 
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 use threadline_nats::JetStreamLog;
 use threadline_ports::rebuild::{GaveWay, RebuildTarget, SwitchOver, WriteRows};
 use threadline_ports::{AppliedMessage, AppliedThread, EventReplay, StoreError};
+use uuid::Uuid;
 
 /// The switch-over waits until at most this many events are left to apply under its lock.
 const SWITCH_GAP: u64 = 2_000;
@@ -81,13 +86,16 @@ pub async fn rebuild<T: RebuildTarget>(
         last,
         "rebuilding the read model from events {first}..={last}"
     );
+    // Every thread erased up to `last` at least: none of their events is loaded.
+    let erased = log.erased_threads().await?;
     let mut reader = EventReader::open(log, first).await?;
-    let mut fold = ReplayFold::new();
+    let mut fold = ReplayFold::with_erased(erased);
     let writer = BulkWriter::start(target);
     let mut target = replay::load(&mut reader, &mut fold, writer, last, &progress).await?;
     let bulk_events = fold.counts.events;
     progress.phase("building indexes");
     target.build_indexes().await?;
+    target.erase(&fold.take_erased()).await?;
     let bulk_elapsed = started.elapsed();
 
     // From here on the new tables are written as the live projector writes the serving ones.
@@ -119,6 +127,7 @@ pub async fn rebuild<T: RebuildTarget>(
         // The rows applied under the switch-over that gave way were rolled back with it.
         write_rows(&mut target, &tail.threads).await?;
         write_rows(&mut target, &tail.messages).await?;
+        target.erase(&tail.erased).await?;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_SWITCH_PAUSE);
         catch_up(&mut target, log, &mut reader, &mut fold, &progress).await?;
@@ -151,11 +160,13 @@ async fn catch_up(
     }
 }
 
-/// The rows written under the switch-over's transaction, to write again if it gives way.
+/// The rows written under the switch-over's transaction, and the threads erased, to write
+/// and erase again if it gives way.
 #[derive(Default)]
 struct Tail {
     threads: Vec<AppliedThread>,
     messages: Vec<AppliedMessage>,
+    erased: Vec<Uuid>,
 }
 
 /// One try at the switch-over, in one transaction (see the module's documentation): the
@@ -211,10 +222,14 @@ async fn apply_through(
         if done || events >= CATCH_UP_BATCH || bytes >= CATCH_UP_BYTES {
             fold.counts.refused += write_rows(target, &threads).await?;
             fold.counts.refused += write_rows(target, &messages).await?;
+            // After the rows: those written before the thread's erasure was met go too.
+            let mut erased = fold.take_erased();
+            target.erase(&erased).await?;
             progress.advance(events as u64, reader.last_seq);
             if let Some(tail) = tail.as_deref_mut() {
                 tail.threads.append(&mut threads);
                 tail.messages.append(&mut messages);
+                tail.erased.append(&mut erased);
             }
             threads.clear();
             messages.clear();

@@ -57,6 +57,8 @@ pub struct Counts {
     /// Rows PostgreSQL refused (the live projector set their events aside too); counted
     /// among `threads` and `messages` as well.
     pub refused: u64,
+    /// `ThreadErased` events (the events of the threads they erase are among `skipped`).
+    pub erasures: u64,
 }
 
 /// The fold of a replay in stream order. It remembers every thread's creation and every
@@ -64,9 +66,16 @@ pub struct Counts {
 /// of its key and a message counts only if its thread was created before it. A thread's first
 /// valid `ThreadCreated` is the one it meets first: the one rule of existence that the live
 /// projector, the api and the gateway follow by asking the log (`threadline_nats::existence`).
+/// None of an erased thread's events counts: the threads erased when the replay began are
+/// known from the start ([`with_erased`](Self::with_erased)), and a `ThreadErased` met later
+/// erases its thread from then on; its rows, written already, are the caller's to delete
+/// ([`take_erased`](Self::take_erased)).
 pub struct ReplayFold {
     created: HashMap<Uuid, u64, foldhash::fast::RandomState>,
     messages: HashSet<(Uuid, Uuid), foldhash::fast::RandomState>,
+    erased: HashSet<Uuid>,
+    /// Threads erased by an event met that were not known to be erased before.
+    newly_erased: Vec<Uuid>,
     pub counts: Counts,
 }
 
@@ -78,11 +87,24 @@ impl Default for ReplayFold {
 
 impl ReplayFold {
     pub fn new() -> Self {
+        Self::with_erased(HashSet::new())
+    }
+
+    /// A fold that counts no event of these threads, erased before it began.
+    pub fn with_erased(erased: HashSet<Uuid>) -> Self {
         Self {
             created: HashMap::default(),
             messages: HashSet::default(),
+            erased,
+            newly_erased: Vec::new(),
             counts: Counts::default(),
         }
+    }
+
+    /// The threads erased by events folded since the last call, that were not known to be
+    /// erased before: rows of theirs may have been written, and must be deleted.
+    pub fn take_erased(&mut self) -> Vec<Uuid> {
+        std::mem::take(&mut self.newly_erased)
     }
 
     /// The rows that the verdicts on a batch of events, next in stream order, add.
@@ -92,6 +114,16 @@ impl ReplayFold {
         for verdict in batch {
             self.counts.events += 1;
             match verdict {
+                Verdict::Erase(thread) => {
+                    self.counts.erasures += 1;
+                    if self.erased.insert(thread) {
+                        self.newly_erased.push(thread);
+                        threads.retain(|t: &AppliedThread| t.id != thread);
+                        messages.retain(|m: &AppliedMessage| m.thread != thread);
+                    }
+                }
+                Verdict::Thread(t) if self.erased.contains(&t.id) => self.counts.skipped += 1,
+                Verdict::Message(m) if self.erased.contains(&m.thread) => self.counts.skipped += 1,
                 Verdict::Thread(t) if !self.created.contains_key(&t.id) => {
                     self.created.insert(t.id, t.stream_seq);
                     threads.push(t);
@@ -214,6 +246,59 @@ mod tests {
         assert_eq!(threads.len(), 1);
         assert_eq!((threads[0].stream_seq, messages.len()), (3, 1));
         assert_eq!(messages[0].stream_seq, 4);
+    }
+
+    fn erased(sequence: u64, thread: &str) -> StoredEvent {
+        let payload =
+            format!(r#"{{"thread":"{thread}","timestamp":"2026-11-24T03:22:42.000000Z"}}"#);
+        event(sequence, thread, "erased", payload)
+    }
+
+    #[test]
+    fn no_event_of_a_thread_erased_before_the_replay_counts() {
+        let a = Uuid::parse_str(A).unwrap();
+        let mut fold = ReplayFold::with_erased(HashSet::from([a]));
+        let (threads, messages) = fold.fold(verdicts(&[
+            created(1, A, "a"),
+            created(2, B, "b"),
+            message(3, 7, A),
+            erased(4, A),
+            created(5, A, "published again"),
+        ]));
+        assert_eq!(
+            threads.iter().map(|t| t.stream_seq).collect::<Vec<_>>(),
+            [2]
+        );
+        assert!(messages.is_empty());
+        assert!(
+            fold.take_erased().is_empty(),
+            "known before: nothing to delete"
+        );
+        assert_eq!((fold.counts.erasures, fold.counts.skipped), (1, 3));
+    }
+
+    #[test]
+    fn an_erasure_met_drops_its_rows_in_the_batch_and_names_those_written_before() {
+        let a = Uuid::parse_str(A).unwrap();
+        let mut fold = ReplayFold::new();
+        let (threads, _) = fold.fold(verdicts(&[created(1, A, "a")]));
+        assert_eq!(threads.len(), 1, "written before the erasure is met");
+        let (threads, messages) = fold.fold(verdicts(&[
+            message(2, 7, A),
+            created(3, B, "b"),
+            erased(4, A),
+            message(5, 8, A),
+        ]));
+        assert_eq!(
+            threads.iter().map(|t| t.stream_seq).collect::<Vec<_>>(),
+            [3]
+        );
+        assert!(messages.is_empty());
+        assert_eq!(fold.take_erased(), [a]);
+        assert!(fold.take_erased().is_empty());
+        let (threads, _) = fold.fold(verdicts(&[erased(6, A), created(7, A, "again")]));
+        assert!(threads.is_empty());
+        assert!(fold.take_erased().is_empty(), "erased once");
     }
 
     #[test]

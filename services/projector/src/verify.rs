@@ -4,7 +4,8 @@
 //! Safe on a live system: it first notes the stream's last sequence L, waits (bounded) until
 //! the live projector has applied everything up to L, folds only events up to L into
 //! tables of its own (temporary ones of its session, in PostgreSQL), and ignores serving rows
-//! that came from events after L. Nothing it does is visible to anyone else.
+//! that came from events after L. Nothing it does is visible to anyone else. An erased thread
+//! is absent from both sides: the fold counts none of its events.
 
 use crate::bulk::BulkWriter;
 use crate::progress::Progress;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use threadline_nats::JetStreamLog;
 pub use threadline_ports::rebuild::Difference;
 use threadline_ports::rebuild::VerifyTarget;
-use threadline_ports::EventLog;
+use threadline_ports::{EventLog, EventReplay};
 
 /// What `verify` found.
 #[derive(Debug, Clone, Serialize)]
@@ -44,8 +45,11 @@ pub async fn verify<T: VerifyTarget>(
         0
     };
     let progress = Progress::new("verify", total);
+    // Every thread erased up to `through` at least: none of their events is folded, and the
+    // fold meets no erasure it did not know of (they are all at or before `through`).
+    let erased = log.erased_threads().await?;
     let mut reader = EventReader::open(log, first).await?;
-    let mut fold = ReplayFold::new();
+    let mut fold = ReplayFold::with_erased(erased);
     let writer = BulkWriter::start(target);
     let mut target = replay::load(&mut reader, &mut fold, writer, through, &progress).await?;
     progress.phase("comparing");

@@ -169,7 +169,8 @@ impl Waiting {
     }
 
     /// Connects to the event log; `manage`: creates the streams or brings them to the
-    /// settings, else opens them as they are.
+    /// settings, else opens them as they are. Then reads the threads erased, and follows
+    /// new erasures until shutdown.
     async fn connect_nats(
         &self,
         nats: &NatsSettings,
@@ -184,11 +185,17 @@ impl Waiting {
             }
         })
         .await?;
+        let log = Arc::new(log);
+        // Before it serves, the role knows every thread erased (see threadline_nats::erasures).
+        retry::until_ready("reading the threads erased", shutdown, || {
+            log.follow_erasures(shutdown.clone())
+        })
+        .await?;
         let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
         for check in checks.iter_mut().filter(|(name, _)| *name == "nats") {
             check.1 = "ok";
         }
-        Some(Arc::new(log))
+        Some(log)
     }
 
     /// Stops answering the probes and hands the sockets over to the role's own server.

@@ -17,9 +17,11 @@ use std::time::Duration;
 use threadline_api::hot::HotThreads;
 use threadline_api::{ApiSettings, AppState, Idempotency, Throttles};
 use threadline_ports::{
-    AppliedMessage, AppliedThread, EventLog, IdempotencyStore, ReadModel, StoreError, ThreadRead,
+    AppliedMessage, AppliedThread, EventLog, IdempotencyStore, ReadModel, RecordFilter, StoreError,
+    ThreadRead, ThreadRows,
 };
 use threadline_runtime::HttpSettings;
+use tokio::sync::broadcast;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -39,9 +41,13 @@ pub enum Call {
     AppliedEverything,
     ReadThread(Uuid),
     ApplyRows,
+    EraseRows,
+    CountRows(Uuid),
     ClaimKey,
     CountMessages(Uuid),
     GetKey,
+    FindRecords,
+    RemoveRecords,
 }
 
 /// The event log, the read model and the idempotency store at once: each call is recorded;
@@ -121,6 +127,11 @@ impl EventLog for Backends {
     async fn applied_everything(&self) -> Result<Option<u64>, StoreError> {
         self.refuse(Call::AppliedEverything)
     }
+
+    fn erasures(&self) -> broadcast::Receiver<Uuid> {
+        // No thread is ever erased here.
+        broadcast::channel(1).1
+    }
 }
 
 #[async_trait]
@@ -131,6 +142,14 @@ impl ReadModel for Backends {
 
     async fn apply(&self, _: &[AppliedThread], _: &[AppliedMessage]) -> Result<(), StoreError> {
         self.refuse(Call::ApplyRows)
+    }
+
+    async fn erase(&self, _: &[Uuid]) -> Result<ThreadRows, StoreError> {
+        self.refuse(Call::EraseRows)
+    }
+
+    async fn rows_of(&self, thread: Uuid) -> Result<ThreadRows, StoreError> {
+        self.refuse(Call::CountRows(thread))
     }
 }
 
@@ -157,6 +176,14 @@ impl IdempotencyStore for Backends {
         }
         self.record(Call::GetKey);
         Ok(self.records.lock().expect("records").get(key).cloned())
+    }
+
+    async fn keys_of(&self, _: RecordFilter<'_>) -> Result<Vec<String>, StoreError> {
+        self.refuse(Call::FindRecords)
+    }
+
+    async fn remove(&self, _: &[String]) -> Result<(), StoreError> {
+        self.refuse(Call::RemoveRecords)
     }
 }
 

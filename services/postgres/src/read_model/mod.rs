@@ -5,7 +5,7 @@ mod reads;
 mod writes;
 
 pub use reads::{WHOLE_READ_BYTES, WHOLE_READ_MESSAGES};
-pub use writes::{apply_rows, SWITCH_LOCK};
+pub use writes::{apply_rows, erase_rows, SWITCH_LOCK};
 
 use crate::settings::DatabaseSettings;
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use threadline_ports::{
     AppliedMessage, AppliedThread, Cause, Changes, Dependency, ReadModel, StoreError, ThreadRead,
+    ThreadRows,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -212,6 +213,25 @@ impl ReadModel for PgReadModel {
         messages: &[AppliedMessage],
     ) -> Result<(), StoreError> {
         self.apply_batch(threads, messages).await
+    }
+
+    async fn erase(&self, threads: &[Uuid]) -> Result<ThreadRows, StoreError> {
+        self.erase_threads(threads).await
+    }
+
+    async fn rows_of(&self, thread: Uuid) -> Result<ThreadRows, StoreError> {
+        let (threads, messages): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM threads WHERE id = $1), \
+                    (SELECT count(*) FROM messages WHERE thread_id = $1)",
+        )
+        .bind(thread)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(crate::sql_error)?;
+        Ok(ThreadRows {
+            threads: threads as u64,
+            messages: messages as u64,
+        })
     }
 }
 

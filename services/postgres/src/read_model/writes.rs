@@ -4,7 +4,8 @@ use super::PgReadModel;
 use crate::sql_error;
 use sqlx::PgConnection;
 use std::collections::HashMap;
-use threadline_ports::{AppliedMessage, AppliedThread, StoreError};
+use threadline_ports::{AppliedMessage, AppliedThread, StoreError, ThreadRows};
+use uuid::Uuid;
 
 /// The advisory lock that orders the projector's writes against a rebuild's switch-over:
 /// every apply transaction holds it shared, the switch-over holds it exclusively.
@@ -52,6 +53,47 @@ impl PgReadModel {
         apply_rows(&mut tx, threads, messages).await?;
         tx.commit().await.map_err(sql_error)
     }
+}
+
+impl PgReadModel {
+    /// Deletes the rows of erased threads in one transaction, in turn with a rebuild's
+    /// switch-over.
+    pub(super) async fn erase_threads(&self, threads: &[Uuid]) -> Result<ThreadRows, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(sql_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(SWITCH_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_error)?;
+        let erased = erase_rows(&mut tx, threads).await?;
+        tx.commit().await.map_err(sql_error)?;
+        Ok(erased)
+    }
+}
+
+/// Deletes every row of `threads` from the `threads` and `messages` tables that the
+/// connection's search path names (the serving ones, or a rebuild's); how many went. The
+/// caller owns the transaction.
+pub async fn erase_rows(
+    conn: &mut PgConnection,
+    threads: &[Uuid],
+) -> Result<ThreadRows, StoreError> {
+    if threads.is_empty() {
+        return Ok(ThreadRows::default());
+    }
+    let messages = sqlx::query("DELETE FROM messages WHERE thread_id = ANY($1)")
+        .bind(threads)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql_error)?
+        .rows_affected();
+    let threads = sqlx::query("DELETE FROM threads WHERE id = ANY($1)")
+        .bind(threads)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql_error)?
+        .rows_affected();
+    Ok(ThreadRows { threads, messages })
 }
 
 /// Writes rows into the `threads` and `messages` tables that the connection's search path

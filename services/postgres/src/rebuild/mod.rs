@@ -20,7 +20,7 @@ pub mod copy;
 pub mod tables;
 
 use crate::read_model::CHANGED_CHANNEL;
-use crate::{apply_rows, DatabaseSettings, PgReadModel, SWITCH_LOCK};
+use crate::{apply_rows, erase_rows, DatabaseSettings, PgReadModel, SWITCH_LOCK};
 use copy::{copy_in, CopyChunk, MESSAGE_COLUMNS, THREAD_COLUMNS};
 use sqlx::{Connection, Executor, PgConnection, Postgres, Transaction};
 use std::ops::Range;
@@ -31,6 +31,7 @@ use threadline_ports::rebuild::{
     WriteRows,
 };
 use threadline_ports::{AppliedMessage, AppliedThread, StoreError};
+use uuid::Uuid;
 
 /// Where the new read model is built.
 pub const BUILD_SCHEMA: &str = "threadline_rebuild";
@@ -141,6 +142,10 @@ impl WriteRows for PgRebuild {
     ) -> Result<(), StoreError> {
         write_in_transaction(&mut self.beside.conn, threads, messages).await
     }
+
+    async fn erase(&mut self, threads: &[Uuid]) -> Result<(), StoreError> {
+        erase_in_transaction(&mut self.beside.conn, threads).await
+    }
 }
 
 impl RebuildTarget for PgRebuild {
@@ -205,6 +210,10 @@ impl WriteRows for PgSwitch<'_> {
         messages: &[AppliedMessage],
     ) -> Result<(), StoreError> {
         write_in_transaction(&mut self.tx, threads, messages).await
+    }
+
+    async fn erase(&mut self, threads: &[Uuid]) -> Result<(), StoreError> {
+        erase_in_transaction(&mut self.tx, threads).await
     }
 }
 
@@ -281,6 +290,14 @@ async fn write_in_transaction(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Deletes the rows of erased threads with [`erase_rows`] in a transaction of its own (a
+/// savepoint within the switch-over's).
+async fn erase_in_transaction(conn: &mut PgConnection, threads: &[Uuid]) -> Result<(), StoreError> {
+    let mut tx = conn.begin().await.map_err(StoreError::database)?;
+    erase_rows(&mut tx, threads).await?;
+    tx.commit().await.map_err(StoreError::database)
 }
 
 /// A verification's fresh fold: temporary tables of its own session, which nobody else sees.

@@ -41,7 +41,7 @@ pub async fn run(settings: &RebuildSettings) -> Result<bool, ProjectorError> {
     let seconds = summary.elapsed.as_secs_f64().max(1e-9);
     println!(
         "rebuilt the read model from {} events through sequence {} in {:.1} s ({:.0} events/s): \
-         {} threads, {} messages, {} events passed over (invalid or repeated){}; the previous read model was {}",
+         {} threads, {} messages, {} events passed over (invalid, repeated or of an erased thread){}; the previous read model was {}",
         summary.counts.events,
         summary.through,
         seconds,
