@@ -1,5 +1,5 @@
 //! The operator commands beside the roles (`migrate`, `probe`, `rebuild`, `verify`,
-//! `dead-letters`, `events`): one clap tree. Each command family has its face (arguments,
+//! `dead-letters`, `events`, `erase`): one clap tree. Each command family has its face (arguments,
 //! output) in a module here and its work in the crate that owns it: threadline-postgres
 //! migrates, threadline-nats reads and writes the log, the projector rebuilds and verifies.
 //! This module dispatches, and is the one place that prints a failure and turns the outcome
@@ -9,11 +9,12 @@
 //! error, the failure as one line `threadline <command>: <what went wrong: its causes>`.
 //!
 //! Exit status: 0 when all is well, 1 when the command ran and found a problem (`verify`
-//! found differences, a retried event is still set aside, `probe` got no 200), 2 for bad
-//! usage (clap), 3 when it could not run (a dependency unreachable, bad input), 130 when
-//! interrupted.
+//! found differences, a retried event is still set aside, `probe` got no 200, `erase` found the
+//! projector behind), 2 for bad usage (clap, a malformed thread id), 3 when it could not run (a
+//! dependency unreachable, bad input, an unknown thread), 130 when interrupted.
 
 pub mod dead_letters;
+pub mod erase;
 pub mod events;
 pub mod migrate;
 pub mod probe;
@@ -51,6 +52,9 @@ pub enum Command {
     /// The event stream.
     #[command(subcommand)]
     Events(Events),
+    /// Erase a thread for good (a visitor's right to be forgotten): its events, set-aside
+    /// events, idempotency records and read model rows; every role forgets it. Idempotent.
+    Erase(erase::EraseSettings),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +85,7 @@ impl Command {
             Command::DeadLetters(DeadLetters::Retry(_)) => "dead-letters retry",
             Command::Events(Events::Tail(_)) => "events tail",
             Command::Events(Events::Publish(_)) => "events publish",
+            Command::Erase(_) => "erase",
         }
     }
 
@@ -101,6 +106,7 @@ impl Command {
             Command::DeadLetters(DeadLetters::Retry(s)) => dead_letters::run_retry(s).await,
             Command::Events(Events::Tail(s)) => events::run_tail(s, shutdown.clone()).await,
             Command::Events(Events::Publish(s)) => events::run_publish(s).await,
+            Command::Erase(s) => erase::run(s).await,
         }
     }
 
@@ -113,6 +119,7 @@ impl Command {
     fn interrupted(&self) -> CommandError {
         match self {
             Command::Rebuild(_) | Command::Verify(_) => ProjectorError::Interrupted.into(),
+            Command::Erase(_) => CommandError::InterruptedErase,
             _ => CommandError::Interrupted,
         }
     }
@@ -161,6 +168,9 @@ pub enum CommandError {
     /// Ctrl-C or SIGTERM cut the command short.
     #[error("interrupted")]
     Interrupted,
+    /// Ctrl-C or SIGTERM cut `erase` short: a second run finishes it.
+    #[error("interrupted; run erase again to finish erasing the thread")]
+    InterruptedErase,
 }
 
 #[cfg(test)]
@@ -188,6 +198,13 @@ mod tests {
                 "{args:?}"
             );
         }
+        assert_eq!(
+            report(
+                &command(&["erase", "--thread", "4b0e1d4a-c9a6-11ee-8c90-0242ac120002"])
+                    .interrupted()
+            ),
+            "interrupted; run erase again to finish erasing the thread"
+        );
         for args in [
             &["migrate"][..],
             &["probe"],
