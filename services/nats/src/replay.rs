@@ -72,6 +72,8 @@ struct EventReader<T> {
     held: VecDeque<(u64, T)>,
     /// The stream sequence of the last event received.
     received: u64,
+    /// The consumer's delivery sequence of the last event received from the consumer in use.
+    delivered: u64,
     /// New consumers in a row, without an event received between them.
     renewed: u32,
     /// The stream sequence up to which every event has been handed out.
@@ -80,8 +82,8 @@ struct EventReader<T> {
 
 /// What the reading task hands on.
 enum Read<T> {
-    /// The next events, in stream order.
-    Events(Vec<(u64, T)>),
+    /// The next events, in stream order, and the consumer's delivery sequence of the last.
+    Events(Vec<(u64, T)>, u64),
     /// The consumer is gone, or skipped events: read on with a new one.
     Renew(String),
     Failed(ReplayError),
@@ -112,6 +114,7 @@ impl<T: Send + 'static> EventReader<T> {
             task,
             held: VecDeque::new(),
             received: from - 1,
+            delivered: 0,
             renewed: 0,
             last_seq: from - 1,
         })
@@ -135,7 +138,7 @@ impl<T: Send + 'static> EventReader<T> {
                 return Ok(None);
             }
             match tokio::time::timeout(IDLE_CHECK, self.batches.recv()).await {
-                Ok(Some(Read::Events(batch))) => self.hold(batch),
+                Ok(Some(Read::Events(batch, delivered))) => self.hold(batch, delivered),
                 Ok(Some(Read::Renew(reason))) => self.renew(&reason).await?,
                 Ok(Some(Read::Failed(e))) => return Err(e),
                 Ok(None) => {
@@ -145,11 +148,14 @@ impl<T: Send + 'static> EventReader<T> {
                 }
                 Err(_) => {
                     // Nothing arrives: either more is on its way, or the events up to
-                    // `through` are gone from the stream (deleted by hand), or the consumer.
+                    // `through` are gone from the stream (deleted by hand, or purged with an
+                    // erased thread), or the consumer. Its delivered stream sequence moves
+                    // past deleted events at the stream's end; what it delivered, counted,
+                    // says whether any is still on its way.
                     match self.consumer.info().await {
                         Ok(info) => {
                             if info.num_pending == 0
-                                && info.delivered.stream_sequence <= self.received
+                                && info.delivered.consumer_sequence <= self.delivered
                             {
                                 self.received = self.received.max(through);
                             }
@@ -164,11 +170,12 @@ impl<T: Send + 'static> EventReader<T> {
         }
     }
 
-    fn hold(&mut self, batch: Vec<(u64, T)>) {
+    fn hold(&mut self, batch: Vec<(u64, T)>, delivered: u64) {
         if let Some((seq, _)) = batch.last() {
             self.received = *seq;
             self.renewed = 0;
         }
+        self.delivered = self.delivered.max(delivered);
         self.held.extend(batch);
     }
 
@@ -183,10 +190,11 @@ impl<T: Send + 'static> EventReader<T> {
         self.task.abort();
         // What the task read before it stopped is in order and complete.
         while let Ok(read) = self.batches.try_recv() {
-            if let Read::Events(batch) = read {
-                self.hold(batch);
+            if let Read::Events(batch, delivered) = read {
+                self.hold(batch, delivered);
             }
         }
+        self.delivered = 0;
         let from = self.received + 1;
         tracing::warn!("{reason}: reading on from sequence {from} with a new consumer");
         let _ = self
@@ -283,6 +291,7 @@ async fn decode<T>(
 ) {
     let mut consumer_seq = 0;
     while let Some(chunk) = messages.next().await {
+        let before = consumer_seq;
         let mut batch = Vec::with_capacity(chunk.len());
         let mut stop = None;
         for item in chunk {
@@ -320,7 +329,12 @@ async fn decode<T>(
                 batch.push((info.stream_sequence, decode(&subjects, &event)));
             }
         }
-        if !batch.is_empty() && batches.send(Read::Events(batch)).await.is_err() {
+        if consumer_seq > before
+            && batches
+                .send(Read::Events(batch, consumer_seq))
+                .await
+                .is_err()
+        {
             return;
         }
         if let Some(stop) = stop {
