@@ -13,7 +13,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto_events::{EncodedEvent, Event, EventError, Subjects, UserJson, SCHEMA_VERSION};
+use proto_events::{
+    EncodedEvent, Event, EventError, Subjects, ThreadErased, UserJson, SCHEMA_VERSION,
+};
 use threadline_fuzz::{optional, split, text};
 
 fuzz_target!(|data: &[u8]| {
@@ -75,18 +77,29 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(&stored.payload()[..], payload);
 
     let user = match &event {
-        Event::ThreadCreated(created) => &created.user,
+        Event::ThreadCreated(created) => Some(&created.user),
         Event::MessagePosted(message) => {
             assert_eq!(
                 proto_events::MessageBody::new(message.body.as_str().to_owned()).as_ref(),
                 Ok(&message.body)
             );
-            &message.user
+            Some(&message.user)
+        }
+        // An erasure names its thread only; its id is derived from it.
+        Event::ThreadErased(erased) => {
+            assert_eq!(event.id(), ThreadErased::id_of(erased.thread));
+            None
         }
     };
-    assert_eq!(UserJson::from_json(user.get()).as_ref(), Ok(user));
+    if let Some(user) = user {
+        assert_eq!(UserJson::from_json(user.get()).as_ref(), Ok(user));
+    }
 
     let value: serde_json::Value =
         serde_json::from_slice(payload).expect("a decoded payload is JSON");
-    assert_eq!(value["id"], event.id().hyphenated().to_string());
+    let (field, id) = match &event {
+        Event::ThreadErased(_) => ("thread", event.thread()),
+        _ => ("id", event.id()),
+    };
+    assert_eq!(value[field], id.hyphenated().to_string());
 });
