@@ -15,6 +15,7 @@ mod consistency;
 mod degraded;
 mod deploy_settings;
 mod duplicates;
+mod erase;
 mod errors;
 mod existence;
 mod faults;
