@@ -21,7 +21,7 @@
 //!
 //! Every step is safe to repeat, and each finds what the steps before left: running erase
 //! again finishes an interrupted run, and removes whatever was published for the thread
-//! since (an agent's late reply, set aside as for an unknown thread).
+//! since (an agent's late reply: stored in the stream, though no role applies or shows it).
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -450,7 +450,7 @@ mod tests {
     async fn a_second_erase_appends_nothing_and_removes_what_came_since() {
         let fake = world();
         run(&fake, THREAD, false).await.expect("erased");
-        // An agent's late reply, set aside as for an unknown thread.
+        // An agent's late reply, stored; and an invalid event of the thread, set aside.
         {
             let mut world = fake.world();
             let at = world.next;
