@@ -2,7 +2,8 @@
 //! api replicas and two gateways: the thread is gone from every replica's memory, every
 //! socket, the event stream, the set-aside events, the idempotency records and the read model,
 //! and stays gone after a rebuild; `--dry-run` removes nothing; an unknown or malformed id is
-//! refused; a second run is fine.
+//! refused; a second run is fine; a stream made by a version without erasures gets their
+//! subject.
 
 use crate::harness::client::STREAM;
 use crate::harness::metrics::{sample, scrape};
@@ -341,4 +342,59 @@ async fn erase_refuses_unknown_and_malformed_ids_and_runs_twice() {
         out.stdout
     );
     run_command(&app, &["verify"]).await.expect(0);
+}
+
+#[tokio::test]
+async fn a_stream_made_before_erasures_gets_their_subject_and_erase_works_on_it() {
+    let mut app = options()
+        .replicas("api", 0)
+        .replicas("projector", 0)
+        .replicas("gateway", 0)
+        .start()
+        .await;
+    // The event stream as a version without erasures made it.
+    app.jetstream()
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec![
+                "chat.thread.*.created".into(),
+                "chat.thread.*.message".into(),
+            ],
+            republish: Some(async_nats::jetstream::stream::Republish {
+                source: "chat.thread.*.message".into(),
+                destination: "chat.stored.{{wildcard(1)}}.message".into(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("the stream of an earlier version");
+    for role in ["api", "projector", "gateway"] {
+        app.start_replica(role, &[]).await;
+    }
+    let mut info = app
+        .jetstream()
+        .await
+        .get_stream(STREAM)
+        .await
+        .expect("the event stream");
+    let subjects = info.info().await.expect("its info").config.subjects.clone();
+    assert!(
+        subjects.contains(&"chat.thread.*.erased".to_owned()),
+        "{subjects:?}"
+    );
+
+    let client = app.client(0, 0);
+    let thread = client.new_thread().await;
+    client.say(&thread, "hello").await;
+    let mut ws = client.connect_ws(&thread).await;
+    run_command(&app, &["erase", "--thread", &thread])
+        .await
+        .expect(0);
+    assert_eq!(ws.next_close().await, Some(THREAD_ERASED));
+    assert_eq!(
+        client.get(&format!("/chat/thread/{thread}/")).await.status,
+        404
+    );
 }
