@@ -272,6 +272,9 @@ mod tests {
         async fn thread_last_sequence(&self, _: Uuid) -> Result<Option<u64>, StoreError> {
             unreachable!()
         }
+        async fn thread_message_count(&self, _: Uuid) -> Result<u64, StoreError> {
+            unreachable!()
+        }
         async fn applied_through(&self, wanted: u64) -> Result<u64, StoreError> {
             let world = self.world();
             Ok(if world.projector_running { wanted } else { 0 })
@@ -356,6 +359,9 @@ mod tests {
     #[async_trait]
     impl IdempotencyStore for Fake {
         async fn claim(&self, _: &str, _: Bytes) -> Result<Option<Bytes>, StoreError> {
+            unreachable!()
+        }
+        async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
             unreachable!()
         }
         async fn keys_of(&self, wanted: RecordFilter<'_>) -> Result<Vec<String>, StoreError> {
