@@ -95,6 +95,11 @@ impl JetStreamLog {
             .map_err(|e| {
                 StoreError::nats(format!("cannot connect to {}: {e}", settings.nats_url))
             })?;
+        let version = client.server_info().version;
+        match crate::server_version::warning(&version) {
+            Some(warning) => tracing::warn!("{warning}"),
+            None => tracing::info!("connected to nats-server {version}"),
+        }
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.nats_timeout);
 

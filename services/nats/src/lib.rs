@@ -18,6 +18,7 @@ pub mod existence;
 pub mod idempotency;
 pub mod message_count;
 pub mod replay;
+pub mod server_version;
 pub mod settings;
 pub mod thread_messages;
 

@@ -16,6 +16,30 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// API's 2.5 MiB body limit must fit in one NATS message.
 pub const DEFAULT_CONFIG: &str = "max_payload: 8MB\n";
 
+/// The environment variable that names the nats-server binary the tests run (`scripts/test`
+/// sets it to the current release it installs, then to the oldest supported one for the
+/// compatibility subset).
+pub const PROGRAM_VARIABLE: &str = "THREADLINE_NATS_SERVER";
+
+/// The nats-server the tests run: [`PROGRAM_VARIABLE`] if set, else the one on PATH, else
+/// the distribution's.
+pub fn nats_server_program() -> PathBuf {
+    if let Some(program) = std::env::var_os(PROGRAM_VARIABLE).filter(|p| !p.is_empty()) {
+        let program = PathBuf::from(program);
+        assert!(
+            program.is_file(),
+            "{PROGRAM_VARIABLE}={} is not a file",
+            program.display()
+        );
+        return program;
+    }
+    find_program(
+        "nats-server",
+        &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
+    )
+    .expect("nats-server is not installed (not on PATH, nor /usr/sbin/nats-server); scripts/test installs it")
+}
+
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
@@ -61,11 +85,7 @@ impl NatsServer {
     }
 
     fn launch(&mut self) {
-        let program = find_program(
-            "nats-server",
-            &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
-        )
-        .expect("nats-server is not installed (not on PATH, nor /usr/sbin/nats-server)");
+        let program = nats_server_program();
         let port = if self.port == 0 {
             "-1".to_owned()
         } else {

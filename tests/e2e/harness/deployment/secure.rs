@@ -5,9 +5,7 @@
 //! switched to accept TLS connections only.
 
 use super::super::postgres::Postgres;
-use super::super::process::{
-    die_with_parent, drain, find_program, stop_child, temp_dir, wait_for_line, Logs,
-};
+use super::super::process::{die_with_parent, drain, stop_child, temp_dir, wait_for_line, Logs};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -234,11 +232,7 @@ impl SecureNats {
             pki.ca.display(),
         );
         std::fs::write(dir.join("nats.conf"), config).expect("writing nats.conf");
-        let program = find_program(
-            "nats-server",
-            &["/usr/sbin/nats-server", "/usr/bin/nats-server"],
-        )
-        .expect("nats-server is not installed");
+        let program = super::super::nats::nats_server_program();
         let logs = Logs::new("nats-server (TLS)");
         let mut cmd = Command::new(program);
         cmd.arg("-c")
