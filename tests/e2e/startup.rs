@@ -186,3 +186,55 @@ async fn a_malformed_setting_stops_the_role_with_one_clear_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_seed_list_is_served_by_the_member_that_answers_and_reconnections_are_logged() {
+    let mut app = servers_only().start().await;
+    // The first member of the list is down: every role starts on the second.
+    let seeds = format!("nats://{},{}", free_addr(), app.nats.url());
+    for role in ["api", "projector", "gateway"] {
+        app.launch(role, &[("NATS_URL", &seeds)]);
+    }
+    for role in ["api", "projector", "gateway"] {
+        app.wait_ready(role, 0).await;
+    }
+    let client = app.client(0, 0);
+    let thread = client.new_thread().await;
+    let mut ws = client.connect_ws(&thread).await;
+    let posted = client.say(&thread, "through a seed list").await;
+    assert_eq!(ws.next_text().await, posted.text);
+
+    // The server goes and comes back: each role logs the loss and the server it reached again,
+    // without a restart.
+    app.nats.restart();
+    for role in ["api", "projector", "gateway"] {
+        eventually(
+            &format!("{role} to log that it reconnected"),
+            PROJECTION_TIMEOUT,
+            || async {
+                let logs = app.logs(role, 0);
+                (logs.contains("lost the connection to NATS")
+                    && logs.contains("reconnected to NATS"))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    let again = client.say(&thread, "after the reconnection").await;
+    assert_eq!(again.status, 201, "{}", again.text);
+    assert_eq!(
+        message_ids(&client.get_thread(&thread).await),
+        [posted.json()["id"].clone(), again.json()["id"].clone()]
+    );
+    // The settings show no password of any member of the list.
+    let refused = run_with(
+        "api",
+        &app,
+        "NATS_URL",
+        "nats://u:hunter2@127.0.0.1:1,nats://u:hunter3@127.0.0.1:notaport",
+    )
+    .await;
+    assert!(matches!(refused.0, Some(c) if c != 0), "{refused:?}");
+    assert!(refused.1.contains("NATS_URL"), "{}", refused.1);
+    assert!(!refused.1.contains("hunter"), "{}", refused.1);
+}

@@ -19,6 +19,7 @@ use threadline_ports::{
 };
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 /// Histogram: seconds an append to JetStream took until stored, by `event` and `outcome`
@@ -56,6 +57,35 @@ pub struct JetStreamLog {
     connections: watch::Receiver<u64>,
     /// Threads' message counts, kept to count on from (`THREAD_MAX_MESSAGES`).
     tallies: Tallies,
+    /// Logs each reconnection and the server it reached; ends with the log.
+    _failover_log: AbortOnDropHandle<()>,
+}
+
+/// Logs each reconnection to NATS (after the first connection) with the server it reached,
+/// once the client has its `INFO` (a new server's id: each start of a server has its own).
+async fn log_reconnections(client: async_nats::Client, mut connections: watch::Receiver<u64>) {
+    let mut server = client.server_info().server_id;
+    while connections.changed().await.is_ok() {
+        // The first connection counts as one: only those after it are reconnections.
+        if *connections.borrow_and_update() < 2 {
+            continue;
+        }
+        // The client takes the new server's INFO a moment after it says it connected.
+        for _ in 0..20 {
+            if client.server_info().server_id != server {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let info = client.server_info();
+        server = info.server_id.clone();
+        tracing::warn!(
+            server = %info.server_name,
+            address = %format!("{}:{}", info.host, info.port),
+            version = %info.version,
+            "reconnected to NATS"
+        );
+    }
 }
 
 /// How many distinct thread lookups one process sends to the stream leader at once.
@@ -82,19 +112,32 @@ impl JetStreamLog {
     async fn open(settings: &NatsSettings, access: StreamAccess) -> Result<Self, StoreError> {
         let subjects = Subjects::new(&settings.subject_prefix).map_err(StoreError::nats)?;
         let (connected, connections) = watch::channel(0u64);
+        let servers = settings.nats_servers().map_err(StoreError::nats)?;
         let options = settings.connect_options().await.map_err(StoreError::nats)?;
         let client = options
             .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Connected) {
-                    connected.send_modify(|n| *n += 1);
+                match event {
+                    async_nats::Event::Connected => connected.send_modify(|n| *n += 1),
+                    async_nats::Event::Disconnected => tracing::warn!(
+                        "lost the connection to NATS; reconnecting to a server of NATS_URL or \
+                         one the cluster announced"
+                    ),
+                    async_nats::Event::LameDuckMode => tracing::warn!(
+                        "the NATS server is shutting down (lame duck mode); moving to another"
+                    ),
+                    _ => {}
                 }
                 std::future::ready(())
             })
-            .connect(settings.nats_url.expose())
+            .connect(servers)
             .await
             .map_err(|e| {
                 StoreError::nats(format!("cannot connect to {}: {e}", settings.nats_url))
             })?;
+        let failover_log = AbortOnDropHandle::new(tokio::spawn(log_reconnections(
+            client.clone(),
+            connections.clone(),
+        )));
         let version = client.server_info().version;
         match crate::server_version::warning(&version) {
             Some(warning) => tracing::warn!("{warning}"),
@@ -148,6 +191,7 @@ impl JetStreamLog {
             lookups_allowed: Arc::new(Semaphore::new(LOOKUPS_AT_ONCE)),
             connections,
             tallies: Tallies::default(),
+            _failover_log: failover_log,
         })
     }
 

@@ -9,7 +9,10 @@ use threadline_ports::settings::{parse_bytes, parse_duration, ByteSize};
 /// Where the event log lives and how it is named.
 #[derive(Debug, Clone, Args)]
 pub struct NatsSettings {
-    /// URL of the NATS server (JetStream enabled).
+    /// URL of the NATS server (JetStream enabled), or of several members of a cluster as a
+    /// comma-separated seed list (`nats://n1:4222,nats://n2:4222,nats://n3:4222`). The client
+    /// connects to any one that answers, learns the others the cluster announces, and moves to
+    /// another when its server goes away.
     #[arg(
         long,
         env = "NATS_URL",
@@ -130,10 +133,7 @@ pub struct NatsSettings {
 impl NatsSettings {
     /// Checks what can be checked without a server: a wrong setting is not worth retrying.
     pub fn validate(&self) -> Result<(), String> {
-        self.nats_url
-            .expose()
-            .parse::<async_nats::ServerAddr>()
-            .map_err(|e| format!("NATS_URL {} is not a NATS URL: {e}", self.nats_url))?;
+        self.nats_servers()?;
         proto_events::Subjects::new(&self.subject_prefix)
             .map_err(|e| format!("SUBJECT_PREFIX: {e}"))?;
         let valid_name = |n: &str| {
@@ -202,6 +202,31 @@ impl NatsSettings {
         Ok(())
     }
 
+    /// The servers of NATS_URL, each checked: one URL, or a comma-separated seed list.
+    pub fn nats_servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        let servers: Vec<&str> = self.nats_url.expose().split(',').map(str::trim).collect();
+        if servers.iter().any(|s| s.is_empty()) {
+            return Err(format!(
+                "NATS_URL {} names an empty server: give one URL, or URLs separated by commas",
+                self.nats_url
+            ));
+        }
+        servers
+            .iter()
+            .map(|server| {
+                server.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    // Shown redacted, as the setting is: a server of the list may carry a password.
+                    let shown = threadline_ports::secret::SecretUrl::from(*server);
+                    if servers.len() == 1 {
+                        format!("NATS_URL {shown} is not a NATS URL: {e}")
+                    } else {
+                        format!("NATS_URL: {shown} (of the list) is not a NATS URL: {e}")
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// How to connect: name, timeouts, credentials and TLS as set.
     pub async fn connect_options(&self) -> Result<async_nats::ConnectOptions, String> {
         let mut options = async_nats::ConnectOptions::new()
@@ -233,5 +258,56 @@ impl NatsSettings {
                 .require_tls(true);
         }
         Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        nats: NatsSettings,
+    }
+
+    fn with_url(url: &str) -> NatsSettings {
+        Command::parse_from(["threadline", "--nats-url", url]).nats
+    }
+
+    #[test]
+    fn nats_url_takes_one_server_or_a_seed_list() {
+        assert_eq!(
+            with_url("nats://127.0.0.1:4222")
+                .nats_servers()
+                .map(|s| s.len()),
+            Ok(1)
+        );
+        let list = with_url("nats://n1:4222, nats://u:pw@n2:4222,tls://n3:4222");
+        let servers = list.nats_servers().expect("a seed list");
+        assert_eq!(servers.len(), 3);
+        assert!(servers[2].tls_required());
+        assert_eq!(list.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_bad_server_of_a_list_is_named_without_its_password() {
+        let error = with_url("nats://n1:4222,nats://u:hunter2@n2:notaport")
+            .validate()
+            .expect_err("a bad port");
+        assert!(error.contains("nats://u:***@n2:notaport"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        let error = with_url("nats://n1:4222,,nats://n2:4222")
+            .validate()
+            .expect_err("an empty server");
+        assert!(error.contains("empty server"), "{error}");
+        let error = with_url("nats://u:hunter2@n1:notaport")
+            .validate()
+            .expect_err("a bad port");
+        assert!(
+            error.starts_with("NATS_URL nats://u:***@n1:notaport is not"),
+            "{error}"
+        );
     }
 }
