@@ -335,3 +335,44 @@ async fn a_key_refused_for_another_cause_is_not_logged_as_a_full_bucket() {
         app.logs("api", 0).dump()
     );
 }
+
+#[tokio::test]
+async fn the_bucket_is_read_from_its_leader_even_when_an_earlier_version_made_it() {
+    let mut app = spawn_app().await;
+    let jetstream = app.jetstream().await;
+    let info = |jetstream: async_nats::jetstream::Context| async move {
+        jetstream
+            .get_stream("KV_THREADLINE_IDEMPOTENCY")
+            .await
+            .expect("the idempotency bucket")
+            .info()
+            .await
+            .expect("its info")
+            .config
+            .clone()
+    };
+    // Direct gets, which any replica may answer from behind, are off.
+    let mut config = info(jetstream.clone()).await;
+    assert!(!config.allow_direct, "{config:?}");
+    // As earlier versions made it: a restarted api turns them off again.
+    config.allow_direct = true;
+    jetstream
+        .update_stream(&config)
+        .await
+        .expect("the bucket updated");
+    app.restart("api", 0).await;
+    assert!(!info(jetstream.clone()).await.allow_direct);
+    // And it keeps its promise.
+    let thread = app.new_thread().await;
+    let key = new_id();
+    let first = app
+        .post_with_key("/chat/message/", &message(&thread, "once"), &key)
+        .await
+        .expect("an answer");
+    assert_eq!(first.status, 201, "{}", first.text);
+    let again = app
+        .post_with_key("/chat/message/", &message(&thread, "once"), &key)
+        .await
+        .expect("an answer");
+    assert_eq!(again.text, first.text);
+}

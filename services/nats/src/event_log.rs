@@ -607,8 +607,9 @@ async fn update_stream_rules(
     Ok(())
 }
 
-/// Creates the stream of `config`, or opens it and brings its replicas and limits (max age,
-/// max bytes, discard policy) to `config`'s, keeping the rest of its configuration.
+/// Creates the stream of `config`, or opens it and brings its replicas, limits (max age,
+/// max bytes, discard policy) and `allow_direct` to `config`'s, keeping the rest of its
+/// configuration.
 pub(crate) async fn ensure_stream(
     jetstream: &jetstream::Context,
     config: stream::Config,
@@ -643,18 +644,28 @@ async fn ensure_stream_adding(
             config.name, info.config.subjects, missing
         )));
     }
-    let limits = |c: &stream::Config| (c.num_replicas, c.max_age, c.max_bytes, c.discard);
+    let limits = |c: &stream::Config| {
+        (
+            c.num_replicas,
+            c.max_age,
+            c.max_bytes,
+            c.discard,
+            c.allow_direct,
+        )
+    };
     if limits(&info.config) == limits(&config) && to_add.is_empty() {
         return Ok(info);
     }
-    // The settings changed since the stream was made (more replicas, other limits): the
-    // stream follows them, keeping everything else of its configuration.
+    // The settings changed since the stream was made (more replicas, other limits), or it
+    // still lets any replica answer reads (`allow_direct`, which buckets of earlier versions
+    // had): the stream follows them, keeping everything else of its configuration.
     let mut wanted = info.config.clone();
     (
         wanted.num_replicas,
         wanted.max_age,
         wanted.max_bytes,
         wanted.discard,
+        wanted.allow_direct,
     ) = limits(&config);
     for subject in to_add {
         tracing::info!(stream = %config.name, subject, "adding a subject to the stream");
@@ -665,7 +676,8 @@ async fn ensure_stream_adding(
         replicas = wanted.num_replicas,
         max_age = ?wanted.max_age,
         max_bytes = wanted.max_bytes,
-        "updating the stream's replicas and limits to the settings"
+        allow_direct = wanted.allow_direct,
+        "updating the stream's replicas, limits and reads to the settings"
     );
     jetstream
         .update_stream(wanted)

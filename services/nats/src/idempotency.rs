@@ -65,7 +65,10 @@ impl KvIdempotency {
                 storage: stream::StorageType::File,
                 allow_rollup: true,
                 deny_delete: true,
-                allow_direct: true,
+                // Reads go to the stream's leader, never a direct get that any replica may
+                // answer from behind: a retry must find the record its first attempt stored
+                // (the rule existence lookups follow too, see `existence`).
+                allow_direct: false,
                 discard: stream::DiscardPolicy::New,
                 num_replicas: log.settings().stream_replicas.into(),
                 // -1 is no bound, as the server stores it: so that an unchanged bucket is not
