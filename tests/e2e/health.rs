@@ -77,10 +77,10 @@ async fn assert_readyz_names(app: &App, down: &str) {
             assert_eq!(status, 503, "{role} /readyz while {down} is down: {body}");
             assert_eq!(body["status"], "unavailable", "{role}: {body}");
             for dependency in dependencies(&role) {
-                let verdict = if *dependency == down {
-                    "unavailable"
-                } else {
-                    "ok"
+                let verdict = match (*dependency == down, down) {
+                    (true, "nats") => "not connected to NATS",
+                    (true, _) => "unavailable",
+                    (false, _) => "ok",
                 };
                 assert_eq!(body["checks"][dependency], json!(verdict), "{role}: {body}");
             }
@@ -110,6 +110,32 @@ async fn readyz_names_nats_while_it_is_down_and_recovers() {
     assert_readyz_names(&app, "nats").await;
     app.nats.start_again();
     assert_ready_again(&app).await;
+}
+
+#[tokio::test]
+async fn readyz_says_when_the_event_stream_cannot_be_read_or_appended_to() {
+    let app = spawn_app().await;
+    // An operator's mistake: the stream is gone, though NATS answers.
+    app.jetstream()
+        .await
+        .delete_stream(crate::harness::client::STREAM)
+        .await
+        .expect("the stream deleted");
+    for (role, addr) in app.service_addrs() {
+        let body = eventually(
+            &format!("{role} /readyz to notice the stream is gone"),
+            PROJECTION_TIMEOUT,
+            || async {
+                let (status, body) = readyz(&app, addr).await;
+                (status == 503).then_some(body)
+            },
+        )
+        .await;
+        assert_eq!(
+            body["checks"]["nats"], "the event stream does not exist",
+            "{role}: {body}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -238,3 +238,105 @@ async fn a_seed_list_is_served_by_the_member_that_answers_and_reconnections_are_
     assert!(refused.1.contains("NATS_URL"), "{}", refused.1);
     assert!(!refused.1.contains("hunter"), "{}", refused.1);
 }
+
+/// Runs `threadline <role>` with the app's settings and its NATS user; its exit status and
+/// standard error, once it has exited.
+async fn run_role(app: &App, role: &str, extra: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_threadline"));
+    cmd.arg(role)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .envs(app.env_of(role).iter().map(|(k, v)| (k, v)))
+        .envs(extra.iter().copied())
+        .kill_on_drop(true);
+    let out = within(
+        &format!("threadline {role} to refuse to start"),
+        Duration::from_secs(30),
+        cmd.output(),
+    )
+    .await
+    .expect("running threadline");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The one error line of a refused start (as the role logs it; tracing-subscriber's own
+/// complaint about lines that the NATS client's tasks log after the writer is gone is not one).
+fn one_error_line(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    errors[0].to_owned()
+}
+
+#[tokio::test]
+async fn a_role_refuses_streams_and_consumers_on_which_it_cannot_keep_its_promises() {
+    use async_nats::jetstream::{consumer, stream};
+    // Without NATS users: the test makes streams and consumers under names that no shipped
+    // user may touch.
+    let app = servers_only().open_nats().start().await;
+    let jetstream = app.jetstream().await;
+
+    // More replicas than a lone server holds.
+    let (code, stderr) = run_role(&app, "api", &[("STREAM_REPLICAS", "3")]).await;
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("STREAM_REPLICAS=3") && line.contains("not part of a JetStream cluster"),
+        "{line}"
+    );
+
+    // A work-queue stream would delete events once consumed.
+    jetstream
+        .create_stream(stream::Config {
+            name: "WORK".into(),
+            subjects: vec![
+                "work.thread.*.created".into(),
+                "work.thread.*.message".into(),
+            ],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("a work-queue stream");
+    let (code, stderr) = run_role(
+        &app,
+        "projector",
+        &[
+            ("STREAM_NAME", "WORK"),
+            ("SUBJECT_PREFIX", "work"),
+            ("DEAD_LETTER_STREAM", "WORK_DEAD_LETTERS"),
+        ],
+    )
+    .await;
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("stream WORK has retention WorkQueue"),
+        "{line}"
+    );
+
+    // A projector consumer that does not wait for acknowledgements could skip events.
+    let mut app = app;
+    app.start_replica("api", &[]).await;
+    let events = jetstream
+        .get_stream(crate::harness::client::STREAM)
+        .await
+        .expect("the event stream");
+    events
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("careless".into()),
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer");
+    let (code, stderr) = run_role(&app, "projector", &[("PROJECTOR_CONSUMER", "careless")]).await;
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {stderr}");
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("consumer careless") && line.contains("acknowledgement None"),
+        "{line}"
+    );
+}

@@ -26,6 +26,26 @@ use uuid::Uuid;
 /// (listed with the other metrics' names in `threadline_runtime::metrics::names`).
 pub const APPEND_DURATION: &str = "threadline_event_append_duration_seconds";
 
+/// Why a role cannot keep its promises on the streams as they are (a work-queue stream, a
+/// consumer that does not acknowledge, more replicas than a lone server can hold): one line
+/// for the operator, not worth retrying. It travels as the cause of a
+/// [`StoreError`]; [`unsuitable`] finds it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsuitable(pub String);
+
+/// The [`Unsuitable`] behind `error`, if that is what it is.
+pub fn unsuitable(error: &StoreError) -> Option<&Unsuitable> {
+    match error {
+        StoreError::Unavailable { cause, .. } => cause.downcast_ref::<Unsuitable>(),
+        _ => None,
+    }
+}
+
+fn refuse(line: String) -> StoreError {
+    StoreError::nats(Unsuitable(line))
+}
+
 /// How long an append waits before it publishes again after an error.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -155,6 +175,10 @@ impl JetStreamLog {
             .map_err(|e| {
                 StoreError::nats(format!("cannot open stream {}: {e}", settings.stream_name))
             })?;
+        check_kept(&stream.cached_info().config, settings)?;
+        if access == StreamAccess::Manage {
+            check_projector_consumer(&stream, settings).await?;
+        }
         if access == StreamAccess::Read {
             let config = &stream.cached_info().config;
             if config.republish != Some(republish_rule(&subjects)) {
@@ -536,6 +560,8 @@ async fn manage_streams(
         &[subjects.erasures()],
     )
     .await?;
+    // Before anything else is made beside it.
+    check_kept(&info.config, settings)?;
     update_stream_rules(jetstream, info.config, settings, subjects).await?;
     ensure_stream(
         jetstream,
@@ -551,8 +577,92 @@ async fn manage_streams(
             ..Default::default()
         },
     )
-    .await?;
+    .await
+    .and_then(|info| check_kept(&info.config, settings).map(|()| info))?;
     Ok(())
+}
+
+/// Refuses a stream that would not keep what it is given until its limits say so, on disk,
+/// with the replicas asked for: a work-queue or interest stream deletes events once consumed,
+/// a memory stream loses them on a restart.
+fn check_kept(config: &stream::Config, settings: &NatsSettings) -> Result<(), StoreError> {
+    let name = &config.name;
+    if config.retention != stream::RetentionPolicy::Limits {
+        return Err(refuse(format!(
+            "stream {name} has retention {:?}, which deletes events once consumed; threadline \
+             needs retention by limits: delete or rename the stream (STREAM_NAME, \
+             DEAD_LETTER_STREAM)",
+            config.retention
+        )));
+    }
+    if config.storage != stream::StorageType::File {
+        return Err(refuse(format!(
+            "stream {name} is kept in memory and lost on a restart; threadline needs file \
+             storage: delete or rename the stream"
+        )));
+    }
+    if config.num_replicas < usize::from(settings.stream_replicas) {
+        // Retried: a role that may not update the stream (the gateway) waits for one that does.
+        return Err(StoreError::nats(format!(
+            "stream {name} has {} replica(s), fewer than STREAM_REPLICAS={} (the api or the \
+             projector brings it to the setting when it starts)",
+            config.num_replicas, settings.stream_replicas
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an existing projector consumer that could skip events: one that does not wait for
+/// each event's acknowledgement, starts later than the first event, sees only some subjects,
+/// or holds fewer replicas than its stream (0 is as many as the stream).
+async fn check_projector_consumer(
+    stream: &stream::Stream,
+    settings: &NatsSettings,
+) -> Result<(), StoreError> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+    let name = &settings.projector_consumer;
+    let config = match stream.consumer_info(name).await {
+        Ok(info) => info.config.clone(),
+        // The projector creates it as it needs it.
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::nats(format!(
+                "cannot read consumer {name} of stream {}: {e}",
+                settings.stream_name
+            )))
+        }
+    };
+    let wrong = if config.ack_policy != AckPolicy::Explicit {
+        Some(format!(
+            "acknowledgement {:?}, not explicit",
+            config.ack_policy
+        ))
+    } else if config.deliver_policy != DeliverPolicy::All {
+        Some(format!(
+            "delivery {:?}, not from the first event",
+            config.deliver_policy
+        ))
+    } else if !config.filter_subject.is_empty() || !config.filter_subjects.is_empty() {
+        Some("a subject filter".to_owned())
+    } else if config.num_replicas != 0
+        && config.num_replicas < usize::from(settings.stream_replicas)
+    {
+        Some(format!(
+            "{} replica(s), fewer than STREAM_REPLICAS={}",
+            config.num_replicas, settings.stream_replicas
+        ))
+    } else {
+        None
+    };
+    match wrong {
+        Some(wrong) => Err(refuse(format!(
+            "the projector's consumer {name} on stream {} has {wrong}, and could skip events: \
+             delete it (the projector makes it again and replays the stream; its writes are \
+             idempotent) or set PROJECTOR_CONSUMER to another name",
+            settings.stream_name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Where the stream republishes each stored message: what gateways listen on.
@@ -629,7 +739,9 @@ async fn ensure_stream_adding(
         .get_or_create_stream(config.clone())
         .await
         .map_err(|e| {
-            StoreError::nats(format!("cannot create or open stream {}: {e}", config.name))
+            fewer_servers(&config, &e.to_string()).unwrap_or_else(|| {
+                StoreError::nats(format!("cannot create or open stream {}: {e}", config.name))
+            })
         })?;
     let info = stream.info().await.map_err(StoreError::nats)?.clone();
     let (to_add, missing): (Vec<&String>, Vec<&String>) = config
@@ -679,10 +791,35 @@ async fn ensure_stream_adding(
         allow_direct = wanted.allow_direct,
         "updating the stream's replicas, limits and reads to the settings"
     );
-    jetstream
-        .update_stream(wanted)
-        .await
-        .map_err(|e| StoreError::nats(format!("cannot update stream {}: {e}", config.name)))
+    jetstream.update_stream(wanted).await.map_err(|e| {
+        fewer_servers(&config, &e.to_string()).unwrap_or_else(|| {
+            StoreError::nats(format!("cannot update stream {}: {e}", config.name))
+        })
+    })
+}
+
+/// The error to give when the server refused `config`'s replicas: a lone server (not a
+/// cluster) never holds more than one, which no retry changes; a cluster with fewer JetStream
+/// servers up than the replicas asked for may have them once a server is back, so that one
+/// is retried, with a line that says so.
+fn fewer_servers(config: &stream::Config, error: &str) -> Option<StoreError> {
+    let replicas = config.num_replicas;
+    if error.contains("non-clustered mode") {
+        return Some(refuse(format!(
+            "STREAM_REPLICAS={replicas} for stream {}, but the NATS server is not part of a \
+             JetStream cluster: run a cluster of at least {replicas} servers, or set \
+             STREAM_REPLICAS=1",
+            config.name
+        )));
+    }
+    error.contains("insufficient resources").then(|| {
+        StoreError::nats(format!(
+            "STREAM_REPLICAS={replicas} for stream {}, but fewer JetStream servers of the \
+             cluster are up (or have room): waiting for them; add servers or lower \
+             STREAM_REPLICAS",
+            config.name
+        ))
+    })
 }
 
 #[async_trait]
@@ -809,12 +946,61 @@ impl Dependency for JetStreamLog {
         "nats"
     }
 
+    /// Ready when the event stream can be appended to and read: connected, and the stream's
+    /// leader answers (it is the one that stores appends and answers the reads promises
+    /// depend on; during an election, or with too few servers of a cluster up, there is none).
     async fn check(&self) -> Result<(), Cause> {
-        match self.client().connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            state => Err(StoreError::nats(format!("connection is {state}")).into()),
+        let state = self.client().connection_state();
+        if state != async_nats::connection::State::Connected {
+            return Err(Box::new(NotReady::Disconnected(state.to_string())));
+        }
+        let mut stream = self.stream.clone();
+        let answer = tokio::time::timeout(self.settings.nats_timeout, stream.info()).await;
+        // The request may have failed because the connection went meanwhile.
+        let state = self.client().connection_state();
+        if answer.as_ref().map_or(true, |a| a.is_err())
+            && state != async_nats::connection::State::Connected
+        {
+            return Err(Box::new(NotReady::Disconnected(state.to_string())));
+        }
+        match answer {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.to_string().contains("stream not found") => {
+                Err(Box::new(NotReady::NoStream(e.to_string())))
+            }
+            Ok(Err(e)) => Err(Box::new(NotReady::NoLeader(e.to_string()))),
+            Err(_) => Err(Box::new(NotReady::NoLeader(format!(
+                "no answer within {:?}",
+                self.settings.nats_timeout
+            )))),
         }
     }
+
+    fn failure(
+        &self,
+        error: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> serde_json::Value {
+        let reason = match error.downcast_ref::<NotReady>() {
+            Some(NotReady::Disconnected(_)) => "not connected to NATS",
+            Some(NotReady::NoLeader(_)) => {
+                "the event stream has no leader to append to and read from (an election, or too few servers of the cluster up)"
+            }
+            Some(NotReady::NoStream(_)) => "the event stream does not exist",
+            None => "unavailable",
+        };
+        serde_json::Value::String(reason.to_owned())
+    }
+}
+
+/// Why the event log is not ready; `/readyz` shows which, the log shows the details.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    #[error("NATS JetStream is unavailable: connection is {0}")]
+    Disconnected(String),
+    #[error("NATS JetStream is unavailable: the event stream's leader does not answer: {0}")]
+    NoLeader(String),
+    #[error("NATS JetStream is unavailable: the event stream is missing: {0}")]
+    NoStream(String),
 }
 
 #[cfg(test)]

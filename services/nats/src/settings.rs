@@ -66,7 +66,8 @@ pub struct NatsSettings {
     pub nats_timeout: Duration,
 
     /// Replicas of the event stream, of the dead-letter stream and of the api's idempotency
-    /// bucket (3 on a 3-node JetStream cluster). Those that exist are updated to it on start.
+    /// bucket (3 on a 3-node JetStream cluster); the projector's consumer follows its stream.
+    /// Those that exist are updated to it on start.
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
 

@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use threadline_nats::event_log::unsuitable;
 use threadline_nats::{JetStreamLog, NatsSettings};
 use threadline_postgres::{DatabaseSettings, PgReadModel};
 use tokio::net::TcpListener;
@@ -44,7 +45,7 @@ pub(crate) async fn start_reader(
     nats.validate().map_err(anyhow::Error::msg)?;
     http.cors_origins().map_err(anyhow::Error::msg)?;
     let waiting = Waiting::bind(listen_addr, http, &["nats"])?;
-    let log = waiting.connect_nats(nats, false, shutdown).await;
+    let log = waiting.connect_nats(nats, false, shutdown).await?;
     let listener = waiting.finish().await?;
     Ok(log.map(|log| Started { listener, log }))
 }
@@ -62,7 +63,7 @@ pub(crate) async fn start_with_read_model(
     PgReadModel::options(database).map_err(anyhow::Error::msg)?;
     http.cors_origins().map_err(anyhow::Error::msg)?;
     let waiting = Waiting::bind(listen_addr, http, &["nats", "database"])?;
-    let Some(log) = waiting.connect_nats(nats, true, shutdown).await else {
+    let Some(log) = waiting.connect_nats(nats, true, shutdown).await? else {
         waiting.finish().await?;
         return Ok(None);
     };
@@ -176,26 +177,41 @@ impl Waiting {
         nats: &NatsSettings,
         manage: bool,
         shutdown: &CancellationToken,
-    ) -> Option<Arc<JetStreamLog>> {
-        let log = retry::until_ready("connecting to NATS JetStream", shutdown, || async {
-            if manage {
+    ) -> anyhow::Result<Option<Arc<JetStreamLog>>> {
+        // A stream or consumer on which the role cannot keep its promises stops it with one
+        // line; anything else is retried.
+        let opened = retry::until_ready("connecting to NATS JetStream", shutdown, || async {
+            let opened = if manage {
                 JetStreamLog::connect(nats).await
             } else {
                 JetStreamLog::connect_to_read(nats).await
+            };
+            match opened {
+                Err(e) => match unsuitable(&e) {
+                    Some(refusal) => Ok(Err(anyhow::anyhow!("{refusal}"))),
+                    None => Err(e),
+                },
+                Ok(log) => Ok(Ok(log)),
             }
         })
-        .await?;
-        let log = Arc::new(log);
+        .await;
+        let Some(opened) = opened else {
+            return Ok(None);
+        };
+        let log = Arc::new(opened?);
         // Before it serves, the role knows every thread erased (see threadline_nats::erasures).
-        retry::until_ready("reading the threads erased", shutdown, || {
+        let erasures = retry::until_ready("reading the threads erased", shutdown, || {
             log.follow_erasures(shutdown.clone())
         })
-        .await?;
+        .await;
+        if erasures.is_none() {
+            return Ok(None);
+        }
         let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
         for check in checks.iter_mut().filter(|(name, _)| *name == "nats") {
             check.1 = "ok";
         }
-        Some(log)
+        Ok(Some(log))
     }
 
     /// Stops answering the probes and hands the sockets over to the role's own server.
