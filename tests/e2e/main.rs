@@ -10,6 +10,7 @@ mod all_in_one;
 mod api_documents;
 mod behind_nginx;
 mod browser;
+mod cluster;
 mod connection_limits;
 mod consistency;
 mod degraded;

@@ -38,6 +38,7 @@ pub struct Options {
     nats_logins: Vec<(String, String)>,
     nats_users: bool,
     superuser: bool,
+    nats_nodes: usize,
 }
 
 /// The NATS users of `deploy/nats/auth.conf`: threadline's roles, its operator commands and
@@ -57,6 +58,7 @@ pub fn options() -> Options {
         nats_logins: Vec::new(),
         nats_users: true,
         superuser: false,
+        nats_nodes: 1,
     }
 }
 
@@ -153,6 +155,14 @@ impl Options {
         self
     }
 
+    /// Runs NATS as a JetStream cluster of `nodes` servers ([`NatsServer::start_cluster`]):
+    /// every service gets them all as a seed list in `NATS_URL`, and `STREAM_REPLICAS` of
+    /// `nodes` (a test's own setting wins). [`App::nats_node`] reaches each node.
+    pub fn nats_cluster(mut self, nodes: usize) -> Self {
+        self.nats_nodes = nodes;
+        self
+    }
+
     /// Runs nats-server with `config` as its configuration file instead of the harness's
     /// (which raises `max_payload`); `""` gives nats-server's own defaults.
     pub fn nats_config(mut self, config: &str) -> Self {
@@ -167,7 +177,27 @@ impl Options {
         if self.nats_users {
             self = self.add_nats_users();
         }
-        let nats = NatsServer::start(&self.nats_config, &self.nats_includes, &self.nats_env);
+        let mut nodes = if self.nats_nodes > 1 {
+            NatsServer::start_cluster(
+                self.nats_nodes,
+                &self.nats_config,
+                &self.nats_includes,
+                &self.nats_env,
+            )
+        } else {
+            vec![NatsServer::start(
+                &self.nats_config,
+                &self.nats_includes,
+                &self.nats_env,
+            )]
+        };
+        let nats = nodes.remove(0);
+        let nats_peers = nodes;
+        let nats_url = std::iter::once(&nats)
+            .chain(&nats_peers)
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",");
         let pg = Postgres::start().await;
         let (database_url, roles) = if self.superuser {
             // A database that does not exist yet: the services create it.
@@ -179,7 +209,7 @@ impl Options {
         };
         let read_your_writes = format!("{}s", PROJECTION_TIMEOUT.as_secs());
         let mut env: Vec<(String, String)> = [
-            ("NATS_URL", nats.url()),
+            ("NATS_URL", nats_url.clone()),
             ("DATABASE_URL", database_url.clone()),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("STREAM_NAME", STREAM.to_owned()),
@@ -191,6 +221,9 @@ impl Options {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if self.nats_nodes > 1 {
+            set(&mut env, "STREAM_REPLICAS", &self.nats_nodes.to_string());
+        }
         if let Some(roles) = &roles {
             // As docker-compose.yml and the k8s base run it: the owner migrates once, then
             // each role connects as its own.
@@ -213,9 +246,10 @@ impl Options {
         }
         let placeholder: SocketAddr = "127.0.0.1:9".parse().expect("an address");
         let mut app = App {
-            client: Client::new(placeholder, placeholder, nats.url()),
+            client: Client::new(placeholder, placeholder, nats_url.clone()),
             services: Vec::new(),
             nats,
+            nats_peers,
             pg,
             database_url,
             env,
@@ -236,7 +270,7 @@ impl Options {
         let api = app.first_addr(&["api", "all"]);
         let gateway = app.first_addr(&["gateway", "all"]);
         if let (Some(api), Some(gateway)) = (api, gateway) {
-            app.client = app.with_login(Client::new(api, gateway, app.nats.url()));
+            app.client = app.with_login(Client::new(api, gateway, nats_url));
         }
         app
     }
@@ -282,6 +316,8 @@ pub struct App {
     client: Client,
     services: Vec<Replica>,
     pub nats: NatsServer,
+    /// The other nodes of a NATS cluster ([`Options::nats_cluster`]).
+    nats_peers: Vec<NatsServer>,
     pub pg: Postgres,
     /// The read model's database as the superuser, for the test's own looks and changes
     /// ([`App::db`]); the roles connect as their own ([`App::roles`]).
@@ -310,8 +346,25 @@ impl App {
         self.with_login(Client::new(
             self.addr("api", api),
             self.addr("gateway", gateway),
-            self.nats.url(),
+            self.nats_url(),
         ))
+    }
+
+    /// The NATS server's URL, or the cluster's seed list.
+    pub fn nats_url(&self) -> String {
+        std::iter::once(&self.nats)
+            .chain(&self.nats_peers)
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `index` of the NATS cluster (0 is [`App::nats`]).
+    pub fn nats_node(&mut self, index: usize) -> &mut NatsServer {
+        match index {
+            0 => &mut self.nats,
+            i => &mut self.nats_peers[i - 1],
+        }
     }
 
     /// `client`, connecting to NATS as the `operator` user if the server has users.
@@ -533,6 +586,9 @@ impl Drop for App {
                 }
             }
             out.push_str(&self.nats.logs.dump());
+            for peer in &self.nats_peers {
+                out.push_str(&peer.logs.dump());
+            }
             out.push_str(&self.pg.logs.dump());
             eprintln!("{out}");
         }

@@ -274,7 +274,13 @@ impl Client {
         within(
             "connecting to nats-server",
             REQUEST_TIMEOUT,
-            options.connect(&self.nats_url),
+            // One server, or a cluster's seed list.
+            options.connect(
+                self.nats_url
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect::<Vec<String>>(),
+            ),
         )
         .await
     }

@@ -94,6 +94,20 @@ impl Ws {
         }
     }
 
+    /// The next text frame within `timeout`, skipping pings and pongs; `None` when the socket
+    /// closes, fails or stays silent that long (for a client that then resumes).
+    pub async fn try_next_text(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return Some(text.as_str().to_owned()),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// Asserts that no frame but pings and pongs arrives for `window`, and that the socket
     /// stays open meanwhile.
     pub async fn assert_silent(&mut self, window: Duration) {

@@ -1,0 +1,327 @@
+//! threadline on a 3-node NATS JetStream cluster with every stream at 3 replicas and two
+//! replicas of each role: a node killed under keyed load (the event stream's leader for 5 s,
+//! then a follower) loses nothing and doubles nothing for clients that retry 503s with their
+//! `Idempotency-Key` and resume their sockets with `since`.
+//! The figures the test prints (503s, the election's length, latency) are in
+//! docs/behaviour.md.
+
+use crate::harness::client::STREAM;
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long one post may take, retries of its 503s included.
+const POST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The index of the node that leads the event stream (nodes are named `n0`, `n1`, …).
+async fn stream_leader(app: &App) -> usize {
+    let jetstream = app.jetstream().await;
+    eventually(
+        "the event stream to have a leader",
+        Duration::from_secs(60),
+        || {
+            let jetstream = jetstream.clone();
+            async move {
+                let mut stream = jetstream.get_stream(STREAM).await.ok()?;
+                let info = stream.info().await.ok()?;
+                let leader = info.cluster.as_ref()?.leader.clone()?;
+                leader.strip_prefix('n')?.parse().ok()
+            }
+        },
+    )
+    .await
+}
+
+/// What a run of keyed posts saw.
+struct Posted {
+    /// The message ids answered 201, by poster, in the order each poster posted them.
+    by_poster: Vec<Vec<String>>,
+    /// How many answers were 503 (or a refused connection), each retried with its key.
+    unavailable: usize,
+    /// The longest time a post took until its 201, retries included.
+    slowest: Duration,
+    /// The time from the first post answered 503 to the last one that was.
+    unavailable_span: Duration,
+}
+
+/// Posts `count` messages to `thread` at `per_second` through both api replicas (post `k`
+/// through replica `k % 2`), each under its own `Idempotency-Key`, from `posters` clients
+/// that post one at a time; a 503 or a refused connection is retried with the same key and
+/// body through the other replica. `during` runs meanwhile.
+async fn keyed_posts<F: std::future::Future<Output = ()>>(
+    clients: &[Client; 2],
+    thread: &str,
+    count: usize,
+    per_second: u32,
+    during: F,
+) -> Posted {
+    const POSTERS: usize = 8;
+    let started = Instant::now();
+    let every = Duration::from_secs(1) / per_second;
+    let failures: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let posters: Vec<_> = (0..POSTERS)
+        .map(|poster| {
+            let clients = clients.clone();
+            let thread = thread.to_owned();
+            let failures = failures.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                let mut slowest = Duration::ZERO;
+                for k in (poster..count).step_by(POSTERS) {
+                    let due = started + every * k as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                    let body = json!({"user": {"poster": poster}, "thread": thread,
+                                      "body": format!("m{k}"), "send_by_user": true});
+                    let key = new_id();
+                    let sent = Instant::now();
+                    let mut attempt = 0;
+                    let id = loop {
+                        let client = &clients[(k + attempt) % 2];
+                        match client.post_with_key("/chat/message/", &body, &key).await {
+                            Ok(r) if r.status == 201 => break r.json()["id"].clone(),
+                            Ok(r) => assert_eq!(r.status, 503, "post {k}: {}", r.text),
+                            Err(_) => {}
+                        }
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Instant::now());
+                        assert!(sent.elapsed() < POST_DEADLINE, "post {k} never got its 201");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    };
+                    slowest = slowest.max(sent.elapsed());
+                    ids.push(id.as_str().expect("an id").to_owned());
+                }
+                (ids, slowest)
+            })
+        })
+        .collect();
+    during.await;
+    let mut by_poster = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for poster in posters {
+        let (ids, slow) = poster.await.expect("a poster panicked");
+        by_poster.push(ids);
+        slowest = slowest.max(slow);
+    }
+    let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let unavailable_span = match (failures.first(), failures.last()) {
+        (Some(first), Some(last)) => *last - *first,
+        _ => Duration::ZERO,
+    };
+    Posted {
+        by_poster,
+        unavailable: failures.len(),
+        slowest,
+        unavailable_span,
+    }
+}
+
+/// A socket on `client`'s gateway that starts after message `from` and resumes with `since`
+/// (its last message) whenever it drops or falls silent, until it has `expected` messages or
+/// two minutes have passed; the ids it received, in order.
+fn listener(
+    client: Client,
+    thread: String,
+    from: String,
+    expected: usize,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut ids: Vec<String> = Vec::new();
+        let mut resumed = 0;
+        while ids.len() < expected && Instant::now() < deadline {
+            let since = ids.last().unwrap_or(&from);
+            let path = format!("/ws/chat/{thread}/?since={since}");
+            let Ok(mut ws) = client.try_connect_ws(&path).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            resumed += 1;
+            while ids.len() < expected {
+                match ws.try_next_text(Duration::from_secs(5)).await {
+                    Some(text) => {
+                        let message: Value = serde_json::from_str(&text).expect("JSON");
+                        ids.push(message["id"].as_str().expect("an id").to_owned());
+                    }
+                    None => break,
+                }
+            }
+        }
+        eprintln!(
+            "listener on {}: {} messages, {resumed} connection(s)",
+            client.ws_addr,
+            ids.len()
+        );
+        ids
+    })
+}
+
+/// Every post got its 201 (keyed_posts asserts it), and GET on both api replicas and every
+/// listener hold each message once, in each poster's order.
+async fn assert_exactly_once(
+    app: &App,
+    thread: &str,
+    before: &[String],
+    posted: &Posted,
+    listened: Vec<Vec<String>>,
+) {
+    let mut all: Vec<String> = before.to_vec();
+    all.extend(posted.by_poster.iter().flatten().cloned());
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "one id answered to two posts");
+    let in_order = |seen: &[String], whose: &str| {
+        assert_eq!(
+            seen.len(),
+            all.len(),
+            "{whose}: {} messages, {} posted",
+            seen.len(),
+            all.len()
+        );
+        let seen_set: HashSet<&String> = seen.iter().collect();
+        assert_eq!(seen_set.len(), seen.len(), "{whose} holds a message twice");
+        assert_eq!(
+            seen_set, distinct,
+            "{whose} does not hold exactly the posted messages"
+        );
+        for ids in &posted.by_poster {
+            let positions: Vec<usize> = ids
+                .iter()
+                .map(|id| seen.iter().position(|s| s == id).expect("seen"))
+                .collect();
+            assert!(
+                positions.windows(2).all(|w| w[0] < w[1]),
+                "{whose}: a poster's messages out of order"
+            );
+        }
+    };
+    for api in 0..2 {
+        let body = app.client(api, 0).get_thread(thread).await;
+        let ids: Vec<String> = body["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["id"].as_str().expect("an id").to_owned())
+            .collect();
+        in_order(&ids, &format!("GET on api #{api}"));
+    }
+    for (gateway, ids) in listened.iter().enumerate() {
+        let mut ids = ids.clone();
+        // A listener that joined after the first messages resumes from the thread's start.
+        let missing: Vec<String> = before
+            .iter()
+            .filter(|b| !ids.contains(b))
+            .cloned()
+            .collect();
+        ids.splice(0..0, missing);
+        in_order(&ids, &format!("the listener on gateway #{gateway}"));
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
+    let mut app = options()
+        .nats_cluster(3)
+        .replicas("api", 2)
+        .replicas("projector", 2)
+        .replicas("gateway", 2)
+        .start()
+        .await;
+    let clients = [app.client(0, 0), app.client(1, 1)];
+    let thread = clients[0].new_thread().await;
+    let first = clients[0].say(&thread, "before").await;
+    let before = vec![first.json()["id"].as_str().expect("an id").to_owned()];
+
+    // 1. The event stream's leader's node, SIGKILLed for 5 s mid-run, then restarted.
+    let leader = stream_leader(&app).await;
+    eprintln!("the event stream's leader: n{leader}");
+    let listeners: Vec<_> = (0..2)
+        .map(|g| listener(app.client(g, g), thread.clone(), before[0].clone(), 1_500))
+        .collect();
+    // Watched from another node, each question bounded: the leader's node is gone.
+    let (user, password) = app.nats_login("operator").expect("the operator's login");
+    let watcher = Client::new(
+        app.addr("api", 0),
+        app.addr("gateway", 0),
+        app.nats_node((leader + 1) % 3).url(),
+    )
+    .with_nats_login(&user, &password);
+    let mut jetstream = watcher.jetstream().await;
+    jetstream.set_timeout(Duration::from_millis(500));
+    let election = Arc::new(Mutex::new(None));
+    let posted = {
+        let app_ref = &mut app;
+        let election = election.clone();
+        keyed_posts(&clients, &thread, 1_500, 200, async move {
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+            app_ref.nats_node(leader).kill();
+            let killed = Instant::now();
+            // The election: until another node answers as the stream's leader.
+            let elected = async {
+                loop {
+                    if let Ok(mut stream) = jetstream.get_stream(STREAM).await {
+                        if let Ok(info) = stream.info().await {
+                            let now = info.cluster.as_ref().and_then(|c| c.leader.clone());
+                            if now.is_some_and(|n| n != format!("n{leader}")) {
+                                return killed.elapsed();
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            // The node comes back after 5 s, whether or not the others have elected a leader
+            // by then (nats-server's election timeout is several seconds).
+            let restart = async {
+                tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
+                app_ref.nats_node(leader).start_again();
+            };
+            let (took, ()) = tokio::join!(
+                tokio::time::timeout(Duration::from_secs(30), elected),
+                restart
+            );
+            *election.lock().unwrap_or_else(|e| e.into_inner()) = took.ok();
+        })
+        .await
+    };
+    let election = *election.lock().unwrap_or_else(|e| e.into_inner());
+    let mut listened = Vec::new();
+    for l in listeners {
+        listened.push(l.await.expect("a listener panicked"));
+    }
+    let new_leader = stream_leader(&app).await;
+    eprintln!(
+        "leader killed: {} posts, {} answers 503 (retried), 503s for {:?}, slowest post {:?}, \
+         election {election:?}, leader now n{new_leader}",
+        1_500, posted.unavailable, posted.unavailable_span, posted.slowest
+    );
+    assert!(
+        election.is_some(),
+        "no other node led the stream within 30 s"
+    );
+    assert_exactly_once(&app, &thread, &before, &posted, listened).await;
+    let mut before: Vec<String> = before;
+    before.extend(posted.by_poster.iter().flatten().cloned());
+
+    // 2. A follower's node: nothing a client notices beyond retried 503s.
+    let leader = stream_leader(&app).await;
+    let follower = (leader + 1) % 3;
+    let posted = {
+        let app_ref = &mut app;
+        keyed_posts(&clients, &thread, 300, 200, async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            app_ref.nats_node(follower).kill();
+        })
+        .await
+    };
+    eprintln!(
+        "follower n{follower} killed: {} answers 503 (retried), slowest post {:?}",
+        posted.unavailable, posted.slowest
+    );
+    assert_exactly_once(&app, &thread, &before, &posted, Vec::new()).await;
+    app.nats_node(follower).start_again();
+    stream_leader(&app).await;
+}
