@@ -43,7 +43,7 @@ export declare class ThreadlineError extends Error {
    * closed with a code that retrying cannot fix; "refused": the thread cannot be watched (a
    * GET said why: `status`, `body`).
    */
-  readonly kind: "http" | "network" | "closed" | "refused";
+  readonly kind: "http" | "network" | "closed" | "erased" | "refused";
   /** The HTTP status, 0 if there was no answer. */
   readonly status: number;
   /**
@@ -51,7 +51,7 @@ export declare class ThreadlineError extends Error {
    * per field (`{"body": ["This field may not be blank."]}`); null if there was none.
    */
   readonly body: Record<string, unknown> | null;
-  /** The websocket close code, for kind "closed". */
+  /** The websocket close code, for kinds "closed" and "erased" (4404). */
   readonly code?: number;
   /** Whether the same request may succeed later. */
   readonly retryable: boolean;
@@ -148,4 +148,5 @@ export declare function randomKey(): string;
 export declare const RETRY_CODES: readonly number[];
 export declare const STOP_CODES: readonly number[];
 export declare const LOAD_THE_THREAD_FIRST: 4000;
+export declare const THREAD_ERASED: 4404;
 export declare const DEFAULT_BACKOFF: { readonly initial: number; readonly max: number };

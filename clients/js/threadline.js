@@ -16,6 +16,9 @@ export const STOP_CODES = Object.freeze([1002, 1003, 1007, 1008, 1009, 1010]);
 /** The server's "too far behind" close: load the thread with GET, then resume. */
 export const LOAD_THE_THREAD_FIRST = 4000;
 
+/** The server's "this thread was erased" close: it is gone for good; the watch stops. */
+export const THREAD_ERASED = 4404;
+
 /** Reconnect delays, in milliseconds: the first ceiling and the largest. */
 export const DEFAULT_BACKOFF = Object.freeze({ initial: 250, max: 10_000 });
 
@@ -457,6 +460,10 @@ class Watch {
   }
 
   #closedBy(code, opened) {
+    if (code === THREAD_ERASED) {
+      this.#finish(new ThreadlineError("the thread was erased", { kind: "erased", code }));
+      return;
+    }
     if (STOP_CODES.includes(code)) {
       this.#finish(new ThreadlineError(`the server closed the socket with ${code}`, { kind: "closed", code }));
       return;

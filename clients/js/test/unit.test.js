@@ -213,6 +213,19 @@ test("1009 stops the watch with the error as a value", async () => {
   assert.deepEqual(clock.pending(), [], "no retry");
 });
 
+test("4404 (the thread was erased) stops the watch for good, as an erased error", async () => {
+  const { client, clock } = fakeClient();
+  const watch = client.watch(THREAD, () => {}, { since: message(1).id });
+  FakeSocket.last().open();
+  FakeSocket.last().drop(4404);
+  const error = await watch.done;
+  assert.ok(error instanceof ThreadlineError);
+  assert.equal(error.kind, "erased");
+  assert.equal(error.code, 4404);
+  assert.equal(watch.state, "closed");
+  assert.deepEqual(clock.pending(), [], "no retry");
+});
+
 test("4000 (too far behind) loads the thread, delivers what follows, and resumes from its last message", async () => {
   const listed = [1, 2, 3, 4].map(message).map(({ thread, ...m }) => m);
   const { client, requests } = fakeClient({ thread: () => ({ id: THREAD, messages: listed }) });
