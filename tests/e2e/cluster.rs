@@ -1,11 +1,12 @@
 //! threadline on a 3-node NATS JetStream cluster with every stream at 3 replicas and two
 //! replicas of each role: a node killed under keyed load (the event stream's leader for 5 s,
-//! then a follower) loses nothing and doubles nothing for clients that retry 503s with their
-//! `Idempotency-Key` and resume their sockets with `since`.
+//! then a follower; in a second test the node both projectors are connected to) loses nothing
+//! and doubles nothing for clients that retry 503s with their `Idempotency-Key` and resume
+//! their sockets with `since`.
 //! The figures the test prints (503s, the election's length, latency) are in
 //! docs/behaviour.md.
 
-use crate::harness::client::STREAM;
+use crate::harness::client::{PROJECTOR_CONSUMER, STREAM};
 use crate::harness::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -14,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// How long one post may take, retries of its 503s included.
 const POST_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long after a run in which the projectors' node was killed the read model may take to
+/// hold every message: the consumer's acknowledgement wait (30 s) from the kill, with room.
+const CATCH_UP_BOUND: Duration = Duration::from_secs(45);
 
 /// The index of the node that leads the event stream (nodes are named `n0`, `n1`, …).
 async fn stream_leader(app: &App) -> usize {
@@ -324,4 +329,139 @@ async fn a_node_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
     assert_exactly_once(&app, &thread, &before, &posted, Vec::new()).await;
     app.nats_node(follower).start_again();
     stream_leader(&app).await;
+}
+
+/// Where the projector stands against the stream, as the test prints it: the stream's last
+/// sequence and message count, the consumer's acknowledgement floor and what it has out, and
+/// the thread's rows in the read model.
+async fn projection_state(
+    jetstream: &async_nats::jetstream::Context,
+    db: &sqlx::PgPool,
+    thread: &str,
+) -> String {
+    let stream = match jetstream.get_stream(STREAM).await {
+        Ok(mut stream) => match stream.info().await {
+            Ok(info) => format!(
+                "stream last seq {} ({} messages)",
+                info.state.last_sequence, info.state.messages
+            ),
+            Err(e) => format!("stream info: {e}"),
+        },
+        Err(e) => format!("stream: {e}"),
+    };
+    let consumer = match jetstream.get_stream(STREAM).await {
+        Ok(stream) => match stream.consumer_info(PROJECTOR_CONSUMER).await {
+            Ok(info) => format!(
+                "consumer: ack floor {}, delivered {}, ack pending {}, redelivered {}, \
+                 pending {}, leader {:?}",
+                info.ack_floor.stream_sequence,
+                info.delivered.stream_sequence,
+                info.num_ack_pending,
+                info.num_redelivered,
+                info.num_pending,
+                info.cluster.as_ref().and_then(|c| c.leader.clone())
+            ),
+            Err(e) => format!("consumer info: {e}"),
+        },
+        Err(e) => format!("stream: {e}"),
+    };
+    let id = uuid::Uuid::parse_str(thread).expect("a thread id");
+    let rows: Result<(i64, Option<i64>), _> =
+        sqlx::query_as("SELECT count(*), max(stream_seq) FROM messages WHERE thread_id = $1")
+            .bind(id)
+            .fetch_one(db)
+            .await;
+    let rows = match rows {
+        Ok((count, last)) => format!("read model: {count} messages, last seq {last:?}"),
+        Err(e) => format!("read model: {e}"),
+    };
+    format!("{stream}; {consumer}; {rows}")
+}
+
+#[tokio::test]
+async fn the_projectors_node_killed_under_keyed_load_loses_nothing() {
+    let mut app = options()
+        .nats_cluster(3)
+        .replicas("api", 2)
+        .replicas("projector", 0)
+        .replicas("gateway", 2)
+        .start()
+        .await;
+    // Both projectors connect to one node that does not lead the event stream (the leader's
+    // loss is the test above): a seed list of that node alone; they learn the others from it.
+    let leader = stream_leader(&app).await;
+    let node = (leader + 1) % 3;
+    let node_url = app.nats_node(node).url();
+    for _ in 0..2 {
+        app.start_replica("projector", &[("NATS_URL", &node_url)])
+            .await;
+    }
+    let clients = [app.client(0, 0), app.client(1, 1)];
+    let thread = clients[0].new_thread().await;
+    let first = clients[0].say(&thread, "before").await;
+    let before = vec![first.json()["id"].as_str().expect("an id").to_owned()];
+
+    // Watched from the two other nodes.
+    let (user, password) = app.nats_login("operator").expect("the operator's login");
+    let others: Vec<String> = (1..3)
+        .map(|i| app.nats_node((node + i) % 3).url())
+        .collect();
+    let watcher = Client::new(app.addr("api", 0), app.addr("gateway", 0), others.join(","))
+        .with_nats_login(&user, &password);
+    let mut jetstream = watcher.jetstream().await;
+    jetstream.set_timeout(Duration::from_secs(2));
+    let db = app.db().await;
+    eprintln!(
+        "projectors on n{node}, stream leader n{leader}; {}",
+        projection_state(&jetstream, &db, &thread).await
+    );
+
+    let posted = {
+        let app_ref = &mut app;
+        keyed_posts(&clients, &thread, 1_500, 200, async move {
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+            app_ref.nats_node(node).kill();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            app_ref.nats_node(node).start_again();
+        })
+        .await
+    };
+    let done = Instant::now();
+    eprintln!(
+        "projectors' node killed: {} answers 503 (retried), slowest post {:?}; {}",
+        posted.unavailable,
+        posted.slowest,
+        projection_state(&jetstream, &db, &thread).await
+    );
+    for projector in 0..2 {
+        assert!(
+            app.logs("projector", projector)
+                .contains("lost the connection to NATS"),
+            "projector #{projector} was not connected to n{node}"
+        );
+    }
+    // The events the broker had sent down the lost connection are delivered again after the
+    // consumer's acknowledgement wait (30 s from the kill); until then the read model lacks
+    // them and the acknowledgement floor stays below them.
+    let expected = before.len() + posted.by_poster.iter().map(Vec::len).sum::<usize>();
+    let full = format!("read model: {expected} messages");
+    eventually(
+        "the read model to hold every message",
+        CATCH_UP_BOUND,
+        || {
+            let (jetstream, db, thread, full) = (&jetstream, &db, &thread, &full);
+            async move {
+                let state = projection_state(jetstream, db, thread).await;
+                eprintln!("{:>6.1?} after the run: {state}", done.elapsed());
+                if state.contains(full.as_str()) {
+                    return Some(());
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                None
+            }
+        },
+    )
+    .await;
+    assert_exactly_once(&app, &thread, &before, &posted, Vec::new()).await;
+    eprintln!("caught up {:?} after the run", done.elapsed());
 }
