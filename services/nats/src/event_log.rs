@@ -161,7 +161,7 @@ impl JetStreamLog {
         let version = client.server_info().version;
         match crate::server_version::warning(&version) {
             Some(warning) => tracing::warn!("{warning}"),
-            None => tracing::info!("connected to nats-server {version}"),
+            None => tracing::debug!("connected to nats-server {version}"),
         }
         let mut jetstream = jetstream::new(client.clone());
         jetstream.set_timeout(settings.nats_timeout);
