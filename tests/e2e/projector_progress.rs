@@ -3,12 +3,13 @@
 //! while the rest of its batch is applied, and a projector that cannot make progress says so
 //! on `/readyz` until it moves on.
 
-use crate::harness::client::STREAM;
+use crate::harness::client::{PROJECTOR_CONSUMER, STREAM};
 use crate::harness::metrics::{sample, scrape};
 use crate::harness::operator::{dead_letters_on, run_command};
 use crate::harness::*;
 use serde_json::{json, Value};
 use sqlx::Connection;
+use std::time::Duration;
 
 /// The server's `max_payload`, as it tells its clients.
 async fn max_payload(app: &App) -> usize {
@@ -356,4 +357,74 @@ async fn readyz_of_a_stuck_projector_names_the_event_and_clears_once_it_moves_on
     let stored = app.get_thread(&thread).await;
     assert_eq!(stored["messages"][0]["body"], "held back");
     assert!(app.logs("projector", 0).contains("moves on"));
+}
+
+/// The projector's durable consumer, as the broker describes it.
+async fn projector_consumer(app: &App) -> async_nats::jetstream::consumer::Info {
+    let js = app.jetstream().await;
+    let stream = js.get_stream(STREAM).await.expect("the event stream");
+    stream
+        .consumer_info(PROJECTOR_CONSUMER)
+        .await
+        .expect("the projector's consumer")
+        .clone()
+}
+
+/// A batch that takes longer than the consumer's acknowledgement wait is kept: the projector
+/// reminds the broker that it holds it, so the broker does not deliver it again (to this
+/// projector or another) meanwhile. A projector brings an existing consumer to its
+/// `PROJECTOR_ACK_WAIT` when it starts.
+#[tokio::test]
+async fn a_batch_slower_than_the_acknowledgement_wait_is_not_delivered_again() {
+    let mut app = options().replicas("projector", 0).start().await;
+    app.start_replica("projector", &[]).await;
+    let thread = app.new_thread().await;
+    app.get_thread(&thread).await;
+    assert_eq!(
+        projector_consumer(&app).await.config.ack_wait,
+        Duration::from_secs(5),
+        "the default wait"
+    );
+    app.kill("projector", 0);
+    let projector = app
+        .start_replica("projector", &[("PROJECTOR_ACK_WAIT", "1s")])
+        .await;
+    let info = projector_consumer(&app).await;
+    assert_eq!(info.config.ack_wait, Duration::from_secs(1));
+    let redelivered = info.num_redelivered;
+
+    let mut locker = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("a connection of the test's own");
+    let mut lock = locker.begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE messages IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("locking the messages");
+    app.say(&thread, "held back").await.expect(201);
+    eventually(
+        "the projector to hold the message",
+        PROJECTION_TIMEOUT,
+        || async { (projector_consumer(&app).await.num_ack_pending == 1).then_some(()) },
+    )
+    .await;
+    // Four acknowledgement waits with the batch in hand.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = projector_consumer(&app).await;
+    assert_eq!(held.num_ack_pending, 1, "{held:?}");
+    assert_eq!(
+        held.num_redelivered, redelivered,
+        "the broker delivered the held event again: {held:?}"
+    );
+
+    lock.rollback().await.expect("releasing the lock");
+    let stored = app.get_thread(&thread).await;
+    assert_eq!(stored["messages"][0]["body"], "held back");
+    let done = projector_consumer(&app).await;
+    assert_eq!(done.num_redelivered, redelivered, "{done:?}");
+    assert!(
+        app.logs("projector", projector)
+            .contains("now waits 1s for an acknowledgement"),
+        "the projector did not say it changed the wait"
+    );
 }

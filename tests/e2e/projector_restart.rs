@@ -1,7 +1,7 @@
 //! A projector that is stopped (SIGTERM, as a rolling deploy does) hands back the events it
 //! has read but not applied, so that the next projector applies them at once: a GET of a
 //! message posted just before the restart shows it well inside the read-your-writes wait,
-//! instead of after the broker's 30 s acknowledgement wait.
+//! instead of after the consumer's acknowledgement wait (`PROJECTOR_ACK_WAIT`).
 
 use crate::harness::*;
 use async_nats::jetstream;
@@ -27,10 +27,12 @@ async fn delivered_unacknowledged(app: &App) -> u64 {
 
 #[tokio::test]
 async fn a_message_posted_before_a_projector_restart_is_read_at_once_after_it() {
-    // GETs wait for the projector at most this long: well below the broker's 30 s before
-    // it gives an unacknowledged event to another consumer instance.
+    // GETs wait for the projector at most this long: well below the consumer's
+    // acknowledgement wait, set long here, before the broker gives an unacknowledged event to
+    // another consumer instance.
     let mut app = options()
         .role_env("api", "READ_YOUR_WRITES_TIMEOUT", "10s")
+        .role_env("projector", "PROJECTOR_ACK_WAIT", "60s")
         .start()
         .await;
     let thread = app.new_thread().await;

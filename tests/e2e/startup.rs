@@ -155,6 +155,13 @@ async fn a_malformed_setting_stops_the_role_with_one_clear_line() {
             "DATABASE_URL",
         ),
         ("projector", "STREAM_NAME", "has.dots", "STREAM_NAME"),
+        // Shorter than a second: the reminders every third of it could come too late.
+        (
+            "projector",
+            "PROJECTOR_ACK_WAIT",
+            "500ms",
+            "PROJECTOR_ACK_WAIT",
+        ),
         ("all", "SUBJECT_PREFIX", "a b", "SUBJECT_PREFIX"),
         // Renamed: silently ignoring it would count every visitor as the proxy.
         (

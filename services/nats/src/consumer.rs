@@ -1,7 +1,7 @@
 //! The projector's durable pull consumer: the event log as a [`ProjectionSource`].
 
 use crate::JetStreamLog;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{AckKind, Message};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -102,6 +102,7 @@ impl ProjectionSource for JetStreamLog {
         &self,
         batch_size: usize,
         batch_bytes: usize,
+        ack_wait: Duration,
     ) -> Result<Deliveries<JetStreamDelivery>, Cause> {
         let settings = self.settings();
         let stream = self
@@ -109,7 +110,7 @@ impl ProjectionSource for JetStreamLog {
             .get_stream(&settings.stream_name)
             .await
             .map_err(step("cannot open the event stream"))?;
-        let consumer = stream
+        let mut consumer = stream
             .get_or_create_consumer(
                 &settings.projector_consumer,
                 pull::Config {
@@ -117,13 +118,34 @@ impl ProjectionSource for JetStreamLog {
                     description: Some("threadline projector: folds events into PostgreSQL".into()),
                     ack_policy: AckPolicy::Explicit,
                     deliver_policy: DeliverPolicy::All,
-                    ack_wait: Duration::from_secs(30),
+                    ack_wait,
                     max_ack_pending: 20_000,
                     ..Default::default()
                 },
             )
             .await
             .map_err(step("cannot create or open the projector's consumer"))?;
+        let existing = &consumer.cached_info().config;
+        if existing.ack_wait != ack_wait {
+            // Made by an earlier version or with another PROJECTOR_ACK_WAIT: the wait is one
+            // of the settings a durable consumer may change; the rest stays as it is.
+            let was = existing.ack_wait;
+            let config = consumer::Config {
+                ack_wait,
+                ..existing.clone()
+            };
+            stream.create_consumer(config).await.map_err(step(
+                "cannot bring the projector's consumer to PROJECTOR_ACK_WAIT",
+            ))?;
+            consumer = stream
+                .get_consumer(&settings.projector_consumer)
+                .await
+                .map_err(step("cannot open the projector's consumer"))?;
+            tracing::info!(
+                consumer = %settings.projector_consumer,
+                "the projector's consumer now waits {ack_wait:?} for an acknowledgement (it waited {was:?})"
+            );
+        }
         let messages = consumer
             .stream()
             .max_messages_per_batch(batch_size)
@@ -141,6 +163,14 @@ impl ProjectionSource for JetStreamLog {
         for delivery in deliveries {
             if let Err(e) = delivery.0.ack().await {
                 tracing::warn!("acknowledging failed (the event will be applied again): {e}");
+            }
+        }
+    }
+
+    async fn keep(&self, deliveries: &[JetStreamDelivery]) {
+        for delivery in deliveries {
+            if let Err(e) = delivery.0.ack_with(AckKind::Progress).await {
+                tracing::warn!("telling the broker an event is still being applied: {e}");
             }
         }
     }

@@ -69,12 +69,20 @@ pub trait ProjectionSource: Send + Sync + 'static {
     /// Opens the projector's durable reader (made if it is missing, as after an operator
     /// deleted it) and delivers from the first event it has not had acknowledged, asking for
     /// at most `batch_size` events and [`request_bytes`](Self::request_bytes)`(batch_bytes)`
-    /// at a time. The stream ends if the reader goes; open it again then.
+    /// at a time. An event not acknowledged within `ack_wait` of its delivery (nor kept, see
+    /// [`keep`](Self::keep)) is delivered again, as are the events lost with a connection; an
+    /// existing reader is brought to that wait. The stream ends if the reader goes; open it
+    /// again then.
     async fn deliveries(
         &self,
         batch_size: usize,
         batch_bytes: usize,
+        ack_wait: Duration,
     ) -> Result<Deliveries<Self::Delivery>, Cause>;
+
+    /// Tells the log that these events are still being applied: each is delivered again only
+    /// a whole acknowledgement wait from now, if it is not acknowledged by then.
+    async fn keep(&self, deliveries: &[Self::Delivery]);
 
     /// Acknowledges applied events: they are not delivered again. A lost acknowledgement is
     /// logged only; the event is delivered again, and applying it again changes nothing.

@@ -14,20 +14,6 @@ pub struct Limits {
     pub bytes: usize,
 }
 
-/// Cuts `items`, in order, into batches within `limits`; `size` is an item's size in bytes.
-/// Every batch holds at least one item.
-pub fn cut<T>(items: Vec<T>, size: impl Fn(&T) -> usize, limits: Limits) -> Vec<Vec<T>> {
-    let mut items = items.into_iter();
-    ranges(&sizes_of(items.as_slice(), size), limits)
-        .into_iter()
-        .map(|range| items.by_ref().take(range.len()).collect())
-        .collect()
-}
-
-fn sizes_of<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<usize> {
-    items.iter().map(size).collect()
-}
-
 /// The ranges of consecutive items (of these sizes in bytes) that make batches within
 /// `limits`, in order; each holds at least one item.
 pub fn ranges(sizes: &[usize], limits: Limits) -> Vec<Range<usize>> {
@@ -279,7 +265,12 @@ mod tests {
             events: 3,
             bytes: 10,
         };
-        let sizes = |items: Vec<usize>| cut(items, |s| *s, limits);
+        let sizes = |items: Vec<usize>| -> Vec<Vec<usize>> {
+            ranges(&items, limits)
+                .into_iter()
+                .map(|range| items[range].to_vec())
+                .collect()
+        };
         assert_eq!(sizes(vec![1; 7]), [vec![1; 3], vec![1; 3], vec![1]]);
         assert_eq!(sizes(vec![4, 4, 4, 4]), [vec![4, 4], vec![4, 4]]);
         // An event over the bound is a batch of its own; nothing is lost or reordered.

@@ -62,6 +62,13 @@ pub struct ProjectorSettings {
     /// progress (an error log line, and /readyz 503 naming the event's sequence).
     #[arg(long, env = "PROJECTOR_STUCK_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub stuck_after: Duration,
+    /// How long the broker waits for the acknowledgement of an event it delivered before it
+    /// delivers the event again: what events lost with a connection to a NATS node wait
+    /// before they come again. While a batch is being applied, the projector tells the broker
+    /// every third of this wait that it still holds it. Applied to the consumer on start; give
+    /// every projector the same value.
+    #[arg(long, env = "PROJECTOR_ACK_WAIT", default_value = "5s", value_parser = ack_wait)]
+    pub ack_wait: Duration,
 }
 
 impl ProjectorSettings {
@@ -71,6 +78,18 @@ impl ProjectorSettings {
             bytes: self.batch_bytes,
         }
     }
+}
+
+/// `PROJECTOR_ACK_WAIT`: a duration of at least a second, so that the reminders sent every
+/// third of it reach the broker in time.
+fn ack_wait(text: &str) -> Result<Duration, String> {
+    let wait = parse_duration(text)?;
+    if wait < Duration::from_secs(1) {
+        return Err(format!(
+            "PROJECTOR_ACK_WAIT must be at least 1s, not {text}"
+        ));
+    }
+    Ok(wait)
 }
 
 /// `PROJECTOR_BATCH_BYTES`: a size, `0` for no bound.
@@ -123,8 +142,11 @@ impl<L: ProjectionSource> Projector<L> {
         while !shutdown.is_cancelled() {
             let Some(deliveries) =
                 retry::until_ready("opening the projector's consumer", &shutdown, || {
-                    self.log
-                        .deliveries(self.settings.batch_size, self.settings.batch_bytes)
+                    self.log.deliveries(
+                        self.settings.batch_size,
+                        self.settings.batch_bytes,
+                        self.settings.ack_wait,
+                    )
                 })
                 .await
             else {
@@ -150,11 +172,12 @@ impl<L: ProjectionSource> Projector<L> {
                     tracing::warn!("the consumer's message stream ended; reopening it");
                     break;
                 };
-                let limits = self.settings.limits();
-                let mut parts = batch::cut(batch.items, L::Delivery::size, limits).into_iter();
-                while let Some(part) = parts.next() {
-                    if self.project(&part, &shutdown).await.is_err() {
-                        let unapplied = part.into_iter().chain(parts.flatten()).collect();
+                let mut items = batch.items;
+                let sizes: Vec<usize> = items.iter().map(L::Delivery::size).collect();
+                for part in batch::ranges(&sizes, self.settings.limits()) {
+                    let (start, len) = (part.start, part.len());
+                    if self.keeping(&items[start..], len, &shutdown).await.is_err() {
+                        let unapplied = items.split_off(start);
                         self.hand_back(unapplied, ahead).await;
                         return;
                     }
@@ -180,6 +203,29 @@ impl<L: ProjectionSource> Projector<L> {
             failed,
             "handed back the events read and not applied"
         );
+    }
+
+    /// Applies the first `len` events of `held` (see [`project`](Self::project)), and, for as
+    /// long as that takes, tells the broker every third of the acknowledgement wait that it
+    /// still holds every event of `held`, so that a slow batch, and the parts of its batch
+    /// after it, are not delivered again meanwhile (to this projector or another).
+    async fn keeping(
+        &self,
+        held: &[L::Delivery],
+        len: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ShutDown> {
+        let every = self.settings.ack_wait / 3;
+        let mut reminders = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        reminders.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let applying = self.project(&held[..len], shutdown);
+        tokio::pin!(applying);
+        loop {
+            tokio::select! {
+                applied = &mut applying => return applied,
+                _ = reminders.tick() => self.log.keep(held).await,
+            }
+        }
     }
 
     /// Applies one batch: rows in one transaction, invalid events set aside, then every event

@@ -15,7 +15,10 @@
 //! [`ReadAhead::stop`] hands back everything read and not taken, with what the source holds
 //! already received, so that the projector gives it back to the broker (a NAK): otherwise the
 //! broker would hand those events to the next projector only after its acknowledgement wait
-//! (30 s), newer events first, and read-your-writes GETs would wait for them meanwhile.
+//! (`PROJECTOR_ACK_WAIT`), newer events first, and read-your-writes GETs would wait for them
+//! meanwhile. Events read ahead are not kept (see `Projector::keeping`): if the batch before
+//! them takes longer than the wait, the broker delivers them again, and applying an event
+//! twice changes nothing.
 
 use futures::{FutureExt, Stream, StreamExt};
 use std::sync::Arc;
