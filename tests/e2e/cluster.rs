@@ -467,3 +467,108 @@ async fn the_projectors_node_killed_under_keyed_load_loses_nothing() {
     assert_exactly_once(&app, &thread, &before, &posted, Vec::new()).await;
     eprintln!("caught up {:?} after the run", done.elapsed());
 }
+
+/// How often each `/readyz` is asked while replicas are killed.
+const READYZ_EVERY: Duration = Duration::from_millis(200);
+
+/// Asks `/readyz` of each of `addrs` every [`READYZ_EVERY`] until `stop` fires; for each, the
+/// answers that were not 200 (the status, 0 for no answer), with how long after the start.
+fn watch_readyz(
+    client: Client,
+    addrs: Vec<(String, std::net::SocketAddr)>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Vec<(String, Vec<(Duration, u16)>)>> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut seen: Vec<(String, Vec<(Duration, u16)>)> = addrs
+            .iter()
+            .map(|(name, _)| (name.clone(), Vec::new()))
+            .collect();
+        while !stop.is_cancelled() {
+            for (i, (_, addr)) in addrs.iter().enumerate() {
+                let status = match client
+                    .try_request_to(*addr, "GET", "/readyz", None, None)
+                    .await
+                {
+                    Ok(r) => r.status,
+                    Err(_) => 0,
+                };
+                if status != 200 {
+                    seen[i].1.push((started.elapsed(), status));
+                }
+            }
+            tokio::time::sleep(READYZ_EVERY).await;
+        }
+        seen
+    })
+}
+
+#[tokio::test]
+async fn a_replica_of_every_role_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
+    let mut app = options()
+        .nats_cluster(3)
+        .replicas("api", 2)
+        .replicas("projector", 2)
+        .replicas("gateway", 2)
+        .start()
+        .await;
+    let clients = [app.client(0, 0), app.client(1, 1)];
+    let thread = clients[0].new_thread().await;
+    let first = clients[0].say(&thread, "before").await;
+    let before = vec![first.json()["id"].as_str().expect("an id").to_owned()];
+    let listeners: Vec<_> = (0..2)
+        .map(|g| listener(app.client(g, g), thread.clone(), before[0].clone(), 1_500))
+        .collect();
+    // The replicas that stay: each says it is ready throughout.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let survivors = ["api", "projector", "gateway"]
+        .map(|role| (format!("{role} #0"), app.addr(role, 0)))
+        .to_vec();
+    let readyz = watch_readyz(app.client(0, 0), survivors, stop.clone());
+
+    // api #1 (with posts in flight through it), projector #1 (with a batch in hand) and
+    // gateway #1 (with a listener on it) SIGKILLed 2.5 s into the run, started again 3 s later.
+    let posted = {
+        let app_ref = &mut app;
+        keyed_posts(&clients, &thread, 1_500, 200, async move {
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+            for role in ["api", "projector", "gateway"] {
+                app_ref.kill(role, 1);
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for role in ["api", "projector", "gateway"] {
+                app_ref.restart(role, 1).await;
+            }
+        })
+        .await
+    };
+    let mut listened = Vec::new();
+    for l in listeners {
+        listened.push(l.await.expect("a listener panicked"));
+    }
+    stop.cancel();
+    let readyz = readyz.await.expect("the readyz watcher panicked");
+    eprintln!(
+        "a replica of each role killed: {} answers 503 or no answer (retried), slowest post {:?}",
+        posted.unavailable, posted.slowest
+    );
+    for (name, answers) in &readyz {
+        assert!(
+            answers.is_empty(),
+            "{name} answered /readyz other than 200 while it could serve: {answers:?}"
+        );
+    }
+    // The api killed had posts in flight: each was retried through the other with its key.
+    assert!(
+        posted.unavailable > 0,
+        "no post was in flight on the api killed"
+    );
+    assert_exactly_once(&app, &thread, &before, &posted, listened).await;
+    // The restarted replicas serve: a post through the api restarted reaches the listener on
+    // the gateway restarted.
+    let client = app.client(1, 1);
+    let mut ws = client.connect_ws(&thread).await;
+    let after = client.say(&thread, "after the restarts").await;
+    assert_eq!(after.status, 201, "{}", after.text);
+    assert_eq!(ws.next_text().await, after.text);
+}
