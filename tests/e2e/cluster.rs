@@ -1,8 +1,8 @@
 //! threadline on a 3-node NATS JetStream cluster with every stream at 3 replicas and two
 //! replicas of each role: a node killed under keyed load (the event stream's leader for 5 s,
-//! then a follower; in a second test the node both projectors are connected to) loses nothing
-//! and doubles nothing for clients that retry 503s with their `Idempotency-Key` and resume
-//! their sockets with `since`.
+//! then a follower; in a second test the node both projectors are connected to), or a replica
+//! of every role killed (a third test), loses nothing and doubles nothing for clients that
+//! retry 503s with their `Idempotency-Key` and resume their sockets with `since`.
 //! The figures the test prints (503s, the election's length, latency) are in
 //! docs/behaviour.md.
 
