@@ -228,9 +228,11 @@ async fn assert_exactly_once(
     }
 }
 
-#[tokio::test]
-async fn a_node_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
-    let mut app = options()
+/// A 3-node cluster with two replicas of each role, a client of each api replica (on the
+/// gateway of the same index), and a thread holding one message: the app, the clients, the
+/// thread and that message's id.
+async fn cluster_with_a_thread() -> (App, [Client; 2], String, Vec<String>) {
+    let app = options()
         .nats_cluster(3)
         .replicas("api", 2)
         .replicas("projector", 2)
@@ -241,6 +243,12 @@ async fn a_node_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
     let thread = clients[0].new_thread().await;
     let first = clients[0].say(&thread, "before").await;
     let before = vec![first.json()["id"].as_str().expect("an id").to_owned()];
+    (app, clients, thread, before)
+}
+
+#[tokio::test]
+async fn a_node_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
+    let (mut app, clients, thread, before) = cluster_with_a_thread().await;
 
     // 1. The event stream's leader's node, SIGKILLed for 5 s mid-run, then restarted.
     let leader = stream_leader(&app).await;
@@ -471,16 +479,20 @@ async fn the_projectors_node_killed_under_keyed_load_loses_nothing() {
 /// How often each `/readyz` is asked while replicas are killed.
 const READYZ_EVERY: Duration = Duration::from_millis(200);
 
+/// A replica's `/readyz` answers that were not 200: its name, and each answer's status (0 for
+/// no answer) with how long after the watch began it came.
+type NotReady = (String, Vec<(Duration, u16)>);
+
 /// Asks `/readyz` of each of `addrs` every [`READYZ_EVERY`] until `stop` fires; for each, the
-/// answers that were not 200 (the status, 0 for no answer), with how long after the start.
+/// answers that were not 200.
 fn watch_readyz(
     client: Client,
     addrs: Vec<(String, std::net::SocketAddr)>,
     stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<Vec<(String, Vec<(Duration, u16)>)>> {
+) -> tokio::task::JoinHandle<Vec<NotReady>> {
     tokio::spawn(async move {
         let started = Instant::now();
-        let mut seen: Vec<(String, Vec<(Duration, u16)>)> = addrs
+        let mut seen: Vec<NotReady> = addrs
             .iter()
             .map(|(name, _)| (name.clone(), Vec::new()))
             .collect();
@@ -505,17 +517,7 @@ fn watch_readyz(
 
 #[tokio::test]
 async fn a_replica_of_every_role_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
-    let mut app = options()
-        .nats_cluster(3)
-        .replicas("api", 2)
-        .replicas("projector", 2)
-        .replicas("gateway", 2)
-        .start()
-        .await;
-    let clients = [app.client(0, 0), app.client(1, 1)];
-    let thread = clients[0].new_thread().await;
-    let first = clients[0].say(&thread, "before").await;
-    let before = vec![first.json()["id"].as_str().expect("an id").to_owned()];
+    let (mut app, clients, thread, before) = cluster_with_a_thread().await;
     let listeners: Vec<_> = (0..2)
         .map(|g| listener(app.client(g, g), thread.clone(), before[0].clone(), 1_500))
         .collect();

@@ -56,6 +56,28 @@ async fn projector_readyz(app: &App) -> (u16, Value) {
     (response.status, response.json())
 }
 
+/// A connection of the test's own that holds the messages table locked against writes (reads
+/// go on) until [`unlock`].
+async fn lock_messages(app: &App) -> sqlx::PgConnection {
+    let mut locker = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("a connection of the test's own");
+    for statement in ["BEGIN", "LOCK TABLE messages IN EXCLUSIVE MODE"] {
+        sqlx::query(statement)
+            .execute(&mut locker)
+            .await
+            .expect("locking the messages");
+    }
+    locker
+}
+
+async fn unlock(mut locker: sqlx::PgConnection) {
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("releasing the lock");
+}
+
 async fn message_count(app: &mut App, thread: &str) -> i64 {
     let db = app.db().await;
     sqlx::query_scalar("select count(*) from messages where thread_id = $1::uuid")
@@ -305,14 +327,7 @@ async fn readyz_of_a_stuck_projector_names_the_event_and_clears_once_it_moves_on
     let thread = app.new_thread().await;
     app.get_thread(&thread).await;
 
-    let mut locker = sqlx::PgConnection::connect(&app.database_url)
-        .await
-        .expect("a connection of the test's own");
-    let mut lock = locker.begin().await.expect("a transaction");
-    sqlx::query("LOCK TABLE messages IN EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .expect("locking the messages");
+    let lock = lock_messages(&app).await;
     app.say(&thread, "held back").await;
     let sequence = last_sequence(&app).await;
 
@@ -347,7 +362,7 @@ async fn readyz_of_a_stuck_projector_names_the_event_and_clears_once_it_moves_on
     )
     .await;
 
-    lock.rollback().await.expect("releasing the lock");
+    unlock(lock).await;
     eventually(
         "the projector's /readyz to recover",
         PROJECTION_TIMEOUT,
@@ -393,14 +408,7 @@ async fn a_batch_slower_than_the_acknowledgement_wait_is_not_delivered_again() {
     assert_eq!(info.config.ack_wait, Duration::from_secs(1));
     let redelivered = info.num_redelivered;
 
-    let mut locker = sqlx::PgConnection::connect(&app.database_url)
-        .await
-        .expect("a connection of the test's own");
-    let mut lock = locker.begin().await.expect("a transaction");
-    sqlx::query("LOCK TABLE messages IN EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .expect("locking the messages");
+    let lock = lock_messages(&app).await;
     app.say(&thread, "held back").await.expect(201);
     eventually(
         "the projector to hold the message",
@@ -417,7 +425,7 @@ async fn a_batch_slower_than_the_acknowledgement_wait_is_not_delivered_again() {
         "the broker delivered the held event again: {held:?}"
     );
 
-    lock.rollback().await.expect("releasing the lock");
+    unlock(lock).await;
     let stored = app.get_thread(&thread).await;
     assert_eq!(stored["messages"][0]["body"], "held back");
     let done = projector_consumer(&app).await;
