@@ -140,9 +140,28 @@ pub struct Settings {
     pub http: HttpSettings,
 }
 
-/// What the handlers share.
+/// What the handlers share, behind one `Arc`: axum clones the state for every request, and
+/// a clone field by field (eight reference counts and the subjects' prefix) cost a GET from
+/// memory about 3 % of the api's CPU.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub log: Arc<dyn EventLog>,
     pub read: Arc<dyn ReadModel>,
     pub idempotency: Idempotency,
@@ -214,7 +233,7 @@ impl AppState {
         )
         .await?;
         let idempotency = Idempotency::new(Arc::new(store), log.subjects().clone());
-        Ok(Self {
+        Ok(Self::from(Shared {
             append_timeout: log.settings().nats_timeout,
             log,
             read,
@@ -222,7 +241,7 @@ impl AppState {
             throttles: Throttles::from_settings(&settings),
             settings: Arc::new(settings),
             hot,
-        })
+        }))
     }
 }
 

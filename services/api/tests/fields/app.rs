@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use threadline_api::hot::HotThreads;
-use threadline_api::{ApiSettings, AppState, Idempotency, Throttles};
+use threadline_api::{ApiSettings, AppState, Idempotency, Shared, Throttles};
 use threadline_ports::{
     AppliedMessage, AppliedThread, EventLog, IdempotencyStore, ReadModel, RecordFilter, StoreError,
     ThreadRead, ThreadRows,
@@ -245,7 +245,7 @@ impl App {
             demo: Default::default(),
         };
         configure(&mut settings);
-        let state = AppState {
+        let state = AppState::from(Shared {
             log: backends.clone(),
             read: backends.clone(),
             idempotency: Idempotency::new(backends.clone(), Subjects::default()),
@@ -253,7 +253,7 @@ impl App {
             throttles: Throttles::from_settings(&settings),
             settings: Arc::new(settings),
             hot: HotThreads::off(),
-        };
+        });
         let http = HttpSettings {
             shutdown_timeout: Duration::from_secs(10),
             cors_allowed_origins: Vec::new(),
