@@ -18,11 +18,18 @@
 //!   request's own bounds apply (`HTTP_REQUEST_TIMEOUT`, `LONG_READ_TIMEOUT`).
 //!
 //! Past a bound the connection is closed without an answer: no request is in flight then.
+//!
+//! The connection's task sleeps until the deadline it last armed ([`Activity::wake_at`]) and
+//! then looks again; what happens on the connection wakes it earlier only when it brings the
+//! deadline before that (the first byte of a request after a long idle wait). A request that
+//! begins or ends only removes or postpones the deadline, so it wakes nothing: under steady
+//! traffic a connection's task wakes for its deadline about once per `HTTP_HEADER_TIMEOUT`,
+//! not three times per request.
 
 use crate::limits::Permit;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,7 +65,12 @@ pub struct Activity {
     /// marks the next request's start. Read without the lock, on every read.
     awaiting_request: AtomicBool,
     state: Mutex<State>,
-    /// Woken when the deadline may have changed.
+    /// When this was made: what [`armed`](Self::armed) counts from.
+    born: Instant,
+    /// When the connection's task will look at the deadline next, in nanoseconds from `born`
+    /// (`u64::MAX`: not known yet).
+    armed: AtomicU64,
+    /// Woken when the deadline came before the time armed.
     changed: Notify,
 }
 
@@ -77,6 +89,7 @@ struct State {
 impl Activity {
     /// A connection opened now.
     pub fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<Activity> {
+        let born = Instant::now();
         Arc::new(Activity {
             header_timeout,
             idle_timeout,
@@ -87,8 +100,14 @@ impl Activity {
                 since: Instant::now(),
                 first_byte: None,
             }),
+            born,
+            armed: AtomicU64::new(u64::MAX),
             changed: Notify::new(),
         })
+    }
+
+    fn nanos_since_born(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -102,9 +121,13 @@ impl Activity {
         }
         let mut state = self.lock();
         if state.in_flight == 0 && state.first_byte.is_none() {
-            state.first_byte = Some(Instant::now());
+            let now = Instant::now();
+            state.first_byte = Some(now);
             drop(state);
-            self.changed.notify_one();
+            let header_deadline = self.nanos_since_born(now + self.header_timeout);
+            if header_deadline < self.armed.load(Ordering::Acquire) {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -116,8 +139,6 @@ impl Activity {
         state.begun += 1;
         state.first_byte = None;
         self.awaiting_request.store(false, Ordering::Relaxed);
-        drop(state);
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
@@ -129,8 +150,6 @@ impl Activity {
             state.first_byte = None;
             self.awaiting_request.store(true, Ordering::Relaxed);
         }
-        drop(state);
-        self.changed.notify_one();
     }
 
     /// When the connection is to be closed unless something happens first, and by which
@@ -148,7 +167,21 @@ impl Activity {
         }
     }
 
-    /// Resolves when the deadline may have changed.
+    /// When the connection's task should look at the deadline next, which it promises to do
+    /// (what happens before then and brings the deadline earlier wakes it through
+    /// [`changed`](Self::changed)): the deadline, or, while a request is in flight, one header
+    /// timeout from now.
+    pub fn wake_at(&self) -> Instant {
+        let at = match self.deadline() {
+            Some((at, _)) => at,
+            None => Instant::now() + self.header_timeout,
+        };
+        self.armed
+            .store(self.nanos_since_born(at), Ordering::Release);
+        at
+    }
+
+    /// Resolves when the deadline came before the time last armed by [`wake_at`](Self::wake_at).
     pub async fn changed(&self) {
         self.changed.notified().await
     }
@@ -280,5 +313,57 @@ mod tests {
         );
         let _next = activity.request_begun();
         assert_eq!(activity.deadline(), None);
+    }
+
+    /// Whether `activity` has a wake-up pending.
+    async fn woken(activity: &Activity) -> bool {
+        tokio::time::timeout(Duration::from_millis(1), activity.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_begin_and_end_wake_nothing() {
+        let activity = Activity::new(HEADER, IDLE);
+        let opened = Instant::now();
+        assert_eq!(activity.wake_at(), opened + HEADER);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.bytes_arrived();
+        let request = activity.request_begun();
+        // In flight, the task looks again one header timeout on.
+        assert_eq!(activity.wake_at(), Instant::now() + HEADER);
+        drop(request);
+        assert!(!woken(&activity).await);
+        // The next request's first byte: its header deadline comes after the time armed, so
+        // nothing wakes; the task finds it when it looks at that time.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.bytes_arrived();
+        let first_byte = Instant::now();
+        assert!(
+            !woken(&activity).await,
+            "a header deadline after the time armed"
+        );
+        tokio::time::advance(HEADER - Duration::from_secs(2)).await;
+        assert_eq!(activity.expired(), None);
+        assert_eq!(
+            activity.wake_at(),
+            first_byte + HEADER,
+            "the next request's header deadline"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_after_an_idle_wait_wakes_the_connection() {
+        let activity = Activity::new(HEADER, IDLE);
+        drop(activity.request_begun());
+        let ended = Instant::now();
+        assert_eq!(activity.wake_at(), ended + IDLE);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        activity.bytes_arrived();
+        assert!(
+            woken(&activity).await,
+            "a header deadline before the idle one armed"
+        );
+        assert_eq!(activity.wake_at(), Instant::now() + HEADER);
     }
 }

@@ -244,8 +244,14 @@ async fn serve_connection(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut draining = false;
+    // One timer for the connection's life, moved only when the time to look again changes.
+    let look_again = tokio::time::sleep_until(activity.wake_at());
+    tokio::pin!(look_again);
     loop {
-        let deadline = activity.deadline();
+        let at = activity.wake_at();
+        if look_again.deadline() != at {
+            look_again.as_mut().reset(at);
+        }
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(e) = served {
@@ -254,7 +260,7 @@ async fn serve_connection(
                 return;
             }
             () = activity.changed() => {}
-            () = sleep_until(deadline) => {
+            () = look_again.as_mut() => {
                 if let Some(timeout) = activity.expired() {
                     metrics::counter!(names::CONNECTIONS_TIMED_OUT, "timeout" => timeout.label())
                         .increment(1);
@@ -267,14 +273,6 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<(tokio::time::Instant, crate::connection::Timeout)>) {
-    match deadline {
-        Some((at, _)) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
