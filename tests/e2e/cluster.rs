@@ -13,6 +13,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The close code of a socket too far behind to resume: GET the thread first.
+const LOAD_THE_THREAD_FIRST: u16 = 4000;
+
 /// How long one post may take, retries of its 503s included.
 const POST_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -128,8 +131,9 @@ async fn keyed_posts<F: std::future::Future<Output = ()>>(
 }
 
 /// A socket on `client`'s gateway that starts after message `from` and resumes with `since`
-/// (its last message) whenever it drops or falls silent, until it has `expected` messages or
-/// two minutes have passed; the ids it received, in order.
+/// (its last message) whenever it drops or falls silent, and, told it is too far behind
+/// (4000), takes what it missed from GET first, until it has `expected` messages or two
+/// minutes have passed; the ids it received, in order.
 fn listener(
     client: Client,
     thread: String,
@@ -140,6 +144,7 @@ fn listener(
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut ids: Vec<String> = Vec::new();
         let mut resumed = 0;
+        let mut loaded = 0;
         while ids.len() < expected && Instant::now() < deadline {
             let since = ids.last().unwrap_or(&from);
             let path = format!("/ws/chat/{thread}/?since={since}");
@@ -157,9 +162,27 @@ fn listener(
                     None => break,
                 }
             }
+            // Too far behind for a resume (the gateway sends at most 1,000 messages before
+            // the live ones): as the contract's clients do, the thread from GET, then a
+            // socket from its last message.
+            if ws.closed_with() == Some(LOAD_THE_THREAD_FIRST) {
+                loaded += 1;
+                let since = ids.last().unwrap_or(&from).clone();
+                let listed: Vec<String> = client.get_thread(&thread).await["messages"]
+                    .as_array()
+                    .expect("messages")
+                    .iter()
+                    .map(|m| m["id"].as_str().expect("an id").to_owned())
+                    .collect();
+                let at = listed
+                    .iter()
+                    .position(|id| *id == since)
+                    .expect("GET lists the message the listener got last");
+                ids.extend(listed[at + 1..].iter().cloned());
+            }
         }
         eprintln!(
-            "listener on {}: {} messages, {resumed} connection(s)",
+            "listener on {}: {} messages, {resumed} connection(s), the thread loaded {loaded} time(s)",
             client.ws_addr,
             ids.len()
         );
@@ -267,6 +290,12 @@ async fn a_node_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
     let mut jetstream = watcher.jetstream().await;
     jetstream.set_timeout(Duration::from_millis(500));
     let election = Arc::new(Mutex::new(None));
+    // What the api replicas' /readyz says meanwhile.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let apis = (0..2)
+        .map(|i| (format!("api #{i}"), app.addr("api", i)))
+        .collect();
+    let readyz = watch_readyz(app.client(0, 0), apis, stop.clone());
     let posted = {
         let app_ref = &mut app;
         let election = election.clone();
@@ -308,6 +337,53 @@ async fn a_node_killed_under_keyed_load_loses_nothing_and_doubles_nothing() {
         listened.push(l.await.expect("a listener panicked"));
     }
     let new_leader = stream_leader(&app).await;
+    // Every api replica says it is ready again once a leader is elected, and said why it was
+    // not meanwhile.
+    for api in 0..2 {
+        let client = app.client(api, 0);
+        let addr = app.addr("api", api);
+        eventually(
+            &format!("api #{api} to answer /readyz with 200 again"),
+            Duration::from_secs(30),
+            || async {
+                let answer = client.try_request_to(addr, "GET", "/readyz", None, None);
+                matches!(answer.await, Ok(r) if r.status == 200).then_some(())
+            },
+        )
+        .await;
+    }
+    stop.cancel();
+    let readyz = readyz.await.expect("the readyz watcher panicked");
+    for (name, answers) in &readyz {
+        let reasons: HashSet<&str> = answers
+            .iter()
+            .map(|(_, status, body)| {
+                if body.contains("no leader") {
+                    "no leader"
+                } else if body.contains("not connected") {
+                    "not connected"
+                } else if *status == 0 {
+                    "no answer"
+                } else {
+                    "other"
+                }
+            })
+            .collect();
+        eprintln!(
+            "{name}: /readyz not 200 {} times, from {:?} to {:?} after the watch began: {reasons:?}",
+            answers.len(),
+            answers.first().map(|a| a.0),
+            answers.last().map(|a| a.0)
+        );
+    }
+    assert!(
+        readyz
+            .iter()
+            .flat_map(|(_, a)| a)
+            .any(|(_, status, body)| *status == 503
+                && body.contains("the event stream has no leader")),
+        "no api replica's /readyz said the stream had no leader during the election: {readyz:?}"
+    );
     eprintln!(
         "leader killed: {} posts, {} answers 503 (retried), 503s for {:?}, slowest post {:?}, \
          election {election:?}, leader now n{new_leader}",
@@ -479,34 +555,34 @@ async fn the_projectors_node_killed_under_keyed_load_loses_nothing() {
 /// How often each `/readyz` is asked while replicas are killed.
 const READYZ_EVERY: Duration = Duration::from_millis(200);
 
-/// A replica's `/readyz` answers that were not 200: its name, and each answer's status (0 for
-/// no answer) with how long after the watch began it came.
-type NotReady = (String, Vec<(Duration, u16)>);
+/// A `/readyz` answer that was not 200: how long after the watch began it came, its status
+/// (0 for no answer) and its body.
+type NotReady = (Duration, u16, String);
 
-/// Asks `/readyz` of each of `addrs` every [`READYZ_EVERY`] until `stop` fires; for each, the
-/// answers that were not 200.
+/// Asks `/readyz` of each of `addrs` (named) every [`READYZ_EVERY`] until `stop` fires; for
+/// each, its answers that were not 200.
 fn watch_readyz(
     client: Client,
     addrs: Vec<(String, std::net::SocketAddr)>,
     stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<Vec<NotReady>> {
+) -> tokio::task::JoinHandle<Vec<(String, Vec<NotReady>)>> {
     tokio::spawn(async move {
         let started = Instant::now();
-        let mut seen: Vec<NotReady> = addrs
+        let mut seen: Vec<(String, Vec<NotReady>)> = addrs
             .iter()
             .map(|(name, _)| (name.clone(), Vec::new()))
             .collect();
         while !stop.is_cancelled() {
             for (i, (_, addr)) in addrs.iter().enumerate() {
-                let status = match client
+                let answer = client
                     .try_request_to(*addr, "GET", "/readyz", None, None)
-                    .await
-                {
-                    Ok(r) => r.status,
-                    Err(_) => 0,
+                    .await;
+                let (status, body) = match answer {
+                    Ok(r) => (r.status, r.text),
+                    Err(e) => (0, e.to_string()),
                 };
                 if status != 200 {
-                    seen[i].1.push((started.elapsed(), status));
+                    seen[i].1.push((started.elapsed(), status, body));
                 }
             }
             tokio::time::sleep(READYZ_EVERY).await;

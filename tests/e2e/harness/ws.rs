@@ -14,6 +14,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Ws {
     url: String,
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The close code the server sent, once [`try_next_text`](Self::try_next_text) read it.
+    closed_with: Option<u16>,
 }
 
 /// Why a websocket did not open: the HTTP status of a refused upgrade, if there was one.
@@ -45,6 +47,7 @@ impl Ws {
             Ok(Ok((stream, _response))) => Ok(Ws {
                 url: url.to_owned(),
                 stream,
+                closed_with: None,
             }),
             Ok(Err(Error::Http(response))) => Err(Refused {
                 status: Some(response.status().as_u16()),
@@ -103,9 +106,19 @@ impl Ws {
             match tokio::time::timeout(left, self.stream.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) => return Some(text.as_str().to_owned()),
                 Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    self.closed_with = frame.map(|f| u16::from(f.code));
+                    return None;
+                }
                 _ => return None,
             }
         }
+    }
+
+    /// The close code the server sent, if [`try_next_text`](Self::try_next_text) ended on
+    /// one.
+    pub fn closed_with(&self) -> Option<u16> {
+        self.closed_with
     }
 
     /// Asserts that no frame but pings and pongs arrives for `window`, and that the socket
