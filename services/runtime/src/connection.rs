@@ -123,9 +123,11 @@ impl Activity {
         if state.in_flight == 0 && state.first_byte.is_none() {
             let now = Instant::now();
             state.first_byte = Some(now);
+            // Read under the lock that `wake_at` arms under: the task either armed before
+            // this byte (and is woken if it must be) or sees it when it arms.
+            let armed = self.armed.load(Ordering::Relaxed);
             drop(state);
-            let header_deadline = self.nanos_since_born(now + self.header_timeout);
-            if header_deadline < self.armed.load(Ordering::Acquire) {
+            if self.nanos_since_born(now + self.header_timeout) < armed {
                 self.changed.notify_one();
             }
         }
@@ -155,7 +157,10 @@ impl Activity {
     /// When the connection is to be closed unless something happens first, and by which
     /// bound; `None` while a request is in flight.
     pub fn deadline(&self) -> Option<(Instant, Timeout)> {
-        let state = self.lock();
+        self.deadline_of(&self.lock())
+    }
+
+    fn deadline_of(&self, state: &State) -> Option<(Instant, Timeout)> {
         if state.in_flight > 0 {
             None
         } else if state.begun == 0 {
@@ -172,12 +177,13 @@ impl Activity {
     /// [`changed`](Self::changed)): the deadline, or, while a request is in flight, one header
     /// timeout from now.
     pub fn wake_at(&self) -> Instant {
-        let at = match self.deadline() {
+        let state = self.lock();
+        let at = match self.deadline_of(&state) {
             Some((at, _)) => at,
             None => Instant::now() + self.header_timeout,
         };
         self.armed
-            .store(self.nanos_since_born(at), Ordering::Release);
+            .store(self.nanos_since_born(at), Ordering::Relaxed);
         at
     }
 
