@@ -285,7 +285,7 @@ impl Throttles {
     }
 
     /// Counts a `POST /chat/thread/` of `client` (a request without a known client counts as
-    /// from 0.0.0.0, as `threadline_runtime::client::identify` has it).
+    /// from 0.0.0.0, as `threadline_runtime::limits::admit` has it).
     pub fn thread_created(&self, client: Option<&Client>) -> Result<(), ApiError> {
         check(self.threads.as_deref(), client)
     }

@@ -5,12 +5,9 @@
 //! address in it.
 
 use crate::server::TrustedProxy;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName};
-use axum::middleware::Next;
-use axum::response::Response;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 /// How a role tells its clients apart: the proxies it believes and their header.
@@ -101,23 +98,6 @@ impl fmt::Display for ClientKey {
             IpAddr::V6(v6) => write!(f, "{v6}/64"),
         }
     }
-}
-
-/// Middleware of every role's router: finds the request's [`Client`] and puts it in the
-/// request's extensions. A request without a peer (a router called in process) is from
-/// 0.0.0.0.
-pub async fn identify(
-    State(clients): State<Clients>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-    let client = Client::new(clients.address(peer, request.headers()));
-    request.extensions_mut().insert(client);
-    next.run(request).await
 }
 
 #[cfg(test)]

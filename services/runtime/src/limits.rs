@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -259,70 +259,87 @@ pub fn max_connections(setting: Option<u64>, limit: Option<u64>) -> usize {
     usize::try_from(max).unwrap_or(usize::MAX)
 }
 
-/// The limit of requests in flight per client forwarded by a trusted proxy
-/// (`MAX_CONNECTIONS_PER_IP`): a client that connects itself is bounded by its connections
-/// already.
-#[derive(Debug, Clone)]
-pub struct RequestLimit {
-    gate: Arc<Gate>,
+/// What every request passes before its route, in one middleware (each of axum's `from_fn`
+/// layers costs a request a boxed clone of the service inside it and a boxed future; three
+/// of them cost a kept GET about a tenth of the api's CPU in perf):
+///
+/// - who it is from: a [`Client`] in its extensions (see [`Clients::address`]);
+/// - a request that a trusted proxy forwards holds a place of its client's until its response
+///   has been sent (its body too); past `MAX_CONNECTIONS_PER_IP` in flight it is answered
+///   429. A client that connects itself is bounded by its connections already;
+/// - a request with a body must have sent it and begun its response within
+///   `HTTP_REQUEST_TIMEOUT` (tower-http's timeout), or it is answered 408 with a JSON body
+///   and its connection closed (the body may be half read). A request without a body (a
+///   GET, a websocket upgrade) has nothing to trickle in once its head is read (which
+///   `HTTP_HEADER_TIMEOUT` bounds), and what it waits for has bounds of its own: a long
+///   thread's GET may wait its turn among long reads for longer.
+#[derive(Clone)]
+pub struct Admission(Arc<Rules>);
+
+struct Rules {
     clients: Clients,
+    /// The places of the clients that trusted proxies forward; `None`: no limit per client.
+    forwarded: Option<Arc<Gate>>,
+    body_timeout: TimeoutLayer,
 }
 
-impl RequestLimit {
-    /// `None` when there is no limit per client.
-    pub fn new(max_per_client: usize, clients: Clients) -> Option<RequestLimit> {
-        (max_per_client > 0).then(|| RequestLimit {
-            gate: Gate::new(usize::MAX, max_per_client),
+impl Admission {
+    pub fn new(clients: Clients, max_per_client: usize, request_timeout: Duration) -> Self {
+        Self(Arc::new(Rules {
             clients,
-        })
+            forwarded: (max_per_client > 0).then(|| Gate::new(usize::MAX, max_per_client)),
+            body_timeout: TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                request_timeout,
+            ),
+        }))
     }
 }
 
-/// Middleware: a request that a trusted proxy forwards holds a place of its client's until
-/// its response has been sent (its body too); past the limit it is answered 429.
-pub async fn limit_forwarded_requests(
-    State(limit): State<RequestLimit>,
-    request: Request,
+/// Middleware: see [`Admission`].
+pub async fn admit(
+    State(admission): State<Admission>,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    let rules = &admission.0;
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let client = request.extensions().get::<Client>().map(|c| c.key);
-    let (Some(peer), Some(client)) = (peer, client) else {
-        return next.run(request).await;
+    let address = rules.clients.address(
+        peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        request.headers(),
+    );
+    let client = Client::new(address);
+    let key = client.key;
+    request.extensions_mut().insert(client);
+    let place = match (&rules.forwarded, peer) {
+        (Some(gate), Some(peer)) if rules.clients.is_trusted(peer) => match gate.admit(Some(key)) {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(serde_json::json!({ "detail": TOO_MANY_REQUESTS_DETAIL })),
+                )
+                    .into_response()
+            }
+        },
+        _ => None,
     };
-    if !limit.clients.is_trusted(peer) {
-        return next.run(request).await;
-    }
-    match limit.gate.admit(Some(client)) {
-        Ok(permit) => next
-            .run(request)
-            .await
-            .map(|body| Body::new(Holding::new(body, permit))),
-        Err(_) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(serde_json::json!({ "detail": TOO_MANY_REQUESTS_DETAIL })),
-        )
-            .into_response(),
+    let response = if request.body().is_end_stream() {
+        next.run(request).await
+    } else {
+        bounded(&rules.body_timeout, request, next).await
+    };
+    match place {
+        Some(permit) => response.map(|body| Body::new(Holding::new(body, permit))),
+        None => response,
     }
 }
 
-/// Middleware: a request with a body must have sent it and begun its response within
-/// `HTTP_REQUEST_TIMEOUT` (tower-http's timeout), or it is answered 408 with a JSON body and
-/// its connection closed (the body may be half read). A request without a body (a GET, a
-/// websocket upgrade) has nothing to trickle in once its head is read (which
-/// `HTTP_HEADER_TIMEOUT` bounds), and what it waits for has bounds of its own: a long
-/// thread's GET may wait its turn among long reads for longer.
-pub async fn bound_requests_with_a_body(
-    State(timeout): State<TimeoutLayer>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.body().is_end_stream() {
-        return next.run(request).await;
-    }
+/// A request with a body under `HTTP_REQUEST_TIMEOUT`; see [`Admission`].
+async fn bounded(timeout: &TimeoutLayer, request: Request, next: Next) -> Response {
     let response = match timeout.layer(next).oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},

@@ -7,7 +7,7 @@
 //! `/readyz` are served there only, and the public listener answers them 404.
 
 use crate::connection::{Activity, Counted};
-use crate::limits::{ConnectionLimits, Gate, Holding, RequestLimit};
+use crate::limits::{Admission, ConnectionLimits, Gate, Holding};
 use crate::metrics::names;
 use crate::HttpSettings;
 use axum::body::Body;
@@ -30,7 +30,6 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// The header that carries a request's id: kept when a trusted proxy sent one, made
@@ -376,32 +375,22 @@ pub fn finish(router: Router, http: &HttpSettings) -> Router {
     crate::metrics::register::http();
     let trusted: Arc<[TrustedProxy]> = http.trusted_proxies.clone().into();
     let connections = &http.connections;
-    let timed = router
+    let admitted = router
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
+            Admission::new(
+                http.clients(),
+                connections.max_connections_per_ip,
                 connections.http_request_timeout,
             ),
-            crate::limits::bound_requests_with_a_body,
+            crate::limits::admit,
         ));
-    let limited = match RequestLimit::new(connections.max_connections_per_ip, http.clients()) {
-        Some(limit) => timed.layer(axum::middleware::from_fn_with_state(
-            limit,
-            crate::limits::limit_forwarded_requests,
-        )),
-        None => timed,
-    };
-    let traced = limited
+    let traced = admitted
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(axum::middleware::from_fn_with_state(
-            http.clients(),
-            crate::client::identify,
-        ))
         .layer(axum::middleware::from_fn_with_state(
             trusted,
             screen_request_id,
