@@ -70,6 +70,10 @@ struct Args {
     /// of their own (TLBENCH_<pid>...) and are deleted at the end.
     #[arg(long)]
     nats_url: Option<String>,
+    /// Replicas of the run's streams (`STREAM_REPLICAS` of the api, the projector and the
+    /// publish baseline): 3 with a 3-node cluster's seed list as --nats-url.
+    #[arg(long, default_value_t = 1)]
+    stream_replicas: u8,
     /// A database to use instead of a fresh one; it is migrated and keeps the rows written.
     #[arg(long)]
     database_url: Option<String>,
@@ -584,7 +588,9 @@ impl Servers {
                 (nats.url.clone(), Some(nats))
             }
         };
-        let client = async_nats::connect(&nats_url)
+        // A seed list, as NATS_URL takes it.
+        let seeds: Vec<&str> = nats_url.split(',').map(str::trim).collect();
+        let client = async_nats::connect(seeds)
             .await
             .with_context(|| format!("connecting to NATS at {nats_url}"))?;
         let jetstream = jetstream::new(client);
@@ -597,6 +603,10 @@ impl Servers {
         let common = [
             ("NATS_URL".to_owned(), nats_url.clone()),
             ("DATABASE_URL".to_owned(), database_url.to_owned()),
+            (
+                "STREAM_REPLICAS".to_owned(),
+                args.stream_replicas.to_string(),
+            ),
         ];
         let threadline = bin_dir.join("threadline");
         let baseline = bin_dir.join("examples").join("http-baseline");
